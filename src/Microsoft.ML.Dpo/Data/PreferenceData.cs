@@ -1,0 +1,83 @@
+namespace Microsoft.ML.Dpo.Data;
+
+/// <summary>One preference example: a prompt, the preferred completion and the dispreferred one.</summary>
+/// <param name="Prompt">The prompt (already rendered with a chat template when the data was conversational).</param>
+/// <param name="Chosen">The preferred completion.</param>
+/// <param name="Rejected">The dispreferred completion.</param>
+/// <param name="Row">The row index in the source data, for error messages.</param>
+public sealed record PreferencePair(string Prompt, string Chosen, string Rejected, long Row = -1);
+
+/// <summary>One supervised example: a prompt and the completion to learn.</summary>
+/// <param name="Prompt">The prompt.</param>
+/// <param name="Completion">The target completion.</param>
+/// <param name="Row">The row index in the source data, for error messages.</param>
+public sealed record CompletionExample(string Prompt, string Completion, long Row = -1);
+
+/// <summary>What data preparation skipped or changed, reported after reading and tokenizing a data set.</summary>
+public sealed class DataPreparationReport
+{
+    /// <summary>Rows read from the input.</summary>
+    public long RowsRead { get; internal set; }
+    /// <summary>Rows skipped because a required value was null or empty (only when skipping invalid rows is enabled).</summary>
+    public long InvalidRowsSkipped { get; internal set; }
+    /// <summary>Preference rows skipped because the chosen and rejected completions were identical.</summary>
+    public long IdenticalPairsSkipped { get; internal set; }
+    /// <summary>Examples whose prompt or completion was truncated to fit the length limits.</summary>
+    public long Truncated { get; internal set; }
+    /// <summary>Examples kept for training.</summary>
+    public long Kept { get; internal set; }
+
+    /// <inheritdoc />
+    public override string ToString() =>
+        $"{RowsRead} rows read, {Kept} kept; skipped: {InvalidRowsSkipped} invalid, {IdenticalPairsSkipped} identical chosen/rejected; {Truncated} truncated";
+}
+
+/// <summary>Reads examples from an <see cref="IDataView"/> with the checks every trainer applies.</summary>
+public static class ExampleReader
+{
+    /// <summary>
+    /// Reads (prompt, chosen, rejected) rows. A null or empty value fails with the row index and column, unless
+    /// <paramref name="skipInvalidRows"/> is set (then the row is skipped and counted). Rows whose chosen and rejected
+    /// completions are identical carry no preference and are skipped and counted.
+    /// </summary>
+    public static List<PreferencePair> ReadPreferencePairs(IDataView data, string promptColumn, string chosenColumn, string rejectedColumn,
+        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default)
+    {
+        var columns = TextColumns.Resolve(data.Schema, ("prompt", promptColumn), ("chosen", chosenColumn), ("rejected", rejectedColumn));
+        var pairs = new List<PreferencePair>();
+        foreach (var (row, v) in TextColumns.Read(data, columns, cancellation))
+        {
+            report.RowsRead++;
+            if (!Valid(row, columns, v, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
+            if (v[1] == v[2]) { report.IdenticalPairsSkipped++; continue; }
+            pairs.Add(new PreferencePair(v[0], v[1], v[2], row));
+        }
+        return pairs;
+    }
+
+    /// <summary>Reads (prompt, completion) rows with the same null/empty handling as <see cref="ReadPreferencePairs"/>.</summary>
+    public static List<CompletionExample> ReadCompletions(IDataView data, string promptColumn, string completionColumn,
+        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default)
+    {
+        var columns = TextColumns.Resolve(data.Schema, ("prompt", promptColumn), ("completion", completionColumn));
+        var examples = new List<CompletionExample>();
+        foreach (var (row, v) in TextColumns.Read(data, columns, cancellation))
+        {
+            report.RowsRead++;
+            if (!Valid(row, columns, v, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
+            examples.Add(new CompletionExample(v[0], v[1], row));
+        }
+        return examples;
+    }
+
+    static bool Valid(long row, DataViewSchema.Column[] columns, string[] values, bool skip)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!string.IsNullOrEmpty(values[i])) continue;
+            if (skip) return false;
+            throw new InvalidDataException($"Row {row}: the value of column '{columns[i].Name}' is empty. Fix the data, or set SkipInvalidRows to skip such rows.");
+        }
+        return true;
+    }
+}

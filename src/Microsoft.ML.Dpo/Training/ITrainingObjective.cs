@@ -1,0 +1,17 @@
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Training;
+
+/// <summary>The part of training that differs between SFT, DPO and reward modelling: a micro-batch in, a loss out.</summary>
+/// <typeparam name="TExample">A tokenized example.</typeparam>
+internal interface ITrainingObjective<TExample>
+{
+    /// <summary>
+    /// Runs the forward pass on <paramref name="batch"/> and returns the mean loss over it (a scalar that requires grad)
+    /// with metrics to report. Called inside the loop's dispose scope.
+    /// </summary>
+    ObjectiveResult Compute(IReadOnlyList<TExample> batch);
+}
+
+/// <summary>The loss of a micro-batch, its metrics (means over the micro-batch) and how many tokens it processed.</summary>
+internal sealed record ObjectiveResult(Tensor Loss, IReadOnlyDictionary<string, double> Metrics, long Tokens);

@@ -1,0 +1,138 @@
+using System.Diagnostics;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Training;
+
+/// <summary>What a finished run reports.</summary>
+/// <param name="Steps">Optimizer steps taken (including those of a resumed run before this one).</param>
+/// <param name="FinalMetrics">The metrics of the last report.</param>
+/// <param name="MetricsFile">The metrics.jsonl path, when a checkpoint directory was given.</param>
+public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, double> FinalMetrics, string? MetricsFile);
+
+/// <summary>
+/// The one training loop behind SFT, DPO and reward-model training. Read top to bottom:
+/// shuffle (seeded per epoch) → micro-batch → objective (forward + loss) → backward → every N micro-batches:
+/// clip, schedule, AdamW step → report, checkpoint. NaN/Inf stops before the step (weights stay good);
+/// cancellation writes a checkpoint first.
+/// </summary>
+internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
+    ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null)
+{
+    public TrainingSummary Run(IReadOnlyList<TExample> examples)
+    {
+        if (examples.Count == 0) throw new InvalidOperationException("There is no training example left after data preparation.");
+        int batchesPerEpoch = (examples.Count + options.BatchSize - 1) / options.BatchSize;
+        int stepsPerEpoch = (batchesPerEpoch + options.GradientAccumulationSteps - 1) / options.GradientAccumulationSteps;
+        int totalSteps = stepsPerEpoch * options.Epochs;
+        if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
+
+        using var optimizer = optim.AdamW(trainable, lr: options.LearningRate, weight_decay: options.WeightDecay);
+        var state = new TrainingState(0, 0, 0, totalSteps, fingerprint);
+        if (options.Resume && checkpoint?.TryLoad(optimizer, fingerprint) is { } resumed)
+        {
+            state = resumed;
+            log?.Invoke($"Resumed from {checkpoint.Path} at step {state.Step}.");
+        }
+        using var metrics = new MetricsLog(options.CheckpointDirectory, append: state.Step > 0);
+        var lastMetrics = (IReadOnlyDictionary<string, double>)new Dictionary<string, double>();
+        var clock = Stopwatch.StartNew();
+        int startStep = state.Step;
+        long tokens = 0;
+
+        for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps; epoch++)
+        {
+            int[] order = ShuffledOrder(examples.Count, options.Seed, epoch);
+            int firstBatch = epoch == state.Epoch ? state.NextBatchInEpoch : 0;
+            int accumulated = 0;
+            for (int b = firstBatch; b < batchesPerEpoch && state.Step < totalSteps; b++)
+            {
+                var batch = order.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
+                using (var scope = NewDisposeScope())
+                {
+                    ObjectiveResult result = objective.Compute(batch);
+                    double loss = result.Loss.item<float>();
+                    if (!double.IsFinite(loss))
+                        throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
+                    (result.Loss / options.GradientAccumulationSteps).backward();
+                    metrics.Add(result.Metrics);
+                    tokens += result.Tokens;
+                }
+                accumulated++;
+                bool lastOfEpoch = b == batchesPerEpoch - 1;
+                if (accumulated < options.GradientAccumulationSteps && !lastOfEpoch) continue;
+
+                // One optimizer step.
+                double gradNorm = ClipGradients();
+                if (!double.IsFinite(gradNorm))
+                    throw Diverged($"The gradient norm became {gradNorm} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
+                double lr = options.LearningRate * LearningRateSchedule.Factor(options.Schedule, state.Step, options.WarmupSteps, totalSteps);
+                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+                optimizer.step();
+                optimizer.zero_grad();
+                accumulated = 0;
+                state = state with { Step = state.Step + 1, Epoch = lastOfEpoch ? epoch + 1 : epoch, NextBatchInEpoch = lastOfEpoch ? 0 : b + 1 };
+                metrics.Add("grad_norm", gradNorm);
+                metrics.Add("learning_rate", lr);
+
+                if (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps)
+                {
+                    metrics.Add("tokens_per_second", tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds));
+                    lastMetrics = Report(metrics, state, stepsPerEpoch, totalSteps, startStep, clock.Elapsed);
+                }
+                if (checkpoint != null && options.CheckpointInterval > 0 && state.Step % options.CheckpointInterval == 0 && state.Step < totalSteps)
+                    checkpoint.Save(state, optimizer);
+                if (options.CancellationToken.IsCancellationRequested)
+                {
+                    checkpoint?.Save(state, optimizer);
+                    log?.Invoke(checkpoint != null ? $"Cancelled at step {state.Step}; checkpoint written to {checkpoint.Path}." : $"Cancelled at step {state.Step}.");
+                    options.CancellationToken.ThrowIfCancellationRequested();
+                }
+            }
+        }
+        checkpoint?.Save(state, optimizer);
+        return new TrainingSummary(state.Step, lastMetrics, metrics.FilePath);
+
+        TrainingDivergedException Diverged(string what)
+        {
+            optimizer.zero_grad();
+            string kept = checkpoint is null ? "No checkpoint directory was set, so nothing was written; the weights in memory are those before this step."
+                                             : File.Exists(Path.Combine(checkpoint.Path, "trainer_state.json")) ? $"The last good checkpoint is kept in {checkpoint.Path}." : "No checkpoint had been written yet.";
+            return new TrainingDivergedException($"{what}; training stopped without applying it. {kept} Lower the learning rate or check the data.");
+        }
+    }
+
+    double ClipGradients()
+    {
+        var withGrad = trainable.Where(p => p.grad is not null).ToList();
+        if (withGrad.Count == 0) return 0;
+        if (options.MaxGradNorm > 0) return nn.utils.clip_grad_norm_(withGrad, options.MaxGradNorm);
+        using var scope = NewDisposeScope();
+        return stack(withGrad.Select(p => p.grad!.norm()).ToArray()).norm().item<float>();
+    }
+
+    IReadOnlyDictionary<string, double> Report(MetricsLog metrics, TrainingState state, int stepsPerEpoch, int totalSteps, int startStep, TimeSpan elapsed)
+    {
+        double epoch = (double)state.Step / stepsPerEpoch;
+        var means = metrics.Flush(state.Step, epoch);
+        int done = state.Step - startStep;
+        TimeSpan? remaining = done > 0 ? TimeSpan.FromTicks(elapsed.Ticks / done * (totalSteps - state.Step)) : null;
+        options.Progress?.Report(new TrainingProgress(state.Step, totalSteps, epoch, means, elapsed) { EstimatedRemaining = remaining });
+        log?.Invoke($"step {state.Step}/{totalSteps} " + string.Join(" ", means.Select(kv => $"{kv.Key}={kv.Value:G4}")));
+        return means;
+    }
+
+    /// <summary>The example order of an epoch: a Fisher–Yates shuffle seeded by (seed, epoch), so a resumed run sees the same order.</summary>
+    internal static int[] ShuffledOrder(int count, int seed, int epoch)
+    {
+        var order = Enumerable.Range(0, count).ToArray();
+        var random = new Random(unchecked(seed * 1_000_003 + epoch) & int.MaxValue); // not HashCode: it is salted per process
+        for (int i = count - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        return order;
+    }
+}
