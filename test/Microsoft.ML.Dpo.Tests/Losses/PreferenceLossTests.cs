@@ -385,4 +385,14 @@ public sealed class PreferenceLossTests
         Assert.AreEqual(PreferenceLossKind.Ipo, c.Kind);
         Assert.AreEqual(0.3, c.Beta);
     }
+
+    [TestMethod]
+    public void DisposedInputsAreReported()
+    {
+        using var scope = NewDisposeScope();
+        var pc = T(Pc);
+        pc.Dispose();
+        var ex = Assert.ThrowsExactly<ObjectDisposedException>(() => PreferenceLoss.Compute(new(), pc, T(Pr), T(Rc), T(Rr)));
+        StringAssert.Contains(ex.Message, "policyChosenLogps");
+    }
 }

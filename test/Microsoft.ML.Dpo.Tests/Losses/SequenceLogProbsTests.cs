@@ -223,4 +223,33 @@ public sealed class SequenceLogProbsTests
         s.Dispose();
         c.Dispose();
     }
+
+    [TestMethod]
+    public void PairBatchFlowsIntoPreferenceLossAndBackToTheLogits()
+    {
+        using var scope = NewDisposeScope();
+        // Policy logits for rows [chosen, rejected]; the reference scores the same ids with all-zero logits (uniform).
+        var ids = tensor(new long[] { 0, 1, 3, 0, 2, 1 }, 2, 3);
+        var completion = tensor(new long[] { 0, 1, 1, 0, 1, 1 }, 2, 3);
+        var logits = LogitsTensor().requires_grad_();
+        var (sum, _) = SequenceLogProbs.FromLogits(logits, ids, completion);
+        var (refSum, _) = SequenceLogProbs.FromLogits(zeros(2, 3, 4, ScalarType.Float64), ids, completion);
+        var (pc, pr) = SequenceLogProbs.SplitPairs(sum);
+        var (rc, rr) = SequenceLogProbs.SplitPairs(refSum);
+        using var output = PreferenceLoss.Compute(new PreferenceLossOptions { Beta = 0.5 }, pc, pr, rc, rr);
+
+        double chosen = ManualLogProb(0, 0, 1) + ManualLogProb(0, 1, 3);
+        double rejected = ManualLogProb(1, 0, 2) + ManualLogProb(1, 1, 1);
+        double logitsValue = chosen - rejected;   // the uniform reference cancels: 2·log ¼ on both sides
+        AssertClose(new[] { -LogSigmoid(0.5 * logitsValue) }, output.Losses, 1e-12);
+        AssertClose(new[] { 0.5 * (chosen - 2 * Math.Log(0.25)) }, output.ChosenRewards, 1e-12);
+
+        output.Losses.sum().backward();
+        double[] g = D(logits.grad!);
+        // dL/dlogits[chosen row, t=0, v] = −β·σ(−β·l) · (onehot(1) − softmax)
+        double scale = -0.5 * Sigmoid(-0.5 * logitsValue);
+        for (int v = 0; v < 4; v++)
+            Assert.AreEqual(scale * ((v == 1 ? 1 : 0) - Math.Exp(ManualLogProb(0, 0, v))), g[v], 1e-12);
+        Assert.IsTrue(g.Skip(8).Take(4).All(x => x == 0), "the last position predicts nothing");
+    }
 }
