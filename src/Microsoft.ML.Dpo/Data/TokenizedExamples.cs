@@ -5,10 +5,10 @@ namespace Microsoft.ML.Dpo.Data;
 /// chosen and rejected sequences have identical prompt tokens even for tokenizers that would merge across the
 /// prompt/completion boundary if the texts were concatenated first.
 /// </summary>
-internal sealed record TokenizedPreference(int[] Prompt, int[] Chosen, int[] Rejected, long Row);
+internal sealed record TokenizedPreference(int[] Prompt, int[] Chosen, int[] Rejected, long Row, int Index);
 
 /// <summary>A prompt and a completion as token ids (SFT).</summary>
-internal sealed record TokenizedCompletion(int[] Prompt, int[] Completion, long Row);
+internal sealed record TokenizedCompletion(int[] Prompt, int[] Completion, long Row, int Index);
 
 /// <summary>Fits prompt and completions into the length limits.</summary>
 internal static class SequenceTruncation

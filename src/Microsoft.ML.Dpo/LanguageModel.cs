@@ -1,0 +1,107 @@
+using Microsoft.ML.Dpo.Checkpoints;
+using Microsoft.ML.Dpo.Generation;
+using Microsoft.ML.Dpo.Modeling;
+using Microsoft.ML.Dpo.Runtime;
+using Microsoft.ML.Dpo.Tokenization;
+using Microsoft.ML.Dpo.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo;
+
+/// <summary>
+/// A causal language model with its tokenizer: what the trainers start from and what they produce.
+/// Loads a Hugging Face directory (config.json, model.safetensors, tokenizer files) or an llama2.c <c>.bin</c> file
+/// (which has no tokenizer: use token ids), and saves a Hugging Face directory.
+/// </summary>
+public sealed class LanguageModel : IDisposable
+{
+    /// <summary>Wraps an existing network and tokenizer (the tokenizer may be null for id-only models).</summary>
+    public LanguageModel(CausalLM network, TextTokenizer? tokenizer)
+    {
+        Network = network ?? throw new ArgumentNullException(nameof(network));
+        Tokenizer = tokenizer;
+    }
+
+    /// <summary>The TorchSharp network.</summary>
+    public CausalLM Network { get; }
+
+    /// <summary>The tokenizer, or null for a model loaded without tokenizer files.</summary>
+    public TextTokenizer? Tokenizer { get; }
+
+    /// <summary>The tokenizer, or an error that explains that this model only takes token ids.</summary>
+    public TextTokenizer RequireTokenizer() => Tokenizer
+        ?? throw new InvalidOperationException("This model has no tokenizer (an llama2.c file, or a directory without tokenizer files): text input needs one.");
+
+    /// <summary>
+    /// Loads a model from a Hugging Face directory (with its tokenizer when tokenizer files are present) or an
+    /// llama2.c checkpoint file.
+    /// </summary>
+    /// <param name="path">The directory or <c>.bin</c> file.</param>
+    /// <param name="precision">Weight precision.</param>
+    /// <param name="device">"auto", "cpu", "cuda" or "cuda:N".</param>
+    public static LanguageModel Load(string path, ModelPrecision precision = ModelPrecision.Float32, string device = "auto")
+    {
+        CausalLM network = CausalLMLoader.Load(path, ToScalarType(precision), DpoRuntime.ResolveDevice(device));
+        try
+        {
+            TextTokenizer? tokenizer = Directory.Exists(path) && HasTokenizerFiles(path) ? TextTokenizer.FromDirectory(path) : null;
+            return new LanguageModel(network, tokenizer);
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Saves a Hugging Face directory (config, weights, generation config and tokenizer files), atomically.</summary>
+    public void Save(string directory) => HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp));
+
+    /// <summary>A deep copy of the weights (sharing the immutable tokenizer), e.g. a frozen reference model.</summary>
+    public LanguageModel Clone()
+    {
+        var copy = CausalLM.Create(Network.Config, Network.DType, Network.Device);
+        using (no_grad())
+        {
+            var source = Network.state_dict();
+            foreach (var (name, tensor) in copy.state_dict()) tensor.copy_(source[name]);
+        }
+        return new LanguageModel(copy, Tokenizer);
+    }
+
+    /// <summary>A text generator over this model.</summary>
+    public TextGenerator CreateGenerator() => new(Network, Tokenizer);
+
+    /// <summary>Tokenizes a prompt the way the trainers do: BOS first when the tokenizer defines one.</summary>
+    internal int[] EncodePrompt(string prompt)
+    {
+        var tokenizer = RequireTokenizer();
+        return tokenizer.Encode(prompt, addBos: tokenizer.BosTokenId.HasValue).ToArray();
+    }
+
+    /// <summary>Tokenizes a completion the way the trainers do: EOS appended so the model learns to stop.</summary>
+    internal int[] EncodeCompletion(string completion)
+    {
+        var tokenizer = RequireTokenizer();
+        var ids = tokenizer.Encode(completion, addBos: false).ToList();
+        if (tokenizer.EosTokenId is int eos) ids.Add(eos);
+        return ids.ToArray();
+    }
+
+    /// <summary>The id used to pad batches.</summary>
+    internal int PadTokenId => Tokenizer?.PadTokenId ?? Network.Config.PadTokenId ?? Network.Config.EosTokenIds.FirstOrDefault();
+
+    /// <summary>Frees the network's tensors.</summary>
+    public void Dispose() => Network.Dispose();
+
+    internal static ScalarType ToScalarType(ModelPrecision precision) => precision switch
+    {
+        ModelPrecision.BFloat16 => ScalarType.BFloat16,
+        ModelPrecision.Float16 => ScalarType.Float16,
+        _ => ScalarType.Float32,
+    };
+
+    static bool HasTokenizerFiles(string directory) =>
+        new[] { "tokenizer.model", "vocab.json", "tokenizer.json", "tokenizer_config.json" }.Any(f => File.Exists(Path.Combine(directory, f)));
+}

@@ -1,0 +1,83 @@
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.ML.Dpo.Checkpoints;
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Training;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>The steps SFT and DPO share around the training loop: the starting model, tokenization, checkpoints, logging.</summary>
+internal static class FineTuningRun
+{
+    /// <summary>A fresh copy of the starting model that training may modify.</summary>
+    public static LanguageModel LoadPolicy(LanguageModelTrainerOptions options) =>
+        options.BaseModel?.Clone() ?? LanguageModel.Load(options.BaseModelPath!, options.Precision, options.Device);
+
+    /// <summary>Tokenizes prompt and completions separately (so the prompt ids are shared) and fits them to the length limits.</summary>
+    public static (int[] Prompt, int[][] Completions) Tokenize(LanguageModel model, string prompt, string[] completions,
+        TrainingOptions options, DataPreparationReport report)
+    {
+        int[] promptIds = model.EncodePrompt(prompt);
+        int[][] completionIds = completions.Select(model.EncodeCompletion).ToArray();
+        if (SequenceTruncation.Fit(ref promptIds, completionIds, options.MaxLength, options.MaxPromptLength, options.Truncation))
+            report.Truncated++;
+        return (promptIds, completionIds);
+    }
+
+    /// <summary>A checkpoint store that writes the model as a Hugging Face directory (so any checkpoint is loadable) and reads its weights back.</summary>
+    public static TrainingCheckpoint? Checkpoint(TrainingOptions options, LanguageModel policy)
+    {
+        if (options.CheckpointDirectory is null) return null;
+        return new TrainingCheckpoint(options.CheckpointDirectory,
+            dir => policy.Save(Path.Combine(dir, "model")),
+            dir =>
+            {
+                var saved = Safetensors.LoadDirectory(Path.Combine(dir, "model"));
+                try
+                {
+                    using var _ = no_grad();
+                    foreach (var (name, parameter) in policy.Network.named_parameters())
+                        parameter.copy_(saved.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"Checkpoint in '{dir}' lacks tensor '{name}'."));
+                }
+                finally
+                {
+                    foreach (var t in saved.Values) t.Dispose();
+                }
+            });
+    }
+
+    /// <summary>The parameters training updates.</summary>
+    public static List<Parameter> Trainable(LanguageModel policy) => policy.Network.parameters().Where(p => p.requires_grad).ToList();
+
+    /// <summary>A fingerprint of what determines a run (options and data), so a checkpoint is only resumed by the same run.</summary>
+    public static string Fingerprint(LanguageModel policy, string optionsSummary, IEnumerable<int[]> tokenizedData)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData(Encoding.UTF8.GetBytes(policy.Network.Config.ToJson()));
+        hash.AppendData(Encoding.UTF8.GetBytes(optionsSummary));
+        foreach (var ids in tokenizedData)
+        {
+            hash.AppendData(BitConverter.GetBytes(ids.Length));
+            hash.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(ids.AsSpan()));
+        }
+        return Convert.ToHexString(hash.GetHashAndReset())[..16].ToLowerInvariant();
+    }
+
+    /// <summary>The shared options that change a run's result, as text.</summary>
+    public static string Summary(TrainingOptions o) =>
+        $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
+        $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}";
+
+    /// <summary>Routes log lines to the options' callback and to ML.NET's log channel.</summary>
+    public static Action<string> Logger(IHostEnvironment? env, LanguageModelTrainerOptions options, string component)
+    {
+        IChannel? channel = env?.Start(component);
+        return line =>
+        {
+            options.Log?.Invoke(line);
+            channel?.Info(line);
+        };
+    }
+}

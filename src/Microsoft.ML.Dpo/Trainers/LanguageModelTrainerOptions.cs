@@ -1,0 +1,27 @@
+using Microsoft.ML.Dpo.Training;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>Options shared by the language-model trainers: the starting model, validation data, and the training schedule.</summary>
+public abstract class LanguageModelTrainerOptions : TrainingOptions
+{
+    /// <summary>A Hugging Face model directory or llama2.c file to start from (ignored when <see cref="BaseModel"/> is set).</summary>
+    public string? BaseModelPath { get; set; }
+
+    /// <summary>A model already in memory to start from. It is not modified: training works on a copy.</summary>
+    public LanguageModel? BaseModel { get; set; }
+
+    /// <summary>Data to evaluate on after training (same columns as the training data); null for none.</summary>
+    public IDataView? ValidationData { get; set; }
+
+    /// <summary>Receives progress lines (the trainers also write them to ML.NET's log channel).</summary>
+    public Action<string>? Log { get; set; }
+
+    /// <inheritdoc />
+    public override void Validate()
+    {
+        base.Validate();
+        if (BaseModel is null && string.IsNullOrWhiteSpace(BaseModelPath))
+            throw new ArgumentException("Set BaseModelPath (a Hugging Face directory or llama2.c file) or BaseModel.", nameof(BaseModelPath));
+    }
+}

@@ -1,0 +1,18 @@
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Modeling;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Training;
+
+/// <summary>Supervised fine-tuning: mean cross-entropy over the target tokens (completion tokens, or all tokens).</summary>
+internal sealed class SftObjective(CausalLM model, int padId, bool completionOnlyLoss) : ITrainingObjective<TokenizedCompletion>
+{
+    public ObjectiveResult Compute(IReadOnlyList<TokenizedCompletion> examples)
+    {
+        using var batch = SequenceBatch.Collate(examples.Select(e => (e.Prompt, e.Completion)).ToList(), padId, model.Device, completionOnlyLoss);
+        var (sum, count) = SequenceScoring.CompletionLogProbs(model, batch);
+        Tensor loss = -sum.sum() / count.sum().clamp_min(1);
+        double value = loss.item<float>();
+        return new ObjectiveResult(loss, new Dictionary<string, double> { ["loss"] = value, ["perplexity"] = Math.Exp(Math.Min(value, 50)) }, batch.Tokens);
+    }
+}
