@@ -1,0 +1,34 @@
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>The entry point of Microsoft.ML.Dpo in an ML.NET pipeline: <c>mlContext.Alignment()</c>.</summary>
+public sealed class AlignmentCatalog
+{
+    internal AlignmentCatalog(MLContext context)
+    {
+        Context = context;
+        Trainers = new AlignmentTrainers(context);
+        Model = new AlignmentModelOperations(context);
+    }
+
+    internal MLContext Context { get; }
+
+    /// <summary>The SFT and DPO trainers.</summary>
+    public AlignmentTrainers Trainers { get; }
+
+    /// <summary>Saving and loading pipelines that contain language-model transformers.</summary>
+    public AlignmentModelOperations Model { get; }
+}
+
+/// <summary>The trainers of <see cref="AlignmentCatalog"/>.</summary>
+public sealed class AlignmentTrainers
+{
+    readonly MLContext context;
+
+    internal AlignmentTrainers(MLContext context) => this.context = context;
+
+    /// <summary>Supervised fine-tuning on (prompt, completion) text columns.</summary>
+    public SftTrainer Sft(SftTrainer.Options options) => new(context, options);
+
+    /// <summary>Direct Preference Optimization on (prompt, chosen, rejected) text columns.</summary>
+    public DpoTrainer Dpo(DpoTrainer.Options options) => new(context, options);
+}

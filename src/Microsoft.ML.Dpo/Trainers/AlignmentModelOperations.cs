@@ -1,0 +1,182 @@
+using System.IO.Compression;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.ML.Data;
+using Microsoft.ML.Dpo.Generation;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>
+/// Saves and loads whole fitted pipelines — stock ML.NET transforms and language-model transformers — as one zip file,
+/// with the same shape as <c>mlContext.Model.Save</c>/<c>Load</c>.
+/// </summary>
+/// <remarks>
+/// ML.NET keeps what a transformer needs to write itself into its own model zip internal (<c>ModelSaveContext</c>'s
+/// writer, <c>LoadableClass</c>), and a CustomMapping stores only a contract name. So this file is a zip of its own: the
+/// pipeline is cut into segments; runs of stock transformers are saved by ML.NET itself (each a nested ML.NET model zip,
+/// loadable by <c>mlContext.Model.Load</c>), and each language-model transformer as a Hugging Face directory (config,
+/// safetensors, tokenizer) plus its output-column settings. Loading rebuilds the same chain, with identical outputs.
+/// </remarks>
+public sealed class AlignmentModelOperations
+{
+    const string ManifestEntry = "manifest.json", InputSchemaEntry = "input.mlnet.zip", FormatName = "Microsoft.ML.Dpo.Pipeline";
+    static readonly JsonSerializerOptions Json = new() { WriteIndented = true, Converters = { new JsonStringEnumConverter() } };
+    readonly MLContext context;
+
+    internal AlignmentModelOperations(MLContext context) => this.context = context;
+
+    sealed record Segment(string Kind, string Entry);
+    sealed record Manifest(string Format, int Version, List<Segment> Segments);
+    sealed record LanguageModelSettings(double Beta, List<LanguageModelOutputColumn> Columns, GenerationOptions Generation, bool HasReference, string? ReferencePath);
+
+    /// <summary>Saves <paramref name="model"/> (a chain or a single transformer) and its input schema to <paramref name="path"/>, atomically.</summary>
+    public void Save(ITransformer model, DataViewSchema inputSchema, string path)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        string full = Path.GetFullPath(path);
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        string temp = full + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
+        string work = Directory.CreateTempSubdirectory("mldpo-save-").FullName;
+        try
+        {
+            using (var zip = ZipFile.Open(temp, ZipArchiveMode.Create))
+            {
+                WriteEntry(zip, InputSchemaEntry, stream => context.Model.Save(new TransformerChain<ITransformer>(), inputSchema, stream));
+                var manifest = new Manifest(FormatName, 1, []);
+                var schema = inputSchema;
+                var pending = new List<ITransformer>();
+                void FlushStock()
+                {
+                    if (pending.Count == 0) return;
+                    var chain = new TransformerChain<ITransformer>(pending.ToArray());
+                    string entry = $"segments/{manifest.Segments.Count}.mlnet.zip";
+                    var segmentSchema = schema;
+                    WriteEntry(zip, entry, stream => context.Model.Save(chain, segmentSchema, stream));
+                    manifest.Segments.Add(new Segment("mlnet", entry));
+                    schema = chain.GetOutputSchema(schema);
+                    pending.Clear();
+                }
+                foreach (var transformer in Flatten(model))
+                {
+                    if (transformer is not LanguageModelTransformer lm) { pending.Add(transformer); continue; }
+                    FlushStock();
+                    string entry = $"segments/{manifest.Segments.Count}/";
+                    WriteLanguageModel(zip, entry, lm, Path.Combine(work, manifest.Segments.Count.ToString()));
+                    manifest.Segments.Add(new Segment("language-model", entry));
+                    schema = lm.GetOutputSchema(schema);
+                }
+                FlushStock();
+                WriteEntry(zip, ManifestEntry, stream => JsonSerializer.Serialize(stream, manifest, Json));
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+            Directory.Delete(work, recursive: true);
+        }
+    }
+
+    /// <summary>Loads a pipeline saved by <see cref="Save"/>; <paramref name="inputSchema"/> receives the schema it was saved with.</summary>
+    public ITransformer Load(string path, out DataViewSchema inputSchema)
+    {
+        using var zip = ZipFile.OpenRead(path);
+        var manifest = ReadEntry(zip, path, ManifestEntry, stream => JsonSerializer.Deserialize<Manifest>(stream, Json))
+            ?? throw new InvalidDataException($"'{path}': empty manifest.");
+        if (manifest.Format != FormatName || manifest.Version != 1)
+            throw new InvalidDataException($"'{path}' is not a Microsoft.ML.Dpo pipeline (format '{manifest.Format}' version {manifest.Version}). Files saved by mlContext.Model.Save load with mlContext.Model.Load.");
+        inputSchema = ReadEntry(zip, path, InputSchemaEntry, stream => { context.Model.Load(stream, out var s); return s; });
+        var transformers = new List<ITransformer>();
+        string work = Directory.CreateTempSubdirectory("mldpo-load-").FullName;
+        try
+        {
+            foreach (var segment in manifest.Segments)
+            {
+                if (segment.Kind == "mlnet")
+                    transformers.AddRange(Flatten(ReadEntry(zip, path, segment.Entry, stream => context.Model.Load(stream, out _))));
+                else if (segment.Kind == "language-model")
+                    transformers.Add(ReadLanguageModel(zip, path, segment.Entry, Path.Combine(work, transformers.Count.ToString())));
+                else
+                    throw new InvalidDataException($"'{path}': unknown segment kind '{segment.Kind}'.");
+            }
+        }
+        catch
+        {
+            foreach (var t in transformers.OfType<IDisposable>()) t.Dispose();
+            throw;
+        }
+        finally
+        {
+            Directory.Delete(work, recursive: true);
+        }
+        return transformers.Count == 1 ? transformers[0] : new TransformerChain<ITransformer>(transformers.ToArray());
+    }
+
+    static IEnumerable<ITransformer> Flatten(ITransformer transformer) =>
+        transformer is IEnumerable<ITransformer> chain ? chain.SelectMany(Flatten) : [transformer];
+
+    static void WriteLanguageModel(ZipArchive zip, string entry, LanguageModelTransformer lm, string work)
+    {
+        lm.Model.Save(Path.Combine(work, "policy"));
+        var reference = lm.ReferencePath is null ? lm.Reference : null;   // a path-backed reference is stored as its path
+        reference?.Save(Path.Combine(work, "reference"));
+        var settings = new LanguageModelSettings(lm.Beta, lm.OutputColumns.ToList(), lm.Generation, reference is not null, lm.ReferencePath);
+        File.WriteAllText(Path.Combine(work, "transformer.json"), JsonSerializer.Serialize(settings, Json));
+        foreach (string file in Directory.EnumerateFiles(work, "*", SearchOption.AllDirectories))
+        {
+            string name = entry + Path.GetRelativePath(work, file).Replace(Path.DirectorySeparatorChar, '/');
+            zip.CreateEntryFromFile(file, name, file.EndsWith(".safetensors", StringComparison.Ordinal) ? CompressionLevel.NoCompression : CompressionLevel.Optimal);
+        }
+    }
+
+    static LanguageModelTransformer ReadLanguageModel(ZipArchive zip, string path, string entry, string work)
+    {
+        foreach (var e in zip.Entries.Where(e => e.FullName.StartsWith(entry, StringComparison.Ordinal) && !e.FullName.EndsWith('/')))
+        {
+            string target = Path.GetFullPath(Path.Combine(work, e.FullName[entry.Length..]));
+            if (!target.StartsWith(Path.GetFullPath(work), StringComparison.Ordinal))
+                throw new InvalidDataException($"'{path}': entry '{e.FullName}' points outside its folder.");
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            e.ExtractToFile(target);
+        }
+        string settingsFile = Path.Combine(work, "transformer.json");
+        if (!File.Exists(settingsFile)) throw new InvalidDataException($"'{path}': segment '{entry}' lacks transformer.json.");
+        var settings = JsonSerializer.Deserialize<LanguageModelSettings>(File.ReadAllText(settingsFile), Json)
+            ?? throw new InvalidDataException($"'{path}': segment '{entry}' has an empty transformer.json.");
+        var policy = LanguageModel.Load(Path.Combine(work, "policy"));
+        LanguageModel? reference = null;
+        try
+        {
+            if (settings.HasReference) reference = LanguageModel.Load(Path.Combine(work, "reference"));
+            return new LanguageModelTransformer(policy, reference, settings.Beta, settings.Columns, settings.Generation,
+                ownsModel: true, ownsReference: reference is not null, referencePath: settings.ReferencePath);
+        }
+        catch
+        {
+            policy.Dispose();
+            reference?.Dispose();
+            throw;
+        }
+    }
+
+    static void WriteEntry(ZipArchive zip, string name, Action<Stream> write)
+    {
+        using var buffer = new MemoryStream();
+        write(buffer);
+        var entry = zip.CreateEntry(name, CompressionLevel.NoCompression);
+        using var stream = entry.Open();
+        buffer.Position = 0;
+        buffer.CopyTo(stream);
+    }
+
+    static T ReadEntry<T>(ZipArchive zip, string path, string name, Func<Stream, T> read)
+    {
+        var entry = zip.GetEntry(name) ?? throw new InvalidDataException($"'{path}' lacks '{name}': not a complete Microsoft.ML.Dpo pipeline file.");
+        using var stream = entry.Open();
+        using var buffer = new MemoryStream();
+        stream.CopyTo(buffer);          // ML.NET's loader needs a seekable stream
+        buffer.Position = 0;
+        return read(buffer);
+    }
+}

@@ -1,0 +1,184 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Training;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>Where the DPO reference log-probabilities come from.</summary>
+public enum ReferenceModelSource
+{
+    /// <summary>A frozen copy of the starting policy (the default).</summary>
+    FrozenCopyOfBase,
+    /// <summary>A separately given model (<see cref="DpoTrainer.Options.ReferenceModel"/> or <see cref="DpoTrainer.Options.ReferenceModelPath"/>).</summary>
+    Separate,
+}
+
+/// <summary>
+/// Direct Preference Optimization (Rafailov et al., 2023) of a causal language model on (prompt, chosen, rejected) text
+/// columns, against a frozen reference model; no reward model and no reinforcement-learning loop.
+/// Create it with <c>mlContext.Alignment().Trainers.Dpo(options)</c>.
+/// </summary>
+public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
+{
+    /// <summary>Options of <see cref="DpoTrainer"/>.</summary>
+    public sealed class Options : LanguageModelTrainerOptions
+    {
+        /// <summary>The prompt column (text). Default "prompt".</summary>
+        public string PromptColumnName { get; set; } = "prompt";
+        /// <summary>The preferred completion column (text). Default "chosen".</summary>
+        public string ChosenColumnName { get; set; } = "chosen";
+        /// <summary>The dispreferred completion column (text). Default "rejected".</summary>
+        public string RejectedColumnName { get; set; } = "rejected";
+        /// <summary>β: the strength of the KL regularisation toward the reference (larger keeps the policy closer). Default 0.1.</summary>
+        public double Beta { get; set; } = 0.1;
+        /// <summary>The preference loss. Default <see cref="PreferenceLossKind.Sigmoid"/> (DPO).</summary>
+        public PreferenceLossKind LossKind { get; set; } = PreferenceLossKind.Sigmoid;
+        /// <summary>Label smoothing ε for Sigmoid (conservative DPO) and Robust. Default 0.</summary>
+        public double LabelSmoothing { get; set; }
+        /// <summary>SimPO's target reward margin γ. Default 0.5.</summary>
+        public double SimPOGamma { get; set; } = 0.5;
+        /// <summary>Weight α of an added NLL loss on the chosen completion (RPO); 0 disables it. Default 0.</summary>
+        public double NllWeight { get; set; }
+        /// <summary>Where the reference comes from. Default <see cref="ReferenceModelSource.FrozenCopyOfBase"/>.</summary>
+        public ReferenceModelSource Reference { get; set; } = ReferenceModelSource.FrozenCopyOfBase;
+        /// <summary>With <see cref="ReferenceModelSource.Separate"/>: the reference model directory or file.</summary>
+        public string? ReferenceModelPath { get; set; }
+        /// <summary>With <see cref="ReferenceModelSource.Separate"/>: a reference model in memory (not modified, not disposed).</summary>
+        public LanguageModel? ReferenceModel { get; set; }
+        /// <summary>
+        /// Compute the reference log-probs in one pass before training, then free the reference model. They are cached in
+        /// <see cref="TrainingOptions.CheckpointDirectory"/> (keyed by reference weights and data) so a resumed or repeated run
+        /// does not recompute them. Default false.
+        /// </summary>
+        public bool PrecomputeReferenceLogProbs { get; set; }
+
+        /// <summary>Creates options with DPO's customary learning rate (1e-6; small models on a CPU learn faster with ~1e-4).</summary>
+        public Options() => LearningRate = 1e-6;
+
+        internal PreferenceLossOptions LossOptions => new() { Kind = LossKind, Beta = Beta, LabelSmoothing = LabelSmoothing, Gamma = SimPOGamma };
+
+        /// <inheritdoc />
+        public override void Validate()
+        {
+            base.Validate();
+            LossOptions.Validate();
+            if (NllWeight < 0) throw new ArgumentOutOfRangeException(nameof(NllWeight), NllWeight, "NllWeight must not be negative.");
+            if (Reference == ReferenceModelSource.Separate && ReferenceModel is null && string.IsNullOrWhiteSpace(ReferenceModelPath))
+                throw new ArgumentException("Reference = Separate needs ReferenceModel or ReferenceModelPath.", nameof(ReferenceModelPath));
+        }
+    }
+
+    readonly IHostEnvironment? env;
+    readonly Options options;
+
+    internal DpoTrainer(IHostEnvironment? env, Options options)
+    {
+        this.env = env;
+        this.options = options ?? throw new ArgumentNullException(nameof(options));
+    }
+
+    /// <summary>Checks the input columns and adds the generated response column.</summary>
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        TextColumns.Check(inputSchema, ("prompt", options.PromptColumnName), ("chosen", options.ChosenColumnName), ("rejected", options.RejectedColumnName));
+        return SchemaShapes.WithColumns(inputSchema, [(LanguageModelTransformer.DefaultResponseColumn, TextDataViewType.Instance)]);
+    }
+
+    /// <summary>Aligns a copy of the base model to the preferences in <paramref name="input"/>.</summary>
+    public LanguageModelTransformer Fit(IDataView input)
+    {
+        options.Validate();
+        var log = FineTuningRun.Logger(env, options, nameof(DpoTrainer));
+        var report = new DataPreparationReport();
+        var pairs = ExampleReader.ReadPreferencePairs(input, options.PromptColumnName, options.ChosenColumnName, options.RejectedColumnName, options.SkipInvalidRows, report, options.CancellationToken);
+        var policy = FineTuningRun.LoadPolicy(options);
+        LanguageModel? ownedReference = null;
+        try
+        {
+            var examples = Tokenize(policy, pairs, report);
+            log($"DPO data: {report}.");
+            List<TokenizedPreference>? validation = null;
+            if (options.ValidationData is { } validationData)
+                validation = Tokenize(policy, ExampleReader.ReadPreferencePairs(validationData, options.PromptColumnName, options.ChosenColumnName,
+                    options.RejectedColumnName, options.SkipInvalidRows, new DataPreparationReport()), new DataPreparationReport());
+
+            var loss = options.LossOptions;
+            // The reference: a separate model, the caller's untouched base model, or a frozen copy of the starting policy.
+            LanguageModel? reference = null;
+            if (loss.RequiresReference)
+            {
+                if (options.Reference == ReferenceModelSource.Separate)
+                    reference = options.ReferenceModel ?? (ownedReference = LanguageModel.Load(options.ReferenceModelPath!, options.Precision, options.Device));
+                else if (options.BaseModel is not null)
+                    reference = options.BaseModel;
+                else if (!options.PrecomputeReferenceLogProbs)
+                    reference = ownedReference = policy.Clone();
+                else
+                    reference = policy; // before training the policy *is* the reference: no copy needed for one pass
+                reference.Network.eval();
+            }
+
+            ReferenceLogProbs? referenceLogProbs = null, validationReferenceLogProbs = null;
+            if (reference is not null)
+            {
+                if (options.PrecomputeReferenceLogProbs)
+                {
+                    referenceLogProbs = ReferenceLogProbs.Precomputed.Compute(reference.Network, examples, options.BatchSize, policy.PadTokenId,
+                        options.CheckpointDirectory, log, options.CancellationToken);
+                    if (validation is not null)
+                        validationReferenceLogProbs = ReferenceLogProbs.Precomputed.Compute(reference.Network, validation, options.BatchSize, policy.PadTokenId,
+                            options.CheckpointDirectory, log, options.CancellationToken);
+                    if (ownedReference is not null) { ownedReference.Dispose(); ownedReference = null; }
+                    reference = options.ReferenceModel ?? options.BaseModel; // kept only when the caller owns it
+                }
+                else
+                {
+                    referenceLogProbs = validationReferenceLogProbs = new ReferenceLogProbs.Live(reference.Network);
+                }
+            }
+
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";dpo;{loss};nll={options.NllWeight:R};ref={options.Reference}",
+                examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
+            var objective = new DpoObjective(policy.Network, referenceLogProbs, loss, options.NllWeight, policy.PadTokenId);
+            policy.Network.train();
+            var summary = new TrainingLoop<TokenizedPreference>(options, FineTuningRun.Trainable(policy), objective,
+                FineTuningRun.Checkpoint(options, policy), fingerprint, log).Run(examples);
+            policy.Network.eval();
+
+            IReadOnlyDictionary<string, double>? validationMetrics = null;
+            if (validation is not null)
+            {
+                var validationObjective = new DpoObjective(policy.Network, validationReferenceLogProbs, loss, options.NllWeight, policy.PadTokenId);
+                validationMetrics = Evaluation.Average(validationObjective, validation, options.BatchSize, "eval/");
+                log("DPO validation: " + string.Join(" ", validationMetrics.Select(kv => $"{kv.Key}={kv.Value:G4}")));
+            }
+
+            string? referencePath = options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath : options.BaseModelPath;
+            var transformer = new LanguageModelTransformer(policy, reference ?? ownedReference, options.Beta, options.PromptColumnName,
+                ownsReference: ownedReference is not null, referencePath: reference is null && ownedReference is null ? referencePath : null)
+            {
+                TrainingSummary = summary, DataReport = report, ValidationMetrics = validationMetrics,
+            };
+            ownedReference = null;
+            return transformer;
+        }
+        catch
+        {
+            policy.Dispose();
+            ownedReference?.Dispose();
+            throw;
+        }
+    }
+
+    List<TokenizedPreference> Tokenize(LanguageModel model, List<PreferencePair> pairs, DataPreparationReport report)
+    {
+        var examples = new List<TokenizedPreference>(pairs.Count);
+        foreach (var pair in pairs)
+        {
+            var (prompt, completions) = FineTuningRun.Tokenize(model, pair.Prompt, [pair.Chosen, pair.Rejected], options, report);
+            examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
+        }
+        report.Kept = examples.Count;
+        return examples;
+    }
+}

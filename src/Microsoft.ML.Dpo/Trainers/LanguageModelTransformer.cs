@@ -1,0 +1,166 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Generation;
+using Microsoft.ML.Dpo.Training;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>What a <see cref="LanguageModelTransformer"/> output column holds.</summary>
+public enum LanguageModelOutputKind
+{
+    /// <summary>The generated response to a prompt column (text).</summary>
+    Response,
+    /// <summary>log π(response | prompt): the summed log-probability of a response column given a prompt column (float).</summary>
+    LogProbability,
+    /// <summary>DPO's implicit reward β·(log π(y|x) − log π_ref(y|x)) of a response given a prompt (float).</summary>
+    ImplicitReward,
+}
+
+/// <summary>One output column of a <see cref="LanguageModelTransformer"/>.</summary>
+/// <param name="Kind">What the column holds.</param>
+/// <param name="OutputColumnName">Its name.</param>
+/// <param name="PromptColumnName">The prompt (text) input column.</param>
+/// <param name="ResponseColumnName">The response (text) input column, for scores; null for generation.</param>
+public sealed record LanguageModelOutputColumn(LanguageModelOutputKind Kind, string OutputColumnName, string PromptColumnName, string? ResponseColumnName = null);
+
+/// <summary>
+/// A fitted (SFT- or DPO-trained) language model as an ML.NET transformer. It adds output columns on demand, computed
+/// lazily per row: a generated response, the log-probability of a given response, and — when a reference model is
+/// known — DPO's implicit reward ("your language model is secretly a reward model"). Derived transformers made with
+/// <see cref="WithOutputColumns"/> or <see cref="WithGenerationOptions"/> share the model and do not own it: dispose the
+/// one returned by <c>Fit</c> (or by <c>Load</c>) when done.
+/// </summary>
+public sealed class LanguageModelTransformer : ITransformer, IDisposable
+{
+    /// <summary>The name of the response column added by default.</summary>
+    public const string DefaultResponseColumn = "response";
+
+    readonly bool ownsModel, ownsReference;
+    LanguageModel? reference;
+
+    internal LanguageModelTransformer(LanguageModel model, LanguageModel? reference, double beta, string promptColumn,
+        bool ownsReference = false, string? referencePath = null)
+        : this(model, reference, beta, [new LanguageModelOutputColumn(LanguageModelOutputKind.Response, DefaultResponseColumn, promptColumn)],
+               new GenerationOptions(), ownsModel: true, ownsReference, referencePath)
+    {
+    }
+
+    internal LanguageModelTransformer(LanguageModel model, LanguageModel? reference, double beta, IReadOnlyList<LanguageModelOutputColumn> columns,
+        GenerationOptions generation, bool ownsModel, bool ownsReference, string? referencePath)
+    {
+        if (columns.Count == 0) throw new ArgumentException("At least one output column is needed.", nameof(columns));
+        this.ownsModel = ownsModel;
+        Model = model;
+        this.reference = reference;
+        Beta = beta;
+        OutputColumns = columns;
+        Generation = generation;
+        this.ownsReference = ownsReference;
+        ReferencePath = referencePath;
+    }
+
+    /// <summary>The trained policy (network and tokenizer).</summary>
+    public LanguageModel Model { get; }
+
+    /// <summary>β used for implicit rewards (the DPO β of training; 0 after SFT).</summary>
+    public double Beta { get; }
+
+    /// <summary>Where the reference model is loaded from when it is not in memory (for implicit rewards), if known.</summary>
+    public string? ReferencePath { get; }
+
+    /// <summary>The columns <see cref="Transform"/> adds.</summary>
+    public IReadOnlyList<LanguageModelOutputColumn> OutputColumns { get; }
+
+    /// <summary>How responses are generated.</summary>
+    public GenerationOptions Generation { get; }
+
+    /// <summary>What training did (steps, final metrics, metrics file), when this transformer came from <c>Fit</c>.</summary>
+    public TrainingSummary? TrainingSummary { get; internal init; }
+
+    /// <summary>What data preparation skipped or truncated, when this transformer came from <c>Fit</c>.</summary>
+    public DataPreparationReport? DataReport { get; internal init; }
+
+    /// <summary>Metrics on the validation data (prefixed "eval/"), when validation data was given.</summary>
+    public IReadOnlyDictionary<string, double>? ValidationMetrics { get; internal init; }
+
+    /// <summary>Whether a reference model is available for implicit rewards.</summary>
+    public bool HasReference => reference is not null || ReferencePath is not null;
+
+    /// <summary>The reference model in memory, loading it from <see cref="ReferencePath"/> on first use.</summary>
+    internal LanguageModel? Reference => reference ??= ReferencePath is null ? null : LanguageModel.Load(ReferencePath, device: Model.Network.Device.ToString());
+
+    bool OwnsReference => ownsReference || (ownsModel && reference is not null && ReferencePath is not null);
+
+    /// <summary>A transformer over the same model that adds <paramref name="columns"/> (replacing the current set).</summary>
+    public LanguageModelTransformer WithOutputColumns(params LanguageModelOutputColumn[] columns) =>
+        new(Model, reference, Beta, columns, Generation, ownsModel: false, ownsReference: false, ReferencePath);
+
+    /// <summary>A transformer over the same model that generates with <paramref name="options"/>.</summary>
+    public LanguageModelTransformer WithGenerationOptions(GenerationOptions options) =>
+        new(Model, reference, Beta, OutputColumns, options ?? throw new ArgumentNullException(nameof(options)), ownsModel: false, ownsReference: false, ReferencePath);
+
+    /// <summary>Generates a response to <paramref name="prompt"/> (the decoded new text).</summary>
+    public string Generate(string prompt, GenerationOptions? options = null) => Model.CreateGenerator().Generate([prompt], options ?? Generation)[0];
+
+    /// <summary>log π(response | prompt) under the trained model: the sum over the response tokens (EOS included).</summary>
+    public float LogProbability(string prompt, string response) => LogProbability(Model, prompt, response);
+
+    /// <summary>β·(log π(response|prompt) − log π_ref(response|prompt)); needs a reference model.</summary>
+    public float ImplicitReward(string prompt, string response)
+    {
+        var referenceModel = Reference ?? throw new InvalidOperationException("No reference model is known for this transformer: implicit rewards need one (train with DPO, or load a model saved with its reference).");
+        return (float)(Beta * (LogProbability(Model, prompt, response) - LogProbability(referenceModel, prompt, response)));
+    }
+
+    /// <summary>Exports the trained model as a Hugging Face directory (config, safetensors weights, tokenizer), atomically.</summary>
+    public void ExportHuggingFace(string directory) => Model.Save(directory);
+
+    static float LogProbability(LanguageModel model, string prompt, string response)
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        using var batch = SequenceBatch.Collate([(model.EncodePrompt(prompt), model.EncodeCompletion(response))], model.PadTokenId, model.Network.Device);
+        var (sum, _) = SequenceScoring.CompletionLogProbs(model.Network, batch);
+        return sum.to(float32).item<float>();
+    }
+
+    ComputedColumnsMapper Mapper(DataViewSchema inputSchema) => new(inputSchema, OutputColumns.Select(ToComputed).ToList());
+
+    ComputedColumn ToComputed(LanguageModelOutputColumn column) => column.Kind switch
+    {
+        LanguageModelOutputKind.Response => new(column.OutputColumnName, TextDataViewType.Instance, [column.PromptColumnName], v => Generate(v[0])),
+        LanguageModelOutputKind.LogProbability => new(column.OutputColumnName, NumberDataViewType.Single, [column.PromptColumnName, RequireResponse(column)], v => LogProbability(v[0], v[1])),
+        _ => new(column.OutputColumnName, NumberDataViewType.Single, [column.PromptColumnName, RequireResponse(column)], v => ImplicitReward(v[0], v[1])),
+    };
+
+    static string RequireResponse(LanguageModelOutputColumn column) => column.ResponseColumnName
+        ?? throw new ArgumentException($"Output column '{column.OutputColumnName}' ({column.Kind}) needs a response column.");
+
+    /// <inheritdoc />
+    public bool IsRowToRowMapper => true;
+
+    /// <inheritdoc />
+    public DataViewSchema GetOutputSchema(DataViewSchema inputSchema) => Mapper(inputSchema).OutputSchema;
+
+    /// <inheritdoc />
+    public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema) => Mapper(inputSchema);
+
+    /// <inheritdoc />
+    public IDataView Transform(IDataView input) => new ComputedColumnsDataView(input, Mapper(input.Schema));
+
+    /// <summary>
+    /// ML.NET's own <c>mlContext.Model.Save</c> cannot hold this transformer: ML.NET keeps the members a transformer
+    /// needs to write itself into its zip internal. Use <c>mlContext.Alignment().Model.Save</c>, which saves whole
+    /// pipelines (stock ML.NET transforms and ours) into one file.
+    /// </summary>
+    void ICanSaveModel.Save(ModelSaveContext ctx) =>
+        throw new NotSupportedException("Save pipelines that contain a LanguageModelTransformer with mlContext.Alignment().Model.Save(model, inputSchema, path); load them with mlContext.Alignment().Model.Load(path, out schema).");
+
+    /// <summary>Frees the model (and the reference model when this transformer loaded or copied it).</summary>
+    public void Dispose()
+    {
+        if (ownsModel) Model.Dispose();
+        if (OwnsReference) reference?.Dispose();
+    }
+}

@@ -1,0 +1,93 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Training;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>
+/// Supervised fine-tuning (SFT) of a causal language model on (prompt, completion) text columns. The loss is the
+/// cross-entropy of the completion tokens (or of all tokens). Create it with <c>mlContext.Alignment().Trainers.Sft(options)</c>.
+/// </summary>
+public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
+{
+    /// <summary>Options of <see cref="SftTrainer"/>.</summary>
+    public sealed class Options : LanguageModelTrainerOptions
+    {
+        /// <summary>The prompt column (text). Default "prompt".</summary>
+        public string PromptColumnName { get; set; } = "prompt";
+        /// <summary>The completion column (text). Default "completion".</summary>
+        public string CompletionColumnName { get; set; } = "completion";
+        /// <summary>Learn only the completion tokens (true, the default) or the prompt tokens too.</summary>
+        public bool CompletionOnlyLoss { get; set; } = true;
+
+        /// <summary>Creates options with SFT's default learning rate (2e-5).</summary>
+        public Options() => LearningRate = 2e-5;
+    }
+
+    readonly IHostEnvironment? env;
+    readonly Options options;
+
+    internal SftTrainer(IHostEnvironment? env, Options options)
+    {
+        this.env = env;
+        this.options = options ?? throw new ArgumentNullException(nameof(options));
+    }
+
+    /// <summary>Checks the input columns and adds the generated response column.</summary>
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        TextColumns.Check(inputSchema, ("prompt", options.PromptColumnName), ("completion", options.CompletionColumnName));
+        return SchemaShapes.WithColumns(inputSchema, [(LanguageModelTransformer.DefaultResponseColumn, TextDataViewType.Instance)]);
+    }
+
+    /// <summary>Fine-tunes a copy of the base model on <paramref name="input"/>.</summary>
+    public LanguageModelTransformer Fit(IDataView input)
+    {
+        options.Validate();
+        var log = FineTuningRun.Logger(env, options, nameof(SftTrainer));
+        var report = new DataPreparationReport();
+        var rows = ExampleReader.ReadCompletions(input, options.PromptColumnName, options.CompletionColumnName, options.SkipInvalidRows, report, options.CancellationToken);
+        var policy = FineTuningRun.LoadPolicy(options);
+        try
+        {
+            var examples = Tokenize(policy, rows, report);
+            log($"SFT data: {report}.");
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";sft;completionOnly={options.CompletionOnlyLoss}",
+                examples.SelectMany(e => new[] { e.Prompt, e.Completion }));
+            var objective = new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss);
+            policy.Network.train();
+            var summary = new TrainingLoop<TokenizedCompletion>(options, FineTuningRun.Trainable(policy), objective,
+                FineTuningRun.Checkpoint(options, policy), fingerprint, log).Run(examples);
+            policy.Network.eval();
+            IReadOnlyDictionary<string, double>? validation = null;
+            if (options.ValidationData is { } validationData)
+            {
+                var validationReport = new DataPreparationReport();
+                var validationRows = ExampleReader.ReadCompletions(validationData, options.PromptColumnName, options.CompletionColumnName, options.SkipInvalidRows, validationReport);
+                validation = Evaluation.Average(objective, Tokenize(policy, validationRows, validationReport), options.BatchSize, "eval/");
+                log("SFT validation: " + string.Join(" ", validation.Select(kv => $"{kv.Key}={kv.Value:G4}")));
+            }
+            return new LanguageModelTransformer(policy, reference: null, beta: 0, options.PromptColumnName)
+            {
+                TrainingSummary = summary, DataReport = report, ValidationMetrics = validation,
+            };
+        }
+        catch
+        {
+            policy.Dispose();
+            throw;
+        }
+    }
+
+    List<TokenizedCompletion> Tokenize(LanguageModel model, List<CompletionExample> rows, DataPreparationReport report)
+    {
+        var examples = new List<TokenizedCompletion>(rows.Count);
+        foreach (var row in rows)
+        {
+            var (prompt, completions) = FineTuningRun.Tokenize(model, row.Prompt, [row.Completion], options, report);
+            examples.Add(new TokenizedCompletion(prompt, completions[0], row.Row, examples.Count));
+        }
+        report.Kept = examples.Count;
+        return examples;
+    }
+}
