@@ -17,7 +17,7 @@ internal sealed class RMSNorm : nn.Module<Tensor, Tensor>
 
     public RMSNorm(long size, double eps) : base(nameof(RMSNorm))
     {
-        weight = new Parameter(torch.ones(size));
+        weight = new Parameter(torch.ones(size).DetachFromDisposeScope());
         _eps = eps;
         RegisterComponents();
     }
@@ -42,8 +42,8 @@ internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
 
     public LayerNorm(long size, double eps) : base(nameof(LayerNorm))
     {
-        weight = new Parameter(torch.ones(size));
-        bias = new Parameter(torch.zeros(size));
+        weight = new Parameter(torch.ones(size).DetachFromDisposeScope());
+        bias = new Parameter(torch.zeros(size).DetachFromDisposeScope());
         _eps = eps;
         RegisterComponents();
     }
@@ -67,8 +67,8 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>
 
     public Conv1D(long inFeatures, long outFeatures) : base(nameof(Conv1D))
     {
-        weight = new Parameter(torch.empty(inFeatures, outFeatures));
-        bias = new Parameter(torch.zeros(outFeatures));
+        weight = new Parameter(torch.empty(inFeatures, outFeatures).DetachFromDisposeScope());
+        bias = new Parameter(torch.zeros(outFeatures).DetachFromDisposeScope());
         RegisterComponents();
     }
 

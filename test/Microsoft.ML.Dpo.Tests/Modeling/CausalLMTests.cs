@@ -261,3 +261,25 @@ public sealed class CausalLMTests
         Assert.IsTrue(diff <= tol, $"{what}: max |Δ| = {diff} > {tol}");
     }
 }
+
+[TestClass]
+public sealed class CausalLMLifetimeTests
+{
+    [TestMethod]
+    [DataRow("llama", ScalarType.Float32)]
+    [DataRow("llama", ScalarType.BFloat16)]
+    [DataRow("gpt2", ScalarType.Float32)]
+    public void ModelCreatedInsideADisposeScopeOutlivesIt(string type, ScalarType dtype)
+    {
+        CausalLM model;
+        using (var scope = NewDisposeScope())
+            model = CausalLM.Create(type == "gpt2" ? TinyModels.Gpt2() : TinyModels.Llama(tied: false), dtype);
+        using (model)
+        using (var scope = NewDisposeScope())
+        {
+            Assert.IsTrue(model.parameters().All(p => !p.IsInvalid));
+            var logits = model.Forward(torch.tensor(new long[] { 1, 2, 3 }, 1, 3));
+            Assert.IsFalse(logits.isnan().any().item<bool>());
+        }
+    }
+}
