@@ -106,12 +106,18 @@ public abstract class CausalLM : nn.Module
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float64))
             throw new ArgumentException($"dtype {dtype} is not supported; use Float32, BFloat16 or Float16.", nameof(dtype));
         config.Validate();
+        // TorchSharp's built-in modules create their parameters in the caller's dispose scope, which would free them
+        // when that scope ends; build (and convert) inside a scope of our own and detach everything it caught.
+        using var scope = torch.NewDisposeScope();
         CausalLM model = config.IsGpt2 ? new Gpt2LMHeadModel(config.Clone()) : new LlamaForCausalLM(config.Clone());
+        scope.Detach(scope.DisposablesView.ToArray());
         try
         {
-            if (initialize) model.InitializeWeights();
+            if (initialize)
+                using (torch.NewDisposeScope()) model.InitializeWeights();
             if (dtype != ScalarType.Float32) model.to(dtype);
             if (device is not null && device.type != DeviceType.CPU) model.to(device);
+            scope.Detach(scope.DisposablesView.ToArray());
             return model;
         }
         catch

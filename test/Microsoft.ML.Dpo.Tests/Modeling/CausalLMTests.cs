@@ -271,13 +271,17 @@ public sealed class CausalLMLifetimeTests
     [DataRow("gpt2", ScalarType.Float32)]
     public void ModelCreatedInsideADisposeScopeOutlivesIt(string type, ScalarType dtype)
     {
+        var config = type == "gpt2" ? TinyModels.Gpt2() : TinyModels.Llama(tied: false);
         CausalLM model;
         using (var scope = NewDisposeScope())
-            model = CausalLM.Create(type == "gpt2" ? TinyModels.Gpt2() : TinyModels.Llama(tied: false), dtype);
+            model = CausalLM.Create(config, dtype);
+        using var reference = CausalLM.Create(config, dtype);
         using (model)
         using (var scope = NewDisposeScope())
         {
-            Assert.IsTrue(model.parameters().All(p => !p.IsInvalid));
+            // named_parameters() silently skips freed parameters: compare against a model built outside any scope.
+            CollectionAssert.AreEqual(reference.named_parameters().Select(p => p.name).ToArray(), model.named_parameters().Select(p => p.name).ToArray());
+            Assert.AreEqual(config.IsGpt2 ? 4 + 12 * config.NumHiddenLayers : 3 + 9 * config.NumHiddenLayers, model.named_parameters().Count());
             var logits = model.Forward(torch.tensor(new long[] { 1, 2, 3 }, 1, 3));
             Assert.IsFalse(logits.isnan().any().item<bool>());
         }
