@@ -1,0 +1,198 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Modeling;
+
+/// <summary>
+/// A decoder-only (causal) language model: token ids in, next-token logits out. Built by <see cref="Create"/> or by the
+/// checkpoint loaders; parameter names (<c>state_dict()</c> keys) are the Hugging Face names of the architecture.
+/// </summary>
+/// <remarks>
+/// Attention masks are <c>[B, past + T]</c> with 1 for real tokens and 0 for padding; position ids are derived from them
+/// (cumulative sum − 1), so left-padded batches see the same positions as each prompt alone. The linear projections are
+/// swappable submodules (<see cref="ProjectionNames"/>, <see cref="ReplaceProjection"/>), e.g. for LoRA.
+/// </remarks>
+public abstract class CausalLM : nn.Module
+{
+    private protected CausalLM(string name, CausalLMConfig config) : base(name) => Config = config;
+
+    /// <summary>The model's configuration.</summary>
+    public CausalLMConfig Config { get; }
+
+    /// <summary>The dtype of the parameters.</summary>
+    public ScalarType DType => parameters().First().dtype;
+
+    /// <summary>The device of the parameters.</summary>
+    public Device Device => parameters().First().device;
+
+    /// <summary>
+    /// The final-normed hidden states <c>[B, T, H]</c> of <paramref name="inputIds"/> <c>[B, T]</c> (int64).
+    /// </summary>
+    /// <param name="inputIds">Token ids <c>[B, T]</c>, int64.</param>
+    /// <param name="attentionMask">Optional <c>[B, past + T]</c> (int64 or bool): 1 for real tokens, 0 for padding. Null means all real.</param>
+    /// <param name="cache">Optional key/value cache: its past positions are attended to and this call's keys/values are appended.</param>
+    public abstract Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
+
+    /// <summary>The output head: logits <c>[B, T, V]</c> (in the model's dtype) of hidden states <c>[B, T, H]</c>.</summary>
+    public abstract Tensor LogitsFromHidden(Tensor hidden);
+
+    /// <summary>Logits <c>[B, T, V]</c> as float32: <c>LogitsFromHidden(HiddenStates(...))</c>.</summary>
+    /// <param name="inputIds">Token ids <c>[B, T]</c>, int64.</param>
+    /// <param name="attentionMask">Optional <c>[B, past + T]</c> mask: 1 for real tokens, 0 for padding.</param>
+    /// <param name="cache">Optional key/value cache, extended by this call.</param>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        using var scope = torch.NewDisposeScope();
+        var logits = LogitsFromHidden(HiddenStates(inputIds, attentionMask, cache));
+        return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>An empty key/value cache for this model.</summary>
+    public KvCache CreateCache() => new(Config.NumHiddenLayers);
+
+    /// <summary>The qualified names of the swappable linear projections, e.g. <c>model.layers.0.self_attn.q_proj</c>.</summary>
+    public IReadOnlyList<string> ProjectionNames =>
+        named_modules().Where(m => m.module is IProjectionOwner)
+            .SelectMany(m => ((IProjectionOwner)m.module).ProjectionSlots.Select(s => m.name + "." + s)).ToList();
+
+    /// <summary>The projection module registered under the qualified <paramref name="name"/> (see <see cref="ProjectionNames"/>).</summary>
+    /// <exception cref="ArgumentException">No projection has that name.</exception>
+    public nn.Module<Tensor, Tensor> GetProjection(string name)
+    {
+        var (owner, slot) = FindOwner(name);
+        return owner.GetProjection(slot);
+    }
+
+    /// <summary>
+    /// Replaces the projection registered under <paramref name="name"/> by <paramref name="replacement"/> (same call signature,
+    /// <c>[.., in] → [.., out]</c>), registered under the same name, so its parameters appear as <c>{name}.…</c>.
+    /// Returns the module replaced (which the caller may wrap or dispose).
+    /// </summary>
+    /// <exception cref="ArgumentException">No projection has that name.</exception>
+    public nn.Module<Tensor, Tensor> ReplaceProjection(string name, nn.Module<Tensor, Tensor> replacement)
+    {
+        ArgumentNullException.ThrowIfNull(replacement);
+        var (owner, slot) = FindOwner(name);
+        return owner.SetProjection(slot, replacement);
+    }
+
+    (IProjectionOwner Owner, string Slot) FindOwner(string name)
+    {
+        int dot = name.LastIndexOf('.');
+        if (dot > 0)
+        {
+            string parent = name[..dot], slot = name[(dot + 1)..];
+            foreach (var (n, m) in named_modules())
+                if (n == parent && m is IProjectionOwner owner && owner.ProjectionSlots.Contains(slot))
+                    return (owner, slot);
+        }
+        throw new ArgumentException($"'{name}' is not a projection of this model; projections are named like '{ProjectionNames.FirstOrDefault()}'.", nameof(name));
+    }
+
+    /// <summary>
+    /// A new model of <paramref name="config"/> with random weights as Hugging Face initialises them (linear and embedding
+    /// weights ~ N(0, 0.02), biases 0, norm weights 1), deterministic under <c>torch.manual_seed</c>.
+    /// </summary>
+    /// <param name="config">The architecture.</param>
+    /// <param name="dtype">Parameter dtype: Float32 (default), BFloat16 or Float16.</param>
+    /// <param name="device">Device; CPU when null.</param>
+    public static CausalLM Create(CausalLMConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        => CreateCore(config, dtype, device, initialize: true);
+
+    internal static CausalLM CreateCore(CausalLMConfig config, ScalarType dtype, Device? device, bool initialize)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float64))
+            throw new ArgumentException($"dtype {dtype} is not supported; use Float32, BFloat16 or Float16.", nameof(dtype));
+        config.Validate();
+        // TorchSharp's built-in modules create their parameters in the caller's dispose scope, which would free them
+        // when that scope ends; build (and convert) inside a scope of our own and detach everything it caught.
+        using var scope = torch.NewDisposeScope();
+        CausalLM model = config.IsGpt2 ? new Gpt2LMHeadModel(config.Clone()) : new LlamaForCausalLM(config.Clone());
+        scope.Detach(scope.DisposablesView.ToArray());
+        try
+        {
+            if (initialize)
+                using (torch.NewDisposeScope()) model.InitializeWeights();
+            if (dtype != ScalarType.Float32) model.to(dtype);
+            if (device is not null && device.type != DeviceType.CPU) model.to(device);
+            scope.Detach(scope.DisposablesView.ToArray());
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    void InitializeWeights()
+    {
+        using var noGrad = torch.no_grad();
+        foreach (var (name, p) in named_parameters())
+        {
+            if (p.dim() >= 2) nn.init.normal_(p, 0.0, 0.02);          // linear, embedding, Conv1D weights
+            else if (name.EndsWith("bias", StringComparison.Ordinal)) p.zero_();
+            else p.fill_(1.0);                                          // norm weights
+        }
+    }
+
+    /// <summary>
+    /// Shared input preparation: position ids <c>[B, T]</c> from the mask (cumsum − 1, continuing after the cache) and the
+    /// boolean attention mask <c>[B, 1, T, S]</c> (true = attend) combining causality and padding. Every query row may
+    /// attend to its own position, so rows of padding queries are never fully masked (no NaN); real tokens never attend to padding.
+    /// </summary>
+    private protected static (Tensor Positions, Tensor Mask) PrepareInputs(Tensor inputIds, Tensor? attentionMask, long past)
+    {
+        if (inputIds.dim() != 2)
+            throw new ArgumentException($"inputIds must be [B, T], got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
+        long b = inputIds.shape[0], t = inputIds.shape[1], s = past + t;
+        var device = inputIds.device;
+        Tensor valid;                                                                 // [B, S] bool
+        if (attentionMask is null)
+            valid = torch.ones(b, s, ScalarType.Bool, device);
+        else
+        {
+            if (attentionMask.dim() != 2 || attentionMask.shape[0] != b || attentionMask.shape[1] != s)
+                throw new ArgumentException(
+                    $"attentionMask must be [B, past + T] = [{b}, {s}] (past = {past} cached positions), got [{string.Join(", ", attentionMask.shape)}].",
+                    nameof(attentionMask));
+            valid = attentionMask.to(device).ne(0);
+        }
+        var positions = valid.to(ScalarType.Int64).cumsum(1).sub(1).clamp_min(0)       // [B, S]
+            .narrow(1, past, t);                                                      // [B, T]
+        var queryPos = torch.arange(past, s, dtype: ScalarType.Int64, device: device).view(t, 1);   // [T, 1]
+        var keyPos = torch.arange(0, s, dtype: ScalarType.Int64, device: device).view(1, s);        // [1, S]
+        var causal = keyPos.le(queryPos);                                             // [T, S]
+        var self = keyPos.eq(queryPos);                                               // [T, S]
+        var mask = causal.unsqueeze(0).logical_and(valid.view(b, 1, s))               // [B, T, S]
+            .logical_or(self.unsqueeze(0))
+            .unsqueeze(1);                                                            // [B, 1, T, S]
+        return (positions, mask);
+    }
+
+    /// <summary>Scaled dot-product attention of q <c>[B, H, T, D]</c> over k, v <c>[B, Hkv, S, D]</c> (GQA by repeating kv heads); softmax in float32.</summary>
+    private protected static Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor mask)
+    {
+        long h = q.shape[1], hkv = k.shape[1];
+        if (hkv != h)
+        {
+            k = k.repeat_interleave(h / hkv, dim: 1);                                 // [B, H, S, D]
+            v = v.repeat_interleave(h / hkv, dim: 1);
+        }
+        var dtype = q.dtype;
+        if (dtype == ScalarType.Float32)
+            return nn.functional.scaled_dot_product_attention(q, k, v, mask);
+        return nn.functional.scaled_dot_product_attention(
+            q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), mask).to(dtype);
+    }
+}
+
+/// <summary>A module that holds swappable linear projections under named slots.</summary>
+internal interface IProjectionOwner
+{
+    IReadOnlyList<string> ProjectionSlots { get; }
+    nn.Module<Tensor, Tensor> GetProjection(string slot);
+    nn.Module<Tensor, Tensor> SetProjection(string slot, nn.Module<Tensor, Tensor> replacement);
+}

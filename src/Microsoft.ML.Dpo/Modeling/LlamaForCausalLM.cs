@@ -1,0 +1,250 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Modeling;
+
+#pragma warning disable IDE1006 // field names are the Hugging Face parameter names (RegisterComponents uses them)
+
+/// <summary>
+/// The Llama architecture (also Mistral and Qwen2, which differ only in configuration): token embedding, N blocks of
+/// [RMSNorm → grouped-query attention with rotary positions (half-split layout) → residual, RMSNorm → SwiGLU MLP → residual],
+/// final RMSNorm, output head (tied to the embedding or separate). Parameter names follow <c>LlamaForCausalLM</c>.
+/// </summary>
+public sealed class LlamaForCausalLM : CausalLM
+{
+    readonly LlamaModel model;
+    readonly Linear? lm_head;      // [V, H]; null when tied to model.embed_tokens
+
+    internal LlamaForCausalLM(CausalLMConfig config) : base(nameof(LlamaForCausalLM), config)
+    {
+        model = new LlamaModel(config);
+        lm_head = config.TieWordEmbeddings ? null : nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        RegisterComponents();
+    }
+
+    /// <inheritdoc/>
+    public override Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+        => model.forward(inputIds, attentionMask, cache);
+
+    /// <inheritdoc/>
+    public override Tensor LogitsFromHidden(Tensor hidden)
+        => lm_head is null ? nn.functional.linear(hidden, model.embed_tokens.weight!) : lm_head.forward(hidden);   // [B, T, V]
+
+    sealed class LlamaModel : nn.Module
+    {
+        internal readonly Embedding embed_tokens;              // [V, H]
+        readonly ModuleList<LlamaDecoderLayer> layers;
+        readonly RMSNorm norm;
+        readonly RotaryEmbedding _rope;                         // no tensors: nothing registered
+
+        public LlamaModel(CausalLMConfig c) : base(nameof(LlamaModel))
+        {
+            embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+            layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new LlamaDecoderLayer(c, i)).ToArray());
+            norm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
+            _rope = new RotaryEmbedding(c);
+            RegisterComponents();
+        }
+
+        public Tensor forward(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
+        {
+            using var scope = torch.NewDisposeScope();
+            long past = cache?.Length ?? 0;
+            var (positions, mask) = PrepareInputs(inputIds, attentionMask, past);   // [B, T], [B, 1, T, S]
+            var x = embed_tokens.forward(inputIds);                                   // [B, T, H]
+            var (cos, sin) = _rope.CosSin(positions, x.dtype);                        // [B, 1, T, D] each
+            foreach (var layer in layers)
+                x = layer.forward(x, cos, sin, mask, cache);
+            x = norm.forward(x);                                                      // [B, T, H]
+            cache?.Advance((int)inputIds.shape[1]);
+            return x.MoveToOuterDisposeScope();
+        }
+    }
+
+    sealed class LlamaDecoderLayer : nn.Module
+    {
+        readonly LlamaAttention self_attn;
+        readonly LlamaMlp mlp;
+        readonly RMSNorm input_layernorm;
+        readonly RMSNorm post_attention_layernorm;
+
+        public LlamaDecoderLayer(CausalLMConfig c, int index) : base(nameof(LlamaDecoderLayer))
+        {
+            self_attn = new LlamaAttention(c, index);
+            mlp = new LlamaMlp(c);
+            input_layernorm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
+            post_attention_layernorm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
+            RegisterComponents();
+        }
+
+        public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache)
+        {
+            using var scope = torch.NewDisposeScope();
+            x = x + self_attn.forward(input_layernorm.forward(x), cos, sin, mask, cache);   // [B, T, H]
+            x = x + mlp.forward(post_attention_layernorm.forward(x));
+            return x.MoveToOuterDisposeScope();
+        }
+    }
+
+    sealed class LlamaAttention : nn.Module, IProjectionOwner
+    {
+        nn.Module<Tensor, Tensor> q_proj;   // [H·D, hidden]
+        nn.Module<Tensor, Tensor> k_proj;   // [Hkv·D, hidden]
+        nn.Module<Tensor, Tensor> v_proj;   // [Hkv·D, hidden]
+        nn.Module<Tensor, Tensor> o_proj;   // [hidden, H·D]
+        readonly int _layer, _heads, _kvHeads, _headDim;
+
+        public LlamaAttention(CausalLMConfig c, int layer) : base(nameof(LlamaAttention))
+        {
+            (_layer, _heads, _kvHeads, _headDim) = (layer, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim);
+            q_proj = nn.Linear(c.HiddenSize, _heads * _headDim, hasBias: c.AttentionBias);
+            k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.AttentionBias);
+            v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.AttentionBias);
+            o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, hasBias: c.OutputProjectionBias);
+            RegisterComponents();
+        }
+
+        public Tensor forward(Tensor x, Tensor cos, Tensor sin, Tensor mask, KvCache? cache)
+        {
+            using var scope = torch.NewDisposeScope();
+            long b = x.shape[0], t = x.shape[1];
+            var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);      // [B, H, T, D]
+            var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
+            var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
+            q = RotaryEmbedding.Apply(q, cos, sin);
+            k = RotaryEmbedding.Apply(k, cos, sin);
+            if (cache is not null)
+                (k, v) = cache.Append(_layer, k, v);                                       // [B, Hkv, S, D]
+            var y = Attend(q, k, v, mask);                                                 // [B, H, T, D]
+            y = y.transpose(1, 2).reshape(b, t, _heads * _headDim);                        // [B, T, H·D]
+            return o_proj.forward(y).MoveToOuterDisposeScope();                            // [B, T, hidden]
+        }
+
+        public IReadOnlyList<string> ProjectionSlots { get; } = new[] { "q_proj", "k_proj", "v_proj", "o_proj" };
+
+        public nn.Module<Tensor, Tensor> GetProjection(string slot) => slot switch
+        {
+            "q_proj" => q_proj, "k_proj" => k_proj, "v_proj" => v_proj, "o_proj" => o_proj,
+            _ => throw new ArgumentException(slot),
+        };
+
+        public nn.Module<Tensor, Tensor> SetProjection(string slot, nn.Module<Tensor, Tensor> replacement)
+        {
+            var old = GetProjection(slot);
+            switch (slot)
+            {
+                case "q_proj": q_proj = replacement; break;
+                case "k_proj": k_proj = replacement; break;
+                case "v_proj": v_proj = replacement; break;
+                default: o_proj = replacement; break;
+            }
+            Reregister(this, slot, replacement);
+            return old;
+        }
+    }
+
+    sealed class LlamaMlp : nn.Module, IProjectionOwner
+    {
+        nn.Module<Tensor, Tensor> gate_proj;   // [I, H]
+        nn.Module<Tensor, Tensor> up_proj;     // [I, H]
+        nn.Module<Tensor, Tensor> down_proj;   // [H, I]
+
+        public LlamaMlp(CausalLMConfig c) : base(nameof(LlamaMlp))
+        {
+            gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias);
+            up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias);
+            down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: c.MlpBias);
+            RegisterComponents();
+        }
+
+        // SwiGLU: down(silu(gate(x)) · up(x))
+        public Tensor forward(Tensor x)
+        {
+            using var scope = torch.NewDisposeScope();
+            var h = nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x);      // [B, T, I]
+            return down_proj.forward(h).MoveToOuterDisposeScope();                     // [B, T, H]
+        }
+
+        public IReadOnlyList<string> ProjectionSlots { get; } = new[] { "gate_proj", "up_proj", "down_proj" };
+
+        public nn.Module<Tensor, Tensor> GetProjection(string slot) => slot switch
+        {
+            "gate_proj" => gate_proj, "up_proj" => up_proj, "down_proj" => down_proj,
+            _ => throw new ArgumentException(slot),
+        };
+
+        public nn.Module<Tensor, Tensor> SetProjection(string slot, nn.Module<Tensor, Tensor> replacement)
+        {
+            var old = GetProjection(slot);
+            switch (slot)
+            {
+                case "gate_proj": gate_proj = replacement; break;
+                case "up_proj": up_proj = replacement; break;
+                default: down_proj = replacement; break;
+            }
+            Reregister(this, slot, replacement);
+            return old;
+        }
+    }
+
+    internal static void Reregister(nn.Module owner, string slot, nn.Module replacement)
+    {
+        owner.register_module(slot, null!);          // removes the old registration
+        owner.register_module(slot, replacement);
+    }
+}
+
+/// <summary>
+/// Rotary position embedding in Hugging Face's half-split layout: a head vector [x1 | x2] is rotated as
+/// x·cos + rotate_half(x)·sin with rotate_half = [−x2 | x1], frequencies θ^(−2i/D) (optionally llama3-scaled).
+/// Inverse frequencies are kept as managed numbers, so the module registers no tensors.
+/// </summary>
+internal sealed class RotaryEmbedding
+{
+    readonly float[] _invFreq;   // [D/2]
+
+    public RotaryEmbedding(CausalLMConfig c)
+    {
+        int half = c.HeadDim / 2;
+        var inv = new double[half];
+        for (int i = 0; i < half; i++)
+            inv[i] = 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / c.HeadDim);
+        if (c.RopeScaling is { } s)
+            inv = Llama3Scale(inv, s);
+        _invFreq = inv.Select(d => (float)d).ToArray();
+    }
+
+    // Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth blend in between.
+    static double[] Llama3Scale(double[] inv, RopeScaling s)
+    {
+        double lowWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
+        double highWavelen = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
+        return inv.Select(f =>
+        {
+            double wavelen = 2 * Math.PI / f;
+            if (wavelen < highWavelen) return f;
+            if (wavelen > lowWavelen) return f / s.Factor;
+            double smooth = (s.OriginalMaxPositionEmbeddings / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+            return (1 - smooth) * f / s.Factor + smooth * f;
+        }).ToArray();
+    }
+
+    /// <summary>cos and sin tables <c>[B, 1, T, D]</c> for positions <c>[B, T]</c>, computed in float32 then cast.</summary>
+    public (Tensor Cos, Tensor Sin) CosSin(Tensor positions, ScalarType dtype)
+    {
+        var inv = torch.tensor(_invFreq, device: positions.device);                       // [D/2]
+        var freqs = positions.to(ScalarType.Float32).unsqueeze(-1) * inv;                   // [B, T, D/2]
+        var emb = torch.cat(new[] { freqs, freqs }, -1).unsqueeze(1);                       // [B, 1, T, D]
+        return (emb.cos().to(dtype), emb.sin().to(dtype));
+    }
+
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)   // x [B, h, T, D]
+    {
+        long half = x.shape[3] / 2;
+        var x1 = x.narrow(3, 0, half);
+        var x2 = x.narrow(3, half, half);
+        var rotated = torch.cat(new[] { x2.neg(), x1 }, 3);
+        return x * cos + rotated * sin;
+    }
+}
