@@ -1,3 +1,4 @@
+using Microsoft.ML.Runtime;
 using Microsoft.ML.Data;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Training;

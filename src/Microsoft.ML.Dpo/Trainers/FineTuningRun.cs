@@ -1,3 +1,4 @@
+using Microsoft.ML.Runtime;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.ML.Dpo.Checkpoints;
@@ -77,7 +78,7 @@ internal static class FineTuningRun
         return line =>
         {
             options.Log?.Invoke(line);
-            channel?.Info(line);
+            channel?.Info(MessageSensitivity.None, line);
         };
     }
 }
