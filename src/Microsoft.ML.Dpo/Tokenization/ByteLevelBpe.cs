@@ -112,6 +112,35 @@ internal static class ByteLevelBpe
         foreach (var (left, right) in MergesFromRanks(ranks)) merges.WriteLine(left + " " + right);
     }
 
+    /// <summary>
+    /// Writes a byte-level vocabulary with no merges (one token per UTF-8 byte, ids 0–255, and
+    /// <c>&lt;|endoftext|&gt;</c> = 256 as BOS, EOS and padding) as vocab.json, merges.txt and tokenizer_config.json.
+    /// Tiny models train fast on it: the whole vocabulary is 257 ids.
+    /// </summary>
+    public static void WriteByteFiles(string directory)
+    {
+        Directory.CreateDirectory(directory);
+        using (var stream = File.Create(Path.Combine(directory, "vocab.json")))
+        using (var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            json.WriteStartObject();
+            for (int b = 0; b < 256; b++) json.WriteNumber(ByteToChar((byte)b).ToString(), b);
+            json.WriteNumber("<|endoftext|>", 256);
+            json.WriteEndObject();
+        }
+        File.WriteAllText(Path.Combine(directory, "merges.txt"), "#version: 0.2\n");
+        File.WriteAllText(Path.Combine(directory, "tokenizer_config.json"), """
+            {
+              "tokenizer_class": "GPT2Tokenizer",
+              "bos_token": "<|endoftext|>",
+              "eos_token": "<|endoftext|>",
+              "added_tokens_decoder": {
+                "256": {"content": "<|endoftext|>", "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true}
+              }
+            }
+            """);
+    }
+
     /// <summary>Compiles a pre-tokenization pattern.</summary>
     public static Regex Compile(string pattern) => new(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
 }

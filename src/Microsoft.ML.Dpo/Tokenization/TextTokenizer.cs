@@ -200,6 +200,19 @@ public sealed class TextTokenizer
     }
 
     /// <summary>
+    /// A byte-level tokenizer with no merges: one token per UTF-8 byte (ids 0–255) and <c>&lt;|endoftext|&gt;</c> (256) as BOS,
+    /// EOS and padding. Its files are written to <paramref name="directory"/> (created if needed) and loaded from there, so the
+    /// tokenizer saves and reloads like any Hugging Face one. Meant for tiny demonstration and test models.
+    /// </summary>
+    /// <param name="directory">Where vocab.json, merges.txt and tokenizer_config.json are written.</param>
+    /// <returns>The tokenizer.</returns>
+    public static TextTokenizer CreateByteLevel(string directory)
+    {
+        ByteLevelBpe.WriteByteFiles(directory);
+        return FromDirectory(directory);
+    }
+
+    /// <summary>
     /// Loads a Hugging Face tokenizer directory. The vocabulary comes from <c>tokenizer.model</c> (SentencePiece:
     /// Llama 2, TinyLlama, Mistral) or <c>vocab.json</c> + <c>merges.txt</c> (byte-level BPE: GPT-2, Qwen2, SmolLM;
     /// the pre-tokenization pattern is read from tokenizer.json when present, else chosen by tokenizer_class). Special

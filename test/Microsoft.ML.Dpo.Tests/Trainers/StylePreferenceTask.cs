@@ -1,0 +1,52 @@
+using Microsoft.ML.Dpo.Modeling;
+using Microsoft.ML.Dpo.Tokenization;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Dpo.Tests.Trainers;
+
+/// <summary>
+/// A synthetic alignment task: answer "Tell me about {subject}." either warmly (preferred) or curtly (rejected).
+/// SFT teaches both styles but mostly the curt one, so the SFT model prefers the rejected answers; DPO must flip that preference, and the
+/// held-out subjects are never seen in training.
+/// </summary>
+internal static class StylePreferenceTask
+{
+    public static readonly string[] Warm = ["Happy to help!", "Gladly, friend!"];
+    public static readonly string[] Curt = ["No.", "Go away."];
+
+    static readonly string[] Subjects =
+    [
+        "apples", "rivers", "clouds", "tigers", "pianos", "castles", "rockets", "forests", "bridges", "lemons",
+        "deserts", "owls", "trains", "candles", "oceans", "violins", "gardens", "comets", "islands", "bees",
+        "mountains", "kites", "glaciers", "dragons", "robots", "tulips", "volcanoes", "whales", "lanterns", "meadows",
+        "pebbles", "harbors", "falcons", "puzzles", "canyons", "otters", "maples", "beacons", "rainbows", "shells",
+    ];
+
+    public static string[] TrainSubjects => Subjects[..30];
+    public static string[] HeldOutSubjects => Subjects[30..];
+
+    public static string Prompt(string subject) => $"Tell me about {subject}.\n";
+
+    public sealed class Pair { public string prompt { get; set; } = ""; public string chosen { get; set; } = ""; public string rejected { get; set; } = ""; }
+    public sealed class Completion { public string prompt { get; set; } = ""; public string completion { get; set; } = ""; }
+
+    public static Pair[] Pairs(string[] subjects) => subjects.Select((s, i) => new Pair { prompt = Prompt(s), chosen = Warm[i % 2], rejected = Curt[i % 2] }).ToArray();
+
+    /// <summary>SFT data in both styles, mostly curt (7 in 10): the SFT model knows both and prefers the curt one.</summary>
+    public static Completion[] MostlyCurtCompletions(string[] subjects) =>
+        subjects.Select((s, i) => new Completion { prompt = Prompt(s), completion = i % 10 < 7 ? Curt[i % 2] : Warm[i % 2] }).ToArray();
+
+    /// <summary>A tiny random Llama over the byte-level tokenizer, saved as a Hugging Face directory.</summary>
+    public static LanguageModel CreateBaseModel(string directory, int seed = 1)
+    {
+        var tokenizer = TextTokenizer.CreateByteLevel(Path.Combine(directory, "tokenizer"));
+        manual_seed(seed);
+        var network = CausalLM.Create(new CausalLMConfig
+        {
+            ModelType = "llama", VocabSize = 257, HiddenSize = 64, IntermediateSize = 128, NumHiddenLayers = 2,
+            NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16, MaxPositionEmbeddings = 128, RmsNormEps = 1e-5,
+            TieWordEmbeddings = true, BosTokenId = 256, EosTokenIds = [256],
+        });
+        return new LanguageModel(network, tokenizer);
+    }
+}
