@@ -25,7 +25,9 @@ public enum PreferenceLayout
     /// <c>chosen</c> and <c>rejected</c> (and optionally <c>prompt</c>) as lists of <c>{role, content}</c> messages. The prompt is the
     /// conversation before the final assistant message, rendered by <see cref="DataFileOptions.RenderConversation"/> with a generation
     /// prompt; the completion is the final assistant message's content. Without <c>prompt</c>, chosen and rejected must share
-    /// everything before their final assistant message.
+    /// everything before their final assistant message. Lists that already start with the prompt messages are not prefixed again.
+    /// A <c>prompt</c> string beside whole conversations (as in HuggingFaceH4/ultrafeedback_binarized) is ignored; beside lists of
+    /// assistant messages only, it is taken as one user message.
     /// </summary>
     Conversational,
     /// <summary>

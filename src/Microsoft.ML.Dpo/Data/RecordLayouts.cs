@@ -75,12 +75,18 @@ internal static class RecordLayouts
             }
             else throw new RecordException("prompt", $"expected a list of messages or a string, found {Kind(p)}");
         }
-        var (context, chosenText) = SplitLastAssistant(prompt.Concat(chosen).ToList(), "chosen");
-        var (rejectedContext, rejectedText) = SplitLastAssistant(prompt.Concat(rejected).ToList(), "rejected");
+        var (context, chosenText) = SplitLastAssistant(AfterPrompt(prompt, chosen), "chosen");
+        var (rejectedContext, rejectedText) = SplitLastAssistant(AfterPrompt(prompt, rejected), "rejected");
         if (!context.SequenceEqual(rejectedContext))
             throw new RecordException("rejected", "chosen and rejected differ before their final assistant message; they must share the conversation that is the prompt");
         return new PreferencePair(options.Renderer(context, true), chosenText, rejectedText, row);
     }
+
+    /// <summary>The whole conversation: the prompt messages, then the completion's — unless the completion already repeats them.</summary>
+    static List<(string Role, string Content)> AfterPrompt(List<(string Role, string Content)> prompt, List<(string Role, string Content)> completion) =>
+        prompt.Count > 0 && completion.Count > prompt.Count && completion.Take(prompt.Count).SequenceEqual(prompt)
+            ? completion
+            : prompt.Concat(completion).ToList();
 
     public static ScoredPrompt ReadScored(JsonElement record, long row)
     {

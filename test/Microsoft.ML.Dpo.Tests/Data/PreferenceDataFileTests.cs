@@ -82,6 +82,9 @@ public sealed class PreferenceDataFileTests
         // HuggingFaceH4/ultrafeedback_binarized: a prompt string beside whole conversations.
         var h4 = WithoutPrompt().Select((r, i) => new { prompt = Contexts[i][^1].content, r.chosen, r.rejected }).ToArray();
         CollectionAssert.AreEqual(Expected, Load(WriteJsonLines(dir.Combine("h4.jsonl"), h4)));
+        // Prompt messages that the chosen and rejected lists repeat are not prefixed twice.
+        var repeated = WithoutPrompt().Select((r, i) => new { prompt = Contexts[i], r.chosen, r.rejected }).ToArray();
+        CollectionAssert.AreEqual(Expected, Load(WriteJsonLines(dir.Combine("repeated.jsonl"), repeated)));
         // A prompt string beside assistant-only lists is the user's message.
         var single = new { prompt = "What is 2+2?", chosen = Msgs("assistant:4"), rejected = Msgs("assistant:5") };
         CollectionAssert.AreEqual(Expected[..1], Load(WriteJsonLines(dir.Combine("single.jsonl"), single)));
