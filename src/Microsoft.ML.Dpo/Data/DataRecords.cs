@@ -1,0 +1,178 @@
+using System.Collections;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Parquet;
+using Parquet.Serialization;
+
+namespace Microsoft.ML.Dpo.Data;
+
+/// <summary>A record that does not fit its layout: the field and why. <see cref="Detail"/> is kept out of the report's grouping key.</summary>
+internal sealed class RecordException(string? field, string reason, string? detail = null) : Exception(reason)
+{
+    public string? Field { get; } = field;
+    public string Reason { get; } = reason;
+    public string? Detail { get; } = detail;
+    public string Key => Field is null ? Reason : $"field '{Field}': {Reason}";
+}
+
+/// <summary>One record of a data file: its 1-based number (line, or row) and its value as JSON, or why it could not be parsed.</summary>
+internal readonly record struct SourceRecord(long Number, JsonElement Value, RecordException? Error);
+
+/// <summary>Reads the records of JSON Lines, JSON array and Parquet files as JSON values.</summary>
+internal static class DataRecords
+{
+    public static DataFileFormat ResolveFormat(string path, DataFileFormat format)
+    {
+        if (format != DataFileFormat.Auto) return format;
+        string extension = Path.GetExtension(path).ToLowerInvariant();
+        return extension switch
+        {
+            ".parquet" or ".pq" => DataFileFormat.Parquet,
+            ".jsonl" or ".ndjson" or ".json" => DataFileFormat.Json,
+            _ => throw new ArgumentException(
+                $"Cannot tell the format of '{path}' from its extension '{extension}': use .jsonl, .json or .parquet, or set Format in the options.", nameof(path)),
+        };
+    }
+
+    /// <summary>The records of <paramref name="path"/>, lazily; <paramref name="unit"/> names what the numbers count ("line", "row", "record").</summary>
+    public static IEnumerable<SourceRecord> Read(string path, DataFileFormat format, out string unit)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"Data file '{path}' was not found.", path);
+        if (format == DataFileFormat.Parquet)
+        {
+            unit = "row";
+            return ReadParquet(path);
+        }
+        if (StartsWithArray(path))
+        {
+            unit = "record";
+            return ReadJsonArray(path);
+        }
+        unit = "line";
+        return ReadJsonLines(path);
+    }
+
+    static bool StartsWithArray(string path)
+    {
+        using var reader = new StreamReader(path, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);
+        int c;
+        while ((c = reader.Read()) >= 0)
+            if (!char.IsWhiteSpace((char)c)) return c == '[';
+        return false;
+    }
+
+    static IEnumerable<SourceRecord> ReadJsonLines(string path)
+    {
+        using var reader = new StreamReader(path, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);
+        long number = 0;
+        string? line;
+        while ((line = reader.ReadLine()) is not null)
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            JsonElement value;
+            RecordException? error = null;
+            try
+            {
+                using var document = JsonDocument.Parse(line);
+                value = document.RootElement.Clone();
+            }
+            catch (JsonException e)
+            {
+                value = default;
+                error = new RecordException(null, "invalid JSON", e.Message);
+            }
+            yield return new SourceRecord(number, value, error);
+        }
+    }
+
+    static IEnumerable<SourceRecord> ReadJsonArray(string path)
+    {
+        JsonDocument document;
+        using (var stream = File.OpenRead(path))
+        {
+            try { document = JsonDocument.Parse(stream); }
+            catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON array (line {e.LineNumber + 1}): {e.Message}", e); }
+        }
+        using (document)
+        {
+            long number = 0;
+            foreach (var element in document.RootElement.EnumerateArray())
+                yield return new SourceRecord(++number, element.Clone(), null);
+        }
+    }
+
+    static IEnumerable<SourceRecord> ReadParquet(string path)
+    {
+        int groups = Sync(async () =>
+        {
+            using var stream = File.OpenRead(path);
+            await using var reader = await ParquetReader.CreateAsync(stream).ConfigureAwait(false);
+            return reader.RowGroupCount;
+        });
+        long number = 0;
+        for (int g = 0; g < groups; g++)
+        {
+            int group = g;
+            var rows = Sync(async () =>
+            {
+                using var stream = File.OpenRead(path);
+                return (await ParquetSerializer.DeserializeUntypedAsync(stream, null, group).ConfigureAwait(false)).Data;
+            });
+            foreach (var row in rows)
+            {
+                number++;
+                JsonElement value;
+                RecordException? error = null;
+                try { value = JsonSerializer.SerializeToElement(ToNode(row)); }
+                catch (Exception e) when (e is NotSupportedException or InvalidOperationException or JsonException)
+                {
+                    value = default;
+                    error = new RecordException(null, "unsupported Parquet value", e.Message);
+                }
+                yield return new SourceRecord(number, value, error);
+            }
+        }
+    }
+
+    // Parquet.Net is asynchronous only; run it off any synchronization context so a synchronous caller cannot deadlock.
+    static T Sync<T>(Func<Task<T>> work) => Task.Run(work).GetAwaiter().GetResult();
+
+    /// <summary>Converts an untyped Parquet value (structs as dictionaries, lists, maps, scalars) to JSON.</summary>
+    internal static JsonNode? ToNode(object? value)
+    {
+        switch (value)
+        {
+            case null: return null;
+            case string s: return JsonValue.Create(s);
+            case ReadOnlyMemory<char> m: return JsonValue.Create(m.ToString());
+            case char c: return JsonValue.Create(c.ToString());
+            case bool b: return JsonValue.Create(b);
+            case byte[] bytes: return JsonValue.Create(Encoding.UTF8.GetString(bytes));
+            case double d: return Number(d);
+            case float f: return Number(f);
+            case decimal m: return JsonValue.Create(m);
+            case sbyte or byte or short or ushort or int or uint or long: return JsonValue.Create(Convert.ToInt64(value, CultureInfo.InvariantCulture));
+            case ulong u: return JsonValue.Create(u);
+            case IFormattable formattable when value is DateTime or DateTimeOffset or TimeSpan or DateOnly or TimeOnly or Guid:
+                return JsonValue.Create(formattable.ToString(null, CultureInfo.InvariantCulture));
+            case IDictionary dictionary:
+                var obj = new JsonObject();
+                foreach (DictionaryEntry entry in dictionary)
+                    obj[Convert.ToString(entry.Key, CultureInfo.InvariantCulture) ?? ""] = ToNode(entry.Value);
+                return obj;
+            case IEnumerable items:
+                var array = new JsonArray();
+                foreach (var item in items) array.Add(ToNode(item));
+                return array;
+            default:
+                return JsonValue.Create(Convert.ToString(value, CultureInfo.InvariantCulture));
+        }
+    }
+
+    // JSON has no NaN or infinities: they become strings, which read back as unusable scores.
+    static JsonNode Number(double d) =>
+        double.IsFinite(d) ? JsonValue.Create(d) : JsonValue.Create(d.ToString(CultureInfo.InvariantCulture));
+}

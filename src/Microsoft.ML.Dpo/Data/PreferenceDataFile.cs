@@ -1,0 +1,129 @@
+using System.Text.Json;
+
+namespace Microsoft.ML.Dpo.Data;
+
+/// <summary>
+/// Reads preference and supervised fine-tuning (SFT) data files — JSON Lines (read line by line), JSON arrays and Parquet — in the
+/// layouts of <see cref="PreferenceLayout"/> and <see cref="CompletionLayout"/>, into examples with standard prompt/chosen/rejected or
+/// prompt/completion texts. A malformed record fails with the file, its line (Parquet: row) number and the field, unless
+/// <see cref="DataFileOptions.SkipMalformedRows"/> is set; then it is skipped and counted in the <see cref="DataLoadReport"/>.
+/// For ML.NET data views use <see cref="PreferenceDataCatalog"/>.
+/// </summary>
+public static class PreferenceDataFile
+{
+    /// <summary>
+    /// Reads the preference pairs of <paramref name="path"/>. A <see cref="PreferenceLayout.ScoredCompletions"/> file is binarized with
+    /// <see cref="PreferenceDataLoadOptions.Binarization"/> (see <see cref="PreferenceBinarizer"/>).
+    /// </summary>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format, layout, rendering and error handling; the defaults when null.</param>
+    /// <param name="report">Filled with what was read, produced and skipped, when given.</param>
+    /// <returns>The pairs; <see cref="PreferencePair.Row"/> is the record's 1-based line (or row) number.</returns>
+    /// <exception cref="InvalidDataException">A record is malformed (and skipping is off); the message names the file, line and field.</exception>
+    public static List<PreferencePair> ReadPreferencePairs(string path, PreferenceDataLoadOptions? options = null, DataLoadReport? report = null)
+    {
+        options ??= new PreferenceDataLoadOptions();
+        report ??= new DataLoadReport();
+        var pairs = new List<PreferencePair>();
+        List<ScoredPrompt>? scored = null;
+        Read(path, options, report, options.Layout, RecordLayouts.DetectPreference, layout => report.PreferenceLayout = layout, (record, row, layout) =>
+        {
+            if (layout == PreferenceLayout.ScoredCompletions) (scored ??= new()).Add(RecordLayouts.ReadScored(record, row));
+            else pairs.Add(RecordLayouts.ReadPair(record, row, layout, options));
+        });
+        if (scored is not null)
+        {
+            report.Binarization = new BinarizationReport();
+            pairs = PreferenceBinarizer.Binarize(scored, options.Binarization, report.Binarization);
+        }
+        report.ExamplesProduced = pairs.Count;
+        return pairs;
+    }
+
+    /// <summary>Reads a <see cref="PreferenceLayout.ScoredCompletions"/> file (UltraFeedback) without binarizing it.</summary>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format and error handling; the layout must be <see cref="PreferenceLayout.Auto"/> or <see cref="PreferenceLayout.ScoredCompletions"/>.</param>
+    /// <param name="report">Filled with what was read and skipped, when given.</param>
+    /// <returns>The prompts with their scored completions; <see cref="ScoredPrompt.Row"/> is the record's line (or row) number.</returns>
+    /// <exception cref="InvalidDataException">The file is not in the scored layout, or a record is malformed (and skipping is off).</exception>
+    public static List<ScoredPrompt> ReadScoredPrompts(string path, PreferenceDataLoadOptions? options = null, DataLoadReport? report = null)
+    {
+        options ??= new PreferenceDataLoadOptions();
+        report ??= new DataLoadReport();
+        if (options.Layout is not (PreferenceLayout.Auto or PreferenceLayout.ScoredCompletions))
+            throw new ArgumentException($"Scored prompts are read from the {PreferenceLayout.ScoredCompletions} layout, not {options.Layout}.", nameof(options));
+        var prompts = new List<ScoredPrompt>();
+        Read(path, options, report, options.Layout, DetectScored, layout => report.PreferenceLayout = layout,
+            (record, row, _) => prompts.Add(RecordLayouts.ReadScored(record, row)));
+        report.ExamplesProduced = prompts.Count;
+        return prompts;
+
+        static PreferenceLayout DetectScored(JsonElement record)
+        {
+            var layout = RecordLayouts.DetectPreference(record);
+            if (layout != PreferenceLayout.ScoredCompletions)
+                throw new RecordException("completions", $"missing: the record is in the {layout} layout, not {PreferenceLayout.ScoredCompletions}");
+            return layout;
+        }
+    }
+
+    /// <summary>Reads the SFT examples (prompt, completion) of <paramref name="path"/>.</summary>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format, layout, rendering and error handling; the defaults when null.</param>
+    /// <param name="report">Filled with what was read, produced and skipped, when given.</param>
+    /// <returns>The examples; <see cref="CompletionExample.Row"/> is the record's 1-based line (or row) number.</returns>
+    /// <exception cref="InvalidDataException">A record is malformed (and skipping is off); the message names the file, line and field.</exception>
+    public static List<CompletionExample> ReadCompletions(string path, CompletionDataLoadOptions? options = null, DataLoadReport? report = null)
+    {
+        options ??= new CompletionDataLoadOptions();
+        report ??= new DataLoadReport();
+        var examples = new List<CompletionExample>();
+        Read(path, options, report, options.Layout, RecordLayouts.DetectCompletion, layout => report.CompletionLayout = layout,
+            (record, row, layout) => examples.Add(RecordLayouts.ReadCompletion(record, row, layout, options)));
+        report.ExamplesProduced = examples.Count;
+        return examples;
+    }
+
+    /// <summary>
+    /// Reads every record: detects the layout from the first record that parses (unless given), then reads each record with it.
+    /// A <see cref="RecordException"/> becomes an <see cref="InvalidDataException"/> naming the file, line and field, or a skip.
+    /// </summary>
+    static void Read<TLayout>(string path, DataFileOptions options, DataLoadReport report, TLayout requested,
+        Func<JsonElement, TLayout> detect, Action<TLayout> detected, Action<JsonElement, long, TLayout> read) where TLayout : struct, Enum
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        var format = DataRecords.ResolveFormat(path, options.Format);
+        report.Path = path;
+        report.Format = format;
+        TLayout? layout = EqualityComparer<TLayout>.Default.Equals(requested, default) ? null : requested;
+        if (layout is { } given) detected(given);
+        long? detectedAt = null;
+        foreach (var record in DataRecords.Read(path, format, out string unit))
+        {
+            report.RowsRead++;
+            try
+            {
+                if (record.Error is not null) throw record.Error;
+                if (layout is null)
+                {
+                    layout = detect(record.Value);
+                    detectedAt = record.Number;
+                    detected(layout.Value);
+                }
+                read(record.Value, record.Number, layout.Value);
+            }
+            catch (RecordException e)
+            {
+                if (options.SkipMalformedRows)
+                {
+                    report.Skip(e.Key, record.Number, options.ReportedRowsPerReason);
+                    continue;
+                }
+                string where = layout is null ? "" : detectedAt is { } at ? $" (layout {layout}, detected from {unit} {at})" : $" (layout {layout})";
+                string detail = e.Detail is null ? "" : $" ({e.Detail})";
+                throw new InvalidDataException(
+                    $"{path}, {unit} {record.Number}: {e.Key}{detail}{where}. Fix the record, or set SkipMalformedRows to skip such records.", e);
+            }
+        }
+    }
+}

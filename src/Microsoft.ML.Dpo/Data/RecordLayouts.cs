@@ -1,0 +1,223 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace Microsoft.ML.Dpo.Data;
+
+/// <summary>Detects the layout of a record and reads it into examples; a record that does not fit throws <see cref="RecordException"/>.</summary>
+internal static class RecordLayouts
+{
+    // ---- preference layouts ----
+
+    public static PreferenceLayout DetectPreference(JsonElement record)
+    {
+        RequireObject(record);
+        if (record.TryGetProperty("completions", out var completions) && completions.ValueKind == JsonValueKind.Array)
+            return PreferenceLayout.ScoredCompletions;
+        if (Present(record, "chosen"))
+        {
+            // A chosen value of another type is then reported as that layout's field error.
+            if (record.GetProperty("chosen").ValueKind == JsonValueKind.Array) return PreferenceLayout.Conversational;
+            return Present(record, "prompt") ? PreferenceLayout.Standard : PreferenceLayout.ImplicitPrompt;
+        }
+        throw new RecordException(null, "cannot tell the preference layout: expected 'chosen' and 'rejected' (strings or message lists) or a 'completions' list",
+            "fields present: " + Describe(record));
+    }
+
+    public static CompletionLayout DetectCompletion(JsonElement record)
+    {
+        RequireObject(record);
+        if (record.TryGetProperty("messages", out var messages) && messages.ValueKind == JsonValueKind.Array) return CompletionLayout.Messages;
+        if (Present(record, "prompt") && Present(record, "completion")) return CompletionLayout.PromptCompletion;
+        throw new RecordException(null, "cannot tell the SFT layout: expected 'prompt' and 'completion', or a 'messages' list", "fields present: " + Describe(record));
+    }
+
+    public static PreferencePair ReadPair(JsonElement record, long row, PreferenceLayout layout, PreferenceDataLoadOptions options)
+    {
+        RequireObject(record);
+        switch (layout)
+        {
+            case PreferenceLayout.Standard:
+                return new PreferencePair(String(record, "prompt"), String(record, "chosen"), String(record, "rejected"), row);
+            case PreferenceLayout.ImplicitPrompt:
+                return SplitTranscripts(String(record, "chosen"), String(record, "rejected"), options.ImplicitPromptMarker, row);
+            case PreferenceLayout.Conversational:
+                return ReadConversationalPair(record, row, options);
+            default:
+                throw new InvalidOperationException($"Layout {layout} does not read to a single pair.");
+        }
+    }
+
+    static PreferencePair SplitTranscripts(string chosen, string rejected, string marker, long row)
+    {
+        int common = 0, limit = Math.Min(chosen.Length, rejected.Length);
+        while (common < limit && chosen[common] == rejected[common]) common++;
+        int at = chosen.AsSpan(0, common).LastIndexOf(marker.AsSpan(), StringComparison.Ordinal);
+        if (at < 0)
+            throw new RecordException("chosen", $"chosen and rejected share no prefix ending with the prompt marker '{Escape(marker)}'");
+        int end = at + marker.Length;
+        return new PreferencePair(chosen[..end], chosen[end..], rejected[end..], row);
+    }
+
+    static PreferencePair ReadConversationalPair(JsonElement record, long row, PreferenceDataLoadOptions options)
+    {
+        var chosen = Messages(record, "chosen");
+        var rejected = Messages(record, "rejected");
+        var prompt = new List<(string Role, string Content)>();
+        if (Present(record, "prompt"))
+        {
+            var p = record.GetProperty("prompt");
+            if (p.ValueKind == JsonValueKind.Array) prompt = Messages(record, "prompt");
+            else if (p.ValueKind == JsonValueKind.String)
+            {
+                // A prompt string beside whole conversations (HuggingFaceH4/ultrafeedback_binarized) is a copy of their first user turn;
+                // beside assistant-only lists it is the user's message.
+                if (chosen.All(m => m.Role == "assistant")) prompt.Add(("user", p.GetString()!));
+            }
+            else throw new RecordException("prompt", $"expected a list of messages or a string, found {Kind(p)}");
+        }
+        var (context, chosenText) = SplitLastAssistant(AfterPrompt(prompt, chosen), "chosen");
+        var (rejectedContext, rejectedText) = SplitLastAssistant(AfterPrompt(prompt, rejected), "rejected");
+        if (!context.SequenceEqual(rejectedContext))
+            throw new RecordException("rejected", "chosen and rejected differ before their final assistant message; they must share the conversation that is the prompt");
+        return new PreferencePair(options.Renderer(context, true), chosenText, rejectedText, row);
+    }
+
+    /// <summary>The whole conversation: the prompt messages, then the completion's — unless the completion already repeats them.</summary>
+    static List<(string Role, string Content)> AfterPrompt(List<(string Role, string Content)> prompt, List<(string Role, string Content)> completion) =>
+        prompt.Count > 0 && completion.Count > prompt.Count && completion.Take(prompt.Count).SequenceEqual(prompt)
+            ? completion
+            : prompt.Concat(completion).ToList();
+
+    public static ScoredPrompt ReadScored(JsonElement record, long row)
+    {
+        RequireObject(record);
+        string promptField = !Present(record, "prompt") && Present(record, "instruction") ? "instruction" : "prompt";
+        string prompt = String(record, promptField);
+        var list = Array(record, "completions");
+        var completions = new List<ScoredCompletion>();
+        int i = 0;
+        foreach (var item in list.EnumerateArray())
+        {
+            string field = $"completions[{i++}]";
+            if (item.ValueKind != JsonValueKind.Object) throw new RecordException(field, $"expected an object, found {Kind(item)}");
+            string textField = new[] { "response", "text", "content" }.FirstOrDefault(f => Present(item, f)) ?? "response";
+            string text = String(item, textField, field + ".");
+            double overall = item.TryGetProperty("overall_score", out var score) ? Score(score, field + ".overall_score") : double.NaN;
+            string? ratingsField = new[] { "annotations", "ratings" }.FirstOrDefault(f => Present(item, f));
+            completions.Add(new ScoredCompletion(text, overall, ratingsField is null ? null : Ratings(item.GetProperty(ratingsField), $"{field}.{ratingsField}")));
+        }
+        return new ScoredPrompt(prompt, completions, row);
+    }
+
+    static Dictionary<string, double> Ratings(JsonElement ratings, string field)
+    {
+        if (ratings.ValueKind != JsonValueKind.Object) throw new RecordException(field, $"expected an object of per-aspect ratings, found {Kind(ratings)}");
+        var result = new Dictionary<string, double>(StringComparer.Ordinal);
+        foreach (var aspect in ratings.EnumerateObject())
+        {
+            var value = aspect.Value;
+            string aspectField = $"{field}.{aspect.Name}";
+            // UltraFeedback: {"helpfulness": {"Rating": "4", "Rationale": "..."}}; or a plain {"helpfulness": 4}.
+            if (value.ValueKind == JsonValueKind.Object)
+            {
+                string? ratingName = value.EnumerateObject().Select(p => p.Name).FirstOrDefault(n => string.Equals(n, "rating", StringComparison.OrdinalIgnoreCase));
+                if (ratingName is null) throw new RecordException(aspectField, "expected a number or an object with a 'Rating'");
+                result[aspect.Name] = Score(value.GetProperty(ratingName), aspectField + "." + ratingName);
+            }
+            else result[aspect.Name] = Score(value, aspectField);
+        }
+        return result;
+    }
+
+    /// <summary>A score: a number, or a string holding one; null and unparsable strings ("N/A") are NaN (unusable, not malformed).</summary>
+    static double Score(JsonElement value, string field) => value.ValueKind switch
+    {
+        JsonValueKind.Number => value.GetDouble(),
+        JsonValueKind.Null => double.NaN,
+        JsonValueKind.String => double.TryParse(value.GetString(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? d : double.NaN,
+        _ => throw new RecordException(field, $"expected a number, found {Kind(value)}"),
+    };
+
+    // ---- SFT layouts ----
+
+    public static CompletionExample ReadCompletion(JsonElement record, long row, CompletionLayout layout, CompletionDataLoadOptions options)
+    {
+        RequireObject(record);
+        if (layout == CompletionLayout.Messages)
+        {
+            var (context, text) = SplitLastAssistant(Messages(record, "messages"), "messages");
+            return new CompletionExample(options.Renderer(context, true), text, row);
+        }
+        if (Present(record, "prompt") && record.GetProperty("prompt").ValueKind == JsonValueKind.Array)
+        {
+            var (context, text) = SplitLastAssistant(Messages(record, "prompt").Concat(Messages(record, "completion")).ToList(), "completion");
+            return new CompletionExample(options.Renderer(context, true), text, row);
+        }
+        return new CompletionExample(String(record, "prompt"), String(record, "completion"), row);
+    }
+
+    // ---- fields ----
+
+    static (List<(string Role, string Content)> Context, string Completion) SplitLastAssistant(List<(string Role, string Content)> messages, string field)
+    {
+        if (messages.Count == 0) throw new RecordException(field, "the conversation is empty");
+        var last = messages[^1];
+        if (last.Role != "assistant")
+            throw new RecordException(field, "the last message must be an assistant message (role 'assistant')", $"found role '{last.Role}'");
+        return (messages.GetRange(0, messages.Count - 1), last.Content);
+    }
+
+    static List<(string Role, string Content)> Messages(JsonElement record, string field)
+    {
+        var list = Array(record, field);
+        var messages = new List<(string, string)>();
+        int i = 0;
+        foreach (var item in list.EnumerateArray())
+        {
+            string itemField = $"{field}[{i++}]";
+            if (item.ValueKind != JsonValueKind.Object) throw new RecordException(itemField, $"expected a message object {{role, content}}, found {Kind(item)}");
+            messages.Add((String(item, "role", itemField + "."), String(item, "content", itemField + ".")));
+        }
+        return messages;
+    }
+
+    static JsonElement Array(JsonElement record, string field)
+    {
+        if (!record.TryGetProperty(field, out var value) || value.ValueKind == JsonValueKind.Null) throw new RecordException(field, "missing");
+        if (value.ValueKind != JsonValueKind.Array) throw new RecordException(field, $"expected a list, found {Kind(value)}");
+        return value;
+    }
+
+    static string String(JsonElement record, string field, string prefix = "")
+    {
+        if (!record.TryGetProperty(field, out var value) || value.ValueKind == JsonValueKind.Null) throw new RecordException(prefix + field, "missing");
+        if (value.ValueKind != JsonValueKind.String) throw new RecordException(prefix + field, $"expected a string, found {Kind(value)}");
+        return value.GetString()!;
+    }
+
+    static bool Present(JsonElement record, string field) =>
+        record.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null;
+
+    static void RequireObject(JsonElement record)
+    {
+        if (record.ValueKind != JsonValueKind.Object) throw new RecordException(null, $"a record must be a JSON object, found {Kind(record)}");
+    }
+
+    static string Kind(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "a list",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        _ => "null",
+    };
+
+    static string Describe(JsonElement record)
+    {
+        var names = record.EnumerateObject().Select(p => $"'{p.Name}'").ToList();
+        return names.Count == 0 ? "(none)" : string.Join(", ", names);
+    }
+
+    static string Escape(string text) => text.Replace("\n", "\\n").Replace("\r", "\\r");
+}
