@@ -45,7 +45,8 @@ public abstract class CausalLM : nn.Module
     {
         using var scope = torch.NewDisposeScope();
         var logits = LogitsFromHidden(HiddenStates(inputIds, attentionMask, cache));
-        return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
+        // Half-precision logits are widened to float32 for the softmax; float64 models (used in gradient checks) stay float64.
+        return (logits.dtype == ScalarType.Float64 ? logits : logits.to(ScalarType.Float32)).MoveToOuterDisposeScope();
     }
 
     /// <summary>An empty key/value cache for this model.</summary>
@@ -182,10 +183,10 @@ public abstract class CausalLM : nn.Module
             v = v.repeat_interleave(h / hkv, dim: 1);
         }
         var dtype = q.dtype;
-        if (dtype == ScalarType.Float32)
+        var wide = Precision.Wide(dtype);
+        if (dtype == wide)
             return nn.functional.scaled_dot_product_attention(q, k, v, mask);
-        return nn.functional.scaled_dot_product_attention(
-            q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), mask).to(dtype);
+        return nn.functional.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), mask).to(dtype);
     }
 }
 

@@ -7,6 +7,12 @@ namespace Microsoft.ML.Dpo.Modeling;
 // Small building blocks. Field names are the Hugging Face parameter names: RegisterComponents() registers
 // each field under its own name, so state_dict() keys match checkpoint keys.
 
+/// <summary>The precision of numerically sensitive steps (norms, softmax): float32 for half types, never narrower than the input.</summary>
+internal static class Precision
+{
+    public static ScalarType Wide(ScalarType dtype) => dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+}
+
 /// <summary>RMSNorm (Llama): y = weight · x / sqrt(mean(x²) + eps), computed in float32.</summary>
 internal sealed class RMSNorm : nn.Module<Tensor, Tensor>
 {
@@ -25,7 +31,7 @@ internal sealed class RMSNorm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var xf = x.to(ScalarType.Float32);                                    // [.., H]
+        var xf = x.to(Precision.Wide(x.dtype));                               // [.., H]
         var inv = xf.pow(2).mean(new long[] { -1 }, keepdim: true).add(_eps).rsqrt();
         return weight.mul(xf.mul(inv).to(x.dtype)).MoveToOuterDisposeScope();
     }
@@ -51,8 +57,8 @@ internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var y = nn.functional.layer_norm(x.to(ScalarType.Float32), new[] { weight.shape[0] },
-            weight.to(ScalarType.Float32), bias.to(ScalarType.Float32), _eps);
+        var wide = Precision.Wide(x.dtype);
+        var y = nn.functional.layer_norm(x.to(wide), new[] { weight.shape[0] }, weight.to(wide), bias.to(wide), _eps);
         return y.to(x.dtype).MoveToOuterDisposeScope();
     }
 }

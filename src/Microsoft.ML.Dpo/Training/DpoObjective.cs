@@ -1,3 +1,4 @@
+using TorchSharp;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
 using Microsoft.ML.Dpo.Modeling;
@@ -36,19 +37,19 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
             var (chosenCount, _) = SequenceLogProbs.SplitPairs(count);
             Tensor nll = PreferenceLoss.NegativeLogLikelihood(chosenSum, chosenCount);
             perPair = perPair + nllWeight * nll;
-            metrics["nll_loss"] = nll.mean().item<float>();
+            metrics["nll_loss"] = nll.mean().ToDouble();
         }
         Tensor lossValue = perPair.mean();
         using (no_grad())
         {
             var (sumChosen, sumRejected) = SequenceLogProbs.SplitPairs(sum);
-            metrics["loss"] = lossValue.item<float>();
-            metrics["rewards/chosen"] = output.ChosenRewards.mean().item<float>();
-            metrics["rewards/rejected"] = output.RejectedRewards.mean().item<float>();
-            metrics["rewards/accuracies"] = (output.ChosenRewards > output.RejectedRewards).to(float32).mean().item<float>();
-            metrics["rewards/margins"] = (output.ChosenRewards - output.RejectedRewards).mean().item<float>();
-            metrics["logps/chosen"] = sumChosen.mean().item<float>();
-            metrics["logps/rejected"] = sumRejected.mean().item<float>();
+            metrics["loss"] = lossValue.ToDouble();
+            metrics["rewards/chosen"] = output.ChosenRewards.mean().ToDouble();
+            metrics["rewards/rejected"] = output.RejectedRewards.mean().ToDouble();
+            metrics["rewards/accuracies"] = (output.ChosenRewards > output.RejectedRewards).to(float32).mean().ToDouble();
+            metrics["rewards/margins"] = (output.ChosenRewards - output.RejectedRewards).mean().ToDouble();
+            metrics["logps/chosen"] = sumChosen.mean().ToDouble();
+            metrics["logps/rejected"] = sumRejected.mean().ToDouble();
         }
         return new ObjectiveResult(lossValue, metrics, batch.Tokens);
     }

@@ -1,3 +1,4 @@
+using TorchSharp;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Modeling;
 using static TorchSharp.torch;
@@ -12,7 +13,7 @@ internal sealed class SftObjective(CausalLM model, int padId, bool completionOnl
         using var batch = SequenceBatch.Collate(examples.Select(e => (e.Prompt, e.Completion)).ToList(), padId, model.Device, completionOnlyLoss);
         var (sum, count) = SequenceScoring.CompletionLogProbs(model, batch);
         Tensor loss = -sum.sum() / count.sum().clamp_min(1);
-        double value = loss.item<float>();
+        double value = loss.ToDouble();
         return new ObjectiveResult(loss, new Dictionary<string, double> { ["loss"] = value, ["perplexity"] = Math.Exp(Math.Min(value, 50)) }, batch.Tokens);
     }
 }

@@ -52,7 +52,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 using (var scope = NewDisposeScope())
                 {
                     ObjectiveResult result = objective.Compute(batch);
-                    double loss = result.Loss.item<float>();
+                    double loss = result.Loss.ToDouble();
                     if (!double.IsFinite(loss))
                         throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
                     (result.Loss / options.GradientAccumulationSteps).backward();
@@ -109,7 +109,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         if (withGrad.Count == 0) return 0;
         if (options.MaxGradNorm > 0) return nn.utils.clip_grad_norm_(withGrad, options.MaxGradNorm);
         using var scope = NewDisposeScope();
-        return stack(withGrad.Select(p => p.grad!.norm()).ToArray()).norm().item<float>();
+        return stack(withGrad.Select(p => p.grad!.norm()).ToArray()).norm().ToDouble();
     }
 
     IReadOnlyDictionary<string, double> Report(MetricsLog metrics, TrainingState state, int stepsPerEpoch, int totalSteps, int startStep, TimeSpan elapsed)
