@@ -172,8 +172,9 @@ internal static class TrainCommands
         }
         catch (OperationCanceledException)
         {
-            stdout.WriteLine($"Interrupted. Checkpoint (weights: {Path.Combine(checkpoints, "model")}) written to {checkpoints}; " +
-                             $"rerun the same command with --resume to continue.");
+            string checkpoint = Path.Combine(checkpoints, "checkpoint");
+            stdout.WriteLine($"Interrupted: checkpoint written to {checkpoint} (its model/ folder is a loadable Hugging Face directory); " +
+                             "rerun the same command with --resume to continue.");
             return 130;
         }
         using (transformer)
