@@ -85,6 +85,50 @@ public static class PreferenceDataFile
     }
 
     /// <summary>
+    /// Writes <paramref name="pairs"/> as JSON Lines in the <see cref="PreferenceLayout.Standard"/> layout — one
+    /// <c>{"prompt": …, "chosen": …, "rejected": …}</c> object per line, UTF-8 — which <see cref="ReadPreferencePairs"/> reads back.
+    /// The file is written to a temporary name first and then renamed, so a failed write leaves no partial file.
+    /// </summary>
+    /// <param name="path">The output file (its folder is created if needed; an existing file is replaced).</param>
+    /// <param name="pairs">The pairs.</param>
+    /// <returns>How many pairs were written.</returns>
+    public static long WritePreferencePairs(string path, IEnumerable<PreferencePair> pairs)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(pairs);
+        string full = Path.GetFullPath(path);
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        string temp = full + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
+        long count = 0;
+        try
+        {
+            using (var stream = File.Create(temp))
+            {
+                var options = new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+                foreach (var pair in pairs)
+                {
+                    using (var writer = new Utf8JsonWriter(stream, options))
+                    {
+                        writer.WriteStartObject();
+                        writer.WriteString(StandardColumns.Prompt, pair.Prompt);
+                        writer.WriteString(StandardColumns.Chosen, pair.Chosen);
+                        writer.WriteString(StandardColumns.Rejected, pair.Rejected);
+                        writer.WriteEndObject();
+                    }
+                    stream.WriteByte((byte)'\n');
+                    count++;
+                }
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+        return count;
+    }
+
+    /// <summary>
     /// Reads every record: detects the layout from the first record that parses (unless given), then reads each record with it.
     /// A <see cref="RecordException"/> becomes an <see cref="InvalidDataException"/> naming the file, line and field, or a skip.
     /// </summary>

@@ -1,0 +1,193 @@
+using System.CommandLine;
+using Microsoft.ML;
+using Microsoft.ML.Dpo;
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Losses;
+using Microsoft.ML.Dpo.Modeling;
+using Microsoft.ML.Dpo.Tokenization;
+using Microsoft.ML.Dpo.Trainers;
+
+namespace MlDpo.Commands;
+
+/// <summary><c>mldpo sft</c> and <c>mldpo dpo</c>: train with the library's trainers, export a Hugging Face directory with metrics.jsonl.</summary>
+internal static class TrainCommands
+{
+    /// <summary>The options sft and dpo share.</summary>
+    sealed class Common
+    {
+        public readonly Option<string> Model = Cli.Required("--model", "The starting model: a Hugging Face directory with tokenizer files.");
+        public readonly Option<string> Data = Cli.Required("--data", "The training data: JSON Lines, JSON or Parquet, in any layout the loaders read (standard, conversational, ...).");
+        public readonly Option<string> Output = Cli.Required("--output", "The trained model's directory (Hugging Face format, plus metrics.jsonl), replaced atomically.");
+        public readonly Option<int> Epochs = Cli.Option("--epochs", "Passes over the data.", 1);
+        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs).", 4);
+        public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
+        public readonly Option<int?> MaxPromptLength = Cli.Optional<int?>("--max-prompt-length", "Longest prompt in tokens; longer prompts keep their end (default: half of --max-length).");
+        public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", 0);
+        public readonly Option<int> MaxSteps = Cli.Option("--max-steps", "Stop after this many optimizer steps (0: no limit).", 0);
+        public readonly Option<int> Seed = Cli.Option("--seed", "Seed of the data order.", 42);
+        public readonly Option<int> LoggingSteps = Cli.Option("--logging-steps", "Steps between metric reports (log lines and metrics.jsonl rows).", 10);
+        public readonly Option<string?> CheckpointDir = Cli.Optional<string?>("--checkpoint-dir", "Folder for checkpoints and metrics (default: OUTPUT.checkpoints beside the output).");
+        public readonly Option<int> CheckpointSteps = Cli.Option("--checkpoint-steps", "Steps between checkpoints (0: at the end and on Ctrl+C only).", 0);
+        public readonly Option<bool> Resume = Cli.Option("--resume", "Continue from the checkpoint in the checkpoint folder (same data and options).", false);
+        public readonly Option<bool> SkipInvalid = Cli.Option("--skip-invalid", "Skip malformed records and empty values (counted) instead of failing.", false);
+        public readonly Option<string> Device = Cli.Option("--device", "auto, cpu, cuda or cuda:N.", "auto");
+
+        public void AddTo(Command command)
+        {
+            foreach (Option option in new Option[] { Model, Data, Output, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, SkipInvalid, Device })
+                command.Options.Add(option);
+        }
+
+        /// <summary>Fills the shared trainer options; returns the checkpoint folder.</summary>
+        public string Apply(ParseResult result, LanguageModelTrainerOptions options, TrainingDisplay display, CancellationToken cancellation)
+        {
+            string model = result.GetValue(Model)!, output = result.GetValue(Output)!;
+            if (!Directory.Exists(model))
+                throw new CliException(File.Exists(model)
+                    ? $"'{model}' is a single-file (llama2.c) checkpoint without a tokenizer; training on text needs a Hugging Face directory with tokenizer files."
+                    : $"Model directory '{model}' does not exist.");
+            int context = CausalLMConfig.Load(Path.Combine(model, "config.json")).MaxPositionEmbeddings;
+            int maxLength = result.GetValue(MaxLength) ?? Math.Min(512, context);
+            string checkpoints = result.GetValue(CheckpointDir) ?? Path.TrimEndingDirectorySeparator(Path.GetFullPath(output)) + ".checkpoints";
+            options.BaseModelPath = model;
+            options.Epochs = result.GetValue(Epochs);
+            options.BatchSize = result.GetValue(BatchSize);
+            options.MaxLength = maxLength;
+            options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
+            options.WarmupSteps = result.GetValue(WarmupSteps);
+            options.MaxSteps = result.GetValue(MaxSteps);
+            options.Seed = result.GetValue(Seed);
+            options.LoggingInterval = result.GetValue(LoggingSteps);
+            options.CheckpointDirectory = checkpoints;
+            options.CheckpointInterval = result.GetValue(CheckpointSteps);
+            options.Resume = result.GetValue(Resume);
+            options.SkipInvalidRows = result.GetValue(SkipInvalid);
+            options.Device = result.GetValue(Device)!;
+            options.Log = display.Log;
+            options.Progress = display.Progress;
+            options.CancellationToken = cancellation;
+            return checkpoints;
+        }
+
+        public string DataPath(ParseResult result)
+        {
+            string data = result.GetValue(Data)!;
+            if (!File.Exists(data)) throw new CliException($"Data file '{data}' does not exist.");
+            return data;
+        }
+
+        /// <summary>Renders conversational records with the model's own chat template when its tokenizer files carry one.</summary>
+        public Func<IReadOnlyList<(string Role, string Content)>, bool, string>? Renderer(ParseResult result)
+        {
+            string model = result.GetValue(Model)!;
+            TextTokenizer tokenizer;
+            try { tokenizer = TextTokenizer.FromDirectory(model); }
+            catch (Exception e) when (e is FileNotFoundException or InvalidDataException) { return null; }
+            if (tokenizer.ChatTemplateSource is null) return null;
+            ChatTemplate template;
+            try { template = tokenizer.ChatTemplate; }
+            catch (NotSupportedException) { return null; }
+            return (turns, generationPrompt) => template.Render(turns.Select(t => new ChatTurn(t.Role, t.Content)).ToList(), generationPrompt);
+        }
+    }
+
+    public static Command CreateSft()
+    {
+        var common = new Common();
+        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-3) suits the init presets trained from scratch; " +
+            "fine-tune pretrained models with ~2e-5.", 1e-3);
+        var allTokens = Cli.Option("--all-tokens", "Learn the prompt tokens too (default: completion tokens only).", false);
+        var command = new Command("sft", "Supervised fine-tuning on (prompt, completion) records; writes the model as a Hugging Face directory with metrics.jsonl.");
+        common.AddTo(command);
+        command.Options.Add(learningRate);
+        command.Options.Add(allTokens);
+        Cli.SetAction(command, (result, cancellation) =>
+        {
+            var (stdout, _) = Cli.Writers(result);
+            var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
+            var options = new SftTrainer.Options { LearningRate = result.GetValue(learningRate), CompletionOnlyLoss = !result.GetValue(allTokens) };
+            string checkpoints = common.Apply(result, options, display, cancellation);
+            var ml = new MLContext(seed: options.Seed);
+            var loadReport = new DataLoadReport();
+            var data = ml.Data.LoadCompletions(common.DataPath(result),
+                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, RenderConversation = common.Renderer(result) }, loadReport);
+            stdout.WriteLine($"Data: {loadReport}");
+            return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
+        });
+        return command;
+    }
+
+    public static Command CreateDpo()
+    {
+        var common = new Common();
+        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; " +
+            "pretrained models of a billion parameters or more use ~5e-7 to 1e-6.", 1e-4);
+        var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", 0.1);
+        var loss = Cli.Choice("--loss", "The preference loss: sigmoid (DPO), robust, hinge (SLiC), ipo, simpo.", "sigmoid", "sigmoid", "robust", "hinge", "ipo", "simpo");
+        var labelSmoothing = Cli.Option("--label-smoothing", "ε: label smoothing for the sigmoid (conservative DPO) and robust losses.", 0.0);
+        var precompute = Cli.Option("--precompute-reference", "Compute the reference log-probabilities in one pass before training and free the reference model " +
+            "(cached in the checkpoint folder).", false);
+        var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");
+        var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
+            "writes the model as a Hugging Face directory with metrics.jsonl.");
+        common.AddTo(command);
+        foreach (Option option in new Option[] { learningRate, beta, loss, labelSmoothing, precompute, reference }) command.Options.Add(option);
+        Cli.SetAction(command, (result, cancellation) =>
+        {
+            var (stdout, _) = Cli.Writers(result);
+            var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
+            string? referencePath = result.GetValue(reference);
+            var options = new DpoTrainer.Options
+            {
+                LearningRate = result.GetValue(learningRate), Beta = result.GetValue(beta), LabelSmoothing = result.GetValue(labelSmoothing),
+                LossKind = result.GetValue(loss) switch
+                {
+                    "robust" => PreferenceLossKind.Robust, "hinge" => PreferenceLossKind.Hinge, "ipo" => PreferenceLossKind.Ipo,
+                    "simpo" => PreferenceLossKind.SimPO, _ => PreferenceLossKind.Sigmoid,
+                },
+                PrecomputeReferenceLogProbs = result.GetValue(precompute),
+                Reference = referencePath is null ? ReferenceModelSource.FrozenCopyOfBase : ReferenceModelSource.Separate,
+                ReferenceModelPath = referencePath,
+            };
+            string checkpoints = common.Apply(result, options, display, cancellation);
+            var ml = new MLContext(seed: options.Seed);
+            var loadReport = new DataLoadReport();
+            var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, RenderConversation = common.Renderer(result) }, loadReport);
+            stdout.WriteLine($"Data: {loadReport}");
+            return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
+        });
+        return command;
+    }
+
+    /// <summary>Runs the trainer, exports the model and copies metrics.jsonl into it; on Ctrl+C says where the checkpoint is.</summary>
+    static int Train(ParseResult result, Common common, TextWriter stdout, TrainingDisplay display, string verb, string checkpoints, Func<LanguageModelTransformer> fit)
+    {
+        string output = result.GetValue(common.Output)!;
+        LanguageModelTransformer transformer;
+        try
+        {
+            transformer = display.Run(verb, fit);
+        }
+        catch (OperationCanceledException)
+        {
+            string checkpoint = Path.Combine(checkpoints, "checkpoint");
+            stdout.WriteLine($"Interrupted: checkpoint written to {checkpoint} (its model/ folder is a loadable Hugging Face directory); " +
+                             "rerun the same command with --resume to continue.");
+            return 130;
+        }
+        using (transformer)
+        {
+            transformer.ExportHuggingFace(output);
+            var summary = transformer.TrainingSummary;
+            string? metrics = summary?.MetricsFile;
+            if (metrics is not null && File.Exists(metrics)) File.Copy(metrics, Path.Combine(output, "metrics.jsonl"), overwrite: true);
+            if (transformer.DataReport is { } report) stdout.WriteLine($"Prepared: {report}");
+            if (summary is not null)
+                stdout.WriteLine($"Trained {summary.Steps} steps; final " + string.Join(" ", summary.FinalMetrics.Select(kv => $"{kv.Key}={Cli.Format(kv.Value)}")));
+            stdout.WriteLine($"Model written to {output} (metrics.jsonl inside); checkpoints in {checkpoints}");
+        }
+        return 0;
+    }
+}
