@@ -8,12 +8,24 @@ namespace Microsoft.ML.Dpo.Training;
 /// <summary>Log-probabilities of the completion tokens of a batch under a model.</summary>
 internal static class SequenceScoring
 {
-    /// <summary>Per-row sum of completion-token log-probs and the number of completion tokens, both [N].</summary>
+    /// <summary>
+    /// Per-row sum of completion-token log-probs and the number of completion tokens, both [N].
+    /// The output layer — the largest matmul for big vocabularies — runs only at the positions that predict a completion
+    /// token, not at prompt or padding positions.
+    /// </summary>
     public static (Tensor Sum, Tensor Count) CompletionLogProbs(CausalLM model, SequenceBatch batch)
     {
         using var scope = NewDisposeScope();
-        Tensor logits = model.Forward(batch.InputIds, batch.AttentionMask);            // [N, T, V]
-        var (sum, count) = SequenceLogProbs.FromLogits(logits, batch.InputIds, batch.CompletionMask);
+        Tensor hidden = model.HiddenStates(batch.InputIds, batch.AttentionMask);        // [N, T, H]
+        Tensor targets = batch.CompletionMask[.., 1..];                                 // [N, T-1]: token t+1 is a target
+        Tensor position = targets.nonzero();                                           // [M, 2]: (row, t)
+        Tensor row = position[.., 0], t = position[.., 1];
+        Tensor predicting = hidden[.., ..^1].index(row, t);                             // [M, H]: hidden state at t predicts t+1
+        Tensor logits = model.LogitsFromHidden(predicting.unsqueeze(0));                // [1, M, V]
+        Tensor labels = batch.InputIds[.., 1..].index(row, t).unsqueeze(0);             // [1, M]
+        Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits.dtype == ScalarType.Float64 ? logits : logits.to(ScalarType.Float32), labels)[0];  // [M]
+        Tensor sum = zeros(batch.Rows, dtype: tokenLogps.dtype, device: tokenLogps.device).index_add(0, row, tokenLogps, 1);
+        Tensor count = targets.sum(1).to(tokenLogps.dtype);
         return (sum.MoveToOuterDisposeScope(), count.MoveToOuterDisposeScope());
     }
 
