@@ -1,5 +1,5 @@
-using Microsoft.ML.Dpo.Runtime;
+using QuickStart;
 
-// The quick start grows with the library: today it checks that the native runtime loads and says where it runs.
-DpoRuntimeInfo info = DpoRuntime.Describe();
-Console.WriteLine($"Microsoft.ML.Dpo {info.LibraryVersion} on TorchSharp {info.TorchSharpVersion} (libtorch {info.LibTorchVersion}), device {info.DefaultDevice}, {info.Threads} threads.");
+// The quick start: SFT then DPO on a built-in task (or your model and data), with the evidence written to disk.
+// dotnet run --project samples/QuickStart [-- --model DIR] [--data pairs.jsonl] [--sft-data sft.jsonl] [--output DIR] [--quick]
+return QuickStartApp.Run(args);
