@@ -1,5 +1,6 @@
 using Microsoft.ML.Dpo.Checkpoints;
 using Microsoft.ML.Dpo.Generation;
+using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Runtime;
 using Microsoft.ML.Dpo.Tokenization;
@@ -55,17 +56,30 @@ public sealed class LanguageModel : IDisposable
         }
     }
 
-    /// <summary>Saves a Hugging Face directory (config, weights, generation config and tokenizer files), atomically.</summary>
+    /// <summary>The LoRA adapters applied to <see cref="Network"/> (<see cref="LoraAdapters.Apply(LanguageModel, LoraOptions)"/>), or null.</summary>
+    public LoraAdapters? Lora { get; internal set; }
+
+    /// <summary>
+    /// Saves a Hugging Face directory (config, weights, generation config and tokenizer files), atomically. LoRA adapters are
+    /// merged into the saved weights, so the directory is a plain model (save the adapters alone with <see cref="LoraAdapters.Save"/>).
+    /// </summary>
     public void Save(string directory) => HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp));
 
-    /// <summary>A deep copy of the weights (sharing the immutable tokenizer), e.g. a frozen reference model.</summary>
+    /// <summary>Saves the base model without its LoRA adapters (they are left out, not merged).</summary>
+    internal void SaveBase(string directory) => HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp), mergeAdapters: false);
+
+    /// <summary>
+    /// A deep copy of the weights (sharing the immutable tokenizer), e.g. a frozen reference model. A model with LoRA adapters
+    /// is copied as a plain model with the adapters merged into its weights.
+    /// </summary>
     public LanguageModel Clone()
     {
         var copy = CausalLM.Create(Network.Config, Network.DType, Network.Device);
         using (no_grad())
+        using (NewDisposeScope())
         {
-            var source = Network.state_dict();
-            foreach (var (name, tensor) in copy.state_dict()) tensor.copy_(source[name]);
+            var source = LoraAdapters.PlainWeights(Network, merge: true).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+            foreach (var (name, tensor) in copy.named_parameters()) tensor.copy_(source[name]);
         }
         return new LanguageModel(copy, Tokenizer);
     }

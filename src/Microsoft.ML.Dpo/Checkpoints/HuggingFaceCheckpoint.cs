@@ -82,7 +82,7 @@ public static class HuggingFaceCheckpoint
 
     /// <summary>
     /// Saves <paramref name="model"/> as a Hugging Face directory: <c>config.json</c>, <c>generation_config.json</c> and
-    /// <c>model.safetensors</c> (in the model's dtype; Hugging Face names and shapes). Atomic: everything is written into a
+    /// <c>model.safetensors</c> (in the model's dtype; Hugging Face names and shapes; LoRA adapters merged into the weights). Atomic: everything is written into a
     /// temporary sibling folder which then replaces <paramref name="directory"/> (an existing folder is replaced as a whole).
     /// </summary>
     public static void Save(CausalLM model, string directory) => Save(model, directory, writeExtraFiles: null);
@@ -91,7 +91,13 @@ public static class HuggingFaceCheckpoint
     /// As <see cref="Save(CausalLM, string)"/>; <paramref name="writeExtraFiles"/> is called with the temporary folder before
     /// it is renamed into place, so the caller can add files (tokenizer, chat template) to the same atomic write.
     /// </summary>
-    public static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles)
+    public static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles) => Save(model, directory, writeExtraFiles, mergeAdapters: true);
+
+    /// <summary>
+    /// As <see cref="Save(CausalLM, string, Action{string}?)"/>. A model with LoRA adapters is written under plain Hugging Face
+    /// names, with the adapters merged into the weights (<paramref name="mergeAdapters"/>) or left out (the base model).
+    /// </summary>
+    internal static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles, bool mergeAdapters)
     {
         ArgumentNullException.ThrowIfNull(model);
         string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
@@ -109,7 +115,7 @@ public static class HuggingFaceCheckpoint
             File.WriteAllText(Path.Combine(tmp, "generation_config.json"), GenerationConfigJson(model.Config));
             using (var scope = torch.NewDisposeScope())
             {
-                var weights = model.named_parameters().Select(kv => new KeyValuePair<string, Tensor>(kv.name, kv.parameter.detach().to(dtype)));
+                var weights = Lora.LoraAdapters.PlainWeights(model, mergeAdapters).Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.to(dtype)));
                 Safetensors.Save(Path.Combine(tmp, Safetensors.SingleFileName), weights.ToList());
             }
             writeExtraFiles?.Invoke(tmp);

@@ -15,7 +15,8 @@ namespace Microsoft.ML.Dpo.Trainers;
 /// writer, <c>LoadableClass</c>), and a CustomMapping stores only a contract name. So this file is a zip of its own: the
 /// pipeline is cut into segments; runs of stock transformers are saved by ML.NET itself (each a nested ML.NET model zip,
 /// loadable by <c>mlContext.Model.Load</c>), and each language-model transformer as a Hugging Face directory (config,
-/// safetensors, tokenizer) plus its output-column settings. Loading rebuilds the same chain, with identical outputs.
+/// safetensors, tokenizer) plus its output-column settings — a model with LoRA adapters as its base model plus a PEFT adapter
+/// directory, so it loads with its adapters. Loading rebuilds the same chain, with identical outputs.
 /// </remarks>
 public sealed class AlignmentModelOperations
 {
@@ -27,7 +28,8 @@ public sealed class AlignmentModelOperations
 
     sealed record Segment(string Kind, string Entry);
     sealed record Manifest(string Format, int Version, List<Segment> Segments);
-    sealed record LanguageModelSettings(double Beta, List<LanguageModelOutputColumn> Columns, GenerationOptions Generation, bool HasReference, string? ReferencePath);
+    sealed record LanguageModelSettings(double Beta, List<LanguageModelOutputColumn> Columns, GenerationOptions Generation, bool HasReference, string? ReferencePath,
+        bool HasAdapter = false);
 
     /// <summary>Saves <paramref name="model"/> (a chain or a single transformer) and its input schema to <paramref name="path"/>, atomically.</summary>
     public void Save(ITransformer model, DataViewSchema inputSchema, string path)
@@ -118,10 +120,17 @@ public sealed class AlignmentModelOperations
 
     static void WriteLanguageModel(ZipArchive zip, string entry, LanguageModelTransformer lm, string work)
     {
-        lm.Model.Save(Path.Combine(work, "policy"));
+        // A LoRA model is stored as its base model plus a PEFT adapter, so it loads as a LoRA model again (and keeps serving as its own reference).
+        if (lm.Model.Lora is { } adapters)
+        {
+            lm.Model.SaveBase(Path.Combine(work, "policy"));
+            adapters.Save(Path.Combine(work, "adapter"));
+        }
+        else
+            lm.Model.Save(Path.Combine(work, "policy"));
         var reference = lm.ReferencePath is null ? lm.Reference : null;   // a path-backed reference is stored as its path
         reference?.Save(Path.Combine(work, "reference"));
-        var settings = new LanguageModelSettings(lm.Beta, lm.OutputColumns.ToList(), lm.Generation, reference is not null, lm.ReferencePath);
+        var settings = new LanguageModelSettings(lm.Beta, lm.OutputColumns.ToList(), lm.Generation, reference is not null, lm.ReferencePath, lm.Model.Lora is not null);
         File.WriteAllText(Path.Combine(work, "transformer.json"), JsonSerializer.Serialize(settings, Json));
         foreach (string file in Directory.EnumerateFiles(work, "*", SearchOption.AllDirectories))
         {
@@ -148,6 +157,7 @@ public sealed class AlignmentModelOperations
         LanguageModel? reference = null;
         try
         {
+            if (settings.HasAdapter) Lora.LoraAdapters.Load(policy, Path.Combine(work, "adapter"));
             if (settings.HasReference) reference = LanguageModel.Load(Path.Combine(work, "reference"));
             return new LanguageModelTransformer(policy, reference, settings.Beta, settings.Columns, settings.Generation,
                 ownsModel: true, ownsReference: reference is not null, referencePath: settings.ReferencePath);

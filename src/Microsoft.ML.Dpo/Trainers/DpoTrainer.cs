@@ -104,9 +104,11 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                     options.RejectedColumnName, options.SkipInvalidRows, new DataPreparationReport()), new DataPreparationReport());
 
             var loss = options.LossOptions;
-            // The reference: a separate model, the caller's untouched base model, or a frozen copy of the starting policy.
+            // The reference: a separate model, the LoRA policy with its adapters disabled, the caller's untouched base model,
+            // or a frozen copy of the starting policy.
+            var adapters = options.Reference == ReferenceModelSource.FrozenCopyOfBase ? policy.Lora : null;
             LanguageModel? reference = null;
-            if (loss.RequiresReference)
+            if (loss.RequiresReference && adapters is null)
             {
                 if (options.Reference == ReferenceModelSource.Separate)
                     reference = options.ReferenceModel ?? (ownedReference = LanguageModel.Load(options.ReferenceModelPath!, options.Precision, options.Device));
@@ -120,7 +122,21 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             }
 
             ReferenceLogProbs? referenceLogProbs = null, validationReferenceLogProbs = null;
-            if (reference is not null)
+            if (loss.RequiresReference && adapters is not null)
+            {
+                if (options.PrecomputeReferenceLogProbs)
+                    using (adapters.Disable())
+                    {
+                        referenceLogProbs = ReferenceLogProbs.Precomputed.Compute(policy.Network, examples, options.BatchSize, policy.PadTokenId,
+                            options.CheckpointDirectory, log, options.CancellationToken);
+                        if (validation is not null)
+                            validationReferenceLogProbs = ReferenceLogProbs.Precomputed.Compute(policy.Network, validation, options.BatchSize, policy.PadTokenId,
+                                options.CheckpointDirectory, log, options.CancellationToken);
+                    }
+                else
+                    referenceLogProbs = validationReferenceLogProbs = new ReferenceLogProbs.Live(policy.Network, adapters.Disable);
+            }
+            else if (reference is not null)
             {
                 if (options.PrecomputeReferenceLogProbs)
                 {
@@ -154,7 +170,8 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 log("DPO validation: " + string.Join(" ", validationMetrics.Select(kv => $"{kv.Key}={kv.Value:G4}")));
             }
 
-            string? referencePath = options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath : options.BaseModelPath;
+            // With LoRA and no separate reference, the fitted model's own disabled adapters give the reference.
+            string? referencePath = options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath : adapters is not null ? null : options.BaseModelPath;
             var transformer = new LanguageModelTransformer(policy, reference ?? ownedReference, options.Beta, options.PromptColumnName,
                 ownsReference: ownedReference is not null, referencePath: reference is null && ownedReference is null ? referencePath : null)
             {

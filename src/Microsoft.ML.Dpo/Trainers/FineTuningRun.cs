@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Microsoft.ML.Dpo.Checkpoints;
 using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -12,9 +13,22 @@ namespace Microsoft.ML.Dpo.Trainers;
 /// <summary>The steps SFT and DPO share around the training loop: the starting model, tokenization, checkpoints, logging.</summary>
 internal static class FineTuningRun
 {
-    /// <summary>A fresh copy of the starting model that training may modify.</summary>
-    public static LanguageModel LoadPolicy(LanguageModelTrainerOptions options) =>
-        options.BaseModel?.Clone() ?? LanguageModel.Load(options.BaseModelPath!, options.Precision, options.Device);
+    /// <summary>A fresh copy of the starting model that training may modify (with fresh LoRA adapters when <see cref="LanguageModelTrainerOptions.Lora"/> is set).</summary>
+    public static LanguageModel LoadPolicy(LanguageModelTrainerOptions options)
+    {
+        var policy = options.BaseModel?.Clone() ?? LanguageModel.Load(options.BaseModelPath!, options.Precision, options.Device);
+        if (options.Lora is null) return policy;
+        try
+        {
+            LoraAdapters.Apply(policy, options.Lora).BaseModelNameOrPath = options.BaseModelPath;
+            return policy;
+        }
+        catch
+        {
+            policy.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>Tokenizes prompt and completions separately (so the prompt ids are shared) and fits them to the length limits.</summary>
     public static (int[] Prompt, int[][] Completions) Tokenize(LanguageModel model, string prompt, string[] completions,
@@ -31,6 +45,8 @@ internal static class FineTuningRun
     public static TrainingCheckpoint? Checkpoint(TrainingOptions options, LanguageModel policy)
     {
         if (options.CheckpointDirectory is null) return null;
+        if (policy.Lora is { } lora)    // only the adapters change: save and restore just them
+            return new TrainingCheckpoint(options.CheckpointDirectory, dir => lora.Save(Path.Combine(dir, "adapter")), dir => lora.LoadWeights(Path.Combine(dir, "adapter")));
         return new TrainingCheckpoint(options.CheckpointDirectory,
             dir => policy.Save(Path.Combine(dir, "model")),
             dir =>
@@ -69,7 +85,8 @@ internal static class FineTuningRun
     /// <summary>The shared options that change a run's result, as text.</summary>
     public static string Summary(TrainingOptions o) =>
         $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
-        $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}";
+        $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
+        (o is LanguageModelTrainerOptions { Lora: { } lora } ? ";lora=" + lora : "");
 
     /// <summary>Routes log lines to the options' callback and to ML.NET's log channel.</summary>
     public static Action<string> Logger(IHostEnvironment? env, LanguageModelTrainerOptions options, string component)

@@ -1,3 +1,4 @@
+using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Training;
 
 namespace Microsoft.ML.Dpo.Trainers;
@@ -14,6 +15,13 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
     /// <summary>Data to evaluate on after training (same columns as the training data); null for none.</summary>
     public IDataView? ValidationData { get; set; }
 
+    /// <summary>
+    /// Train low-rank adapters (LoRA) instead of all weights: null (the default) is full fine-tuning. With LoRA only the
+    /// adapter parameters are trained, DPO's default reference is the same network with its adapters disabled (no copy),
+    /// checkpoints hold just the adapters, and the fitted model keeps them (<see cref="LanguageModel.Lora"/>).
+    /// </summary>
+    public LoraOptions? Lora { get; set; }
+
     /// <summary>Receives progress lines (the trainers also write them to ML.NET's log channel).</summary>
     public Action<string>? Log { get; set; }
 
@@ -23,5 +31,6 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
         base.Validate();
         if (BaseModel is null && string.IsNullOrWhiteSpace(BaseModelPath))
             throw new ArgumentException("Set BaseModelPath (a Hugging Face directory or llama2.c file) or BaseModel.", nameof(BaseModelPath));
+        Lora?.Validate();
     }
 }

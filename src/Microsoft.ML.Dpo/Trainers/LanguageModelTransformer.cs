@@ -84,8 +84,11 @@ public sealed class LanguageModelTransformer : ITransformer, IDisposable
     /// <summary>Metrics on the validation data (prefixed "eval/"), when validation data was given.</summary>
     public IReadOnlyDictionary<string, double>? ValidationMetrics { get; internal init; }
 
-    /// <summary>Whether a reference model is available for implicit rewards.</summary>
-    public bool HasReference => reference is not null || ReferencePath is not null;
+    /// <summary>
+    /// Whether a reference model is available for implicit rewards: one in memory, a <see cref="ReferencePath"/>, or — for a
+    /// model with LoRA adapters — the same model with its adapters disabled.
+    /// </summary>
+    public bool HasReference => reference is not null || ReferencePath is not null || Model.Lora is not null;
 
     /// <summary>The reference model in memory, loading it from <see cref="ReferencePath"/> on first use.</summary>
     internal LanguageModel? Reference => reference ??= ReferencePath is null ? null : LanguageModel.Load(ReferencePath, device: Model.Network.Device.ToString());
@@ -106,15 +109,33 @@ public sealed class LanguageModelTransformer : ITransformer, IDisposable
     /// <summary>log π(response | prompt) under the trained model: the sum over the response tokens (EOS included).</summary>
     public float LogProbability(string prompt, string response) => LogProbability(Model, prompt, response);
 
-    /// <summary>β·(log π(response|prompt) − log π_ref(response|prompt)); needs a reference model.</summary>
+    /// <summary>
+    /// β·(log π(response|prompt) − log π_ref(response|prompt)); needs a reference model. Without one in memory or at
+    /// <see cref="ReferencePath"/>, a LoRA model is its own reference with its adapters disabled.
+    /// </summary>
     public float ImplicitReward(string prompt, string response)
     {
-        var referenceModel = Reference ?? throw new InvalidOperationException("No reference model is known for this transformer: implicit rewards need one (train with DPO, or load a model saved with its reference).");
-        return (float)(Beta * (LogProbability(Model, prompt, response) - LogProbability(referenceModel, prompt, response)));
+        float policy = LogProbability(Model, prompt, response);
+        float referenceLogProbability;
+        if (Reference is { } referenceModel)
+            referenceLogProbability = LogProbability(referenceModel, prompt, response);
+        else if (Model.Lora is { } adapters)
+            using (adapters.Disable()) referenceLogProbability = LogProbability(Model, prompt, response);
+        else
+            throw new InvalidOperationException("No reference model is known for this transformer: implicit rewards need one (train with DPO, or load a model saved with its reference).");
+        return (float)(Beta * (policy - referenceLogProbability));
     }
 
-    /// <summary>Exports the trained model as a Hugging Face directory (config, safetensors weights, tokenizer), atomically.</summary>
+    /// <summary>
+    /// Exports the trained model as a Hugging Face directory (config, safetensors weights, tokenizer), atomically. LoRA
+    /// adapters are merged into the weights: the directory is a plain model.
+    /// </summary>
     public void ExportHuggingFace(string directory) => Model.Save(directory);
+
+    /// <summary>Exports the LoRA adapters as a PEFT adapter directory (<c>adapter_config.json</c>, <c>adapter_model.safetensors</c>), atomically.</summary>
+    /// <exception cref="InvalidOperationException">The model was not trained with LoRA.</exception>
+    public void ExportAdapter(string directory) =>
+        (Model.Lora ?? throw new InvalidOperationException("This model has no LoRA adapters (train with Options.Lora set); use ExportHuggingFace.")).Save(directory);
 
     static float LogProbability(LanguageModel model, string prompt, string response)
     {

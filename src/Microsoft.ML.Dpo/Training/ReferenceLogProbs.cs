@@ -12,12 +12,16 @@ internal abstract class ReferenceLogProbs
     /// <summary>Reference (chosen, rejected) log-probs [B] for the batch: sums, or per-token means when <paramref name="mean"/>.</summary>
     public abstract (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, bool mean);
 
-    /// <summary>A frozen model run on every batch (no gradients).</summary>
-    public sealed class Live(CausalLM reference) : ReferenceLogProbs
+    /// <summary>
+    /// A frozen model run on every batch (no gradients); <paramref name="enter"/>, when given, is held open around each
+    /// forward (e.g. a LoRA policy with its adapters disabled serves as its own reference).
+    /// </summary>
+    public sealed class Live(CausalLM reference, Func<IDisposable>? enter = null) : ReferenceLogProbs
     {
         public override (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, bool mean)
         {
             using var _ = no_grad();
+            using var around = enter?.Invoke();
             var (sum, count) = SequenceScoring.CompletionLogProbs(reference, batch);
             return SequenceLogProbs.SplitPairs(mean ? SequenceLogProbs.Mean(sum, count) : sum);
         }
