@@ -31,4 +31,7 @@ public sealed class AlignmentTrainers
 
     /// <summary>Direct Preference Optimization on (prompt, chosen, rejected) text columns.</summary>
     public DpoTrainer Dpo(DpoTrainer.Options options) => new(context, options);
+
+    /// <summary>A reward model (scalar head, Bradley–Terry loss) on (prompt, chosen, rejected) text columns.</summary>
+    public Feedback.RewardModelTrainer RewardModel(Feedback.RewardModelTrainer.Options options) => new(context, options);
 }
