@@ -92,7 +92,7 @@ public static class QuickStartApp
         var pairsView = ml.Data.LoadFromPreferencePairs(trainPairs);
         using var dpo = display.Run("DPO", () => ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
         {
-            BaseModel = sft.Model, Beta = 0.1, Epochs = demo ? (settings.Quick ? 4 : 10) : 1, BatchSize = 8, LearningRate = demo ? 1e-4 : 1e-6,
+            BaseModel = sft.Model, Beta = 0.1, Epochs = demo ? int.Parse(Environment.GetEnvironmentVariable("XE") ?? "3") : 1, BatchSize = 8, LearningRate = demo ? double.Parse(Environment.GetEnvironmentVariable("XLR") ?? "1e-4") : 1e-6,
             MaxLength = 128, MaxPromptLength = 96, Seed = settings.Seed, LoggingInterval = 2,
             CheckpointDirectory = Path.Combine(output, "dpo-run"), Progress = display.Progress, Log = display.Log,
         }).Fit(pairsView));
