@@ -3,7 +3,7 @@ namespace Microsoft.ML.Dpo.Generation;
 /// <summary>How text is generated. The defaults decode greedily up to 128 new tokens.</summary>
 public sealed class GenerationOptions
 {
-    /// <summary>The most tokens to generate per prompt. Default 128.</summary>
+    /// <summary>The most tokens to generate per prompt (fewer when the longest prompt plus this exceeds the model's context). Default 128.</summary>
     public int MaxNewTokens { get; set; } = 128;
     /// <summary>Softmax temperature; 0 means greedy decoding. Default 0.</summary>
     public double Temperature { get; set; }

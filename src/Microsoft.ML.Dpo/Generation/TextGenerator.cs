@@ -28,17 +28,41 @@ public sealed class TextGenerator
         this.tokenizer = tokenizer;
     }
 
-    /// <summary>Generates a completion for each text prompt and returns the decoded new text (prompt excluded).</summary>
+    /// <summary>
+    /// Generates a completion for each text prompt and returns the decoded new text (prompt excluded). Prompts are encoded
+    /// with BOS when the tokenizer adds it by default (an empty prompt always gets BOS when there is one). When a stop string
+    /// ends a completion, the text is cut exactly where the stop string begins.
+    /// </summary>
+    /// <param name="prompts">The prompts.</param>
+    /// <param name="options">Decoding options; null for the defaults (greedy, 128 new tokens).</param>
+    /// <returns>One completion per prompt.</returns>
+    /// <exception cref="InvalidOperationException">The generator was created without a tokenizer.</exception>
     public IReadOnlyList<string> Generate(IReadOnlyList<string> prompts, GenerationOptions? options = null)
     {
+        ArgumentNullException.ThrowIfNull(prompts);
         var tok = tokenizer ?? throw new InvalidOperationException("This model has no tokenizer: pass token ids instead of text.");
-        var ids = prompts.Select(p => tok.Encode(p, addBos: tok.BosTokenId.HasValue).ToArray()).ToList();
-        return Generate(ids, options).Select(r => tok.Decode(r)).ToList();
+        var ids = prompts.Select(p => tok.Encode(p, addBos: tok.BosTokenId.HasValue && (tok.AddBosByDefault || p.Length == 0)).ToArray()).ToList();
+        return GenerateCore(ids, options, null).Select(r => r.StopText ?? tok.Decode(r.Tokens)).ToList();
     }
 
-    /// <summary>Generates new token ids (prompt excluded) for each prompt; <paramref name="onToken"/> streams them as they come.</summary>
+    /// <summary>
+    /// Generates new token ids (prompt excluded) for each prompt; <paramref name="onToken"/> streams them as they come.
+    /// An end-of-sequence token ends its row and is neither returned nor streamed. Tokens that complete a stop string are
+    /// streamed before the stop string is recognised, and then left out of the result.
+    /// </summary>
+    /// <param name="prompts">Token ids of each prompt (at least one token each; rows may differ in length).</param>
+    /// <param name="options">Decoding options; null for the defaults (greedy, 128 new tokens).</param>
+    /// <param name="onToken">Optional callback, called once per new token in the order they are produced.</param>
+    /// <returns>The new tokens of each prompt.</returns>
+    /// <exception cref="ArgumentException">A prompt is empty, or does not fit the model's context and <see cref="GenerationOptions.TruncateLongPrompts"/> is off.</exception>
     public IReadOnlyList<int[]> Generate(IReadOnlyList<int[]> prompts, GenerationOptions? options = null, Action<GeneratedToken>? onToken = null)
+        => GenerateCore(prompts, options, onToken).Select(r => r.Tokens).ToList();
+
+    readonly record struct RowResult(int[] Tokens, string? StopText);
+
+    List<RowResult> GenerateCore(IReadOnlyList<int[]> prompts, GenerationOptions? options, Action<GeneratedToken>? onToken)
     {
+        ArgumentNullException.ThrowIfNull(prompts);
         options ??= new GenerationOptions();
         options.Validate();
         if (prompts.Count == 0) return [];
@@ -46,58 +70,73 @@ public sealed class TextGenerator
             throw new InvalidOperationException("Stop strings need a tokenizer to decode the generated text.");
         int context = model.Config.MaxPositionEmbeddings;
         var rows = prompts.Select((p, i) => FitContext(p, i, context, options)).ToArray();
-        int maxNew = Math.Min(options.MaxNewTokens, context - rows.Max(r => r.Length));
+        int width = rows.Max(r => r.Length);
+        int maxNew = Math.Min(options.MaxNewTokens, context - width);
         var eos = options.StopAtEos ? new HashSet<int>(model.Config.EosTokenIds) : [];
         int padId = model.Config.PadTokenId ?? model.Config.EosTokenIds.FirstOrDefault();
 
         var generated = rows.Select(_ => new List<int>()).ToArray();
+        var stopTexts = new string?[rows.Length];
         var finished = new bool[rows.Length];
-        var device = model.parameters().First().device;
+        if (maxNew <= 0) return generated.Select(g => new RowResult(g.ToArray(), null)).ToList();
+        var device = model.Device;
         using var generator = options.Temperature > 0 ? new Generator((ulong)options.Seed, CPU) : null;
         using var _ = no_grad();
         using var cache = model.CreateCache();
         using var outer = NewDisposeScope();
 
-        // Left-padded prompt batch.
-        int width = rows.Max(r => r.Length);
+        // Left-padded prompt batch; the mask holds the prompt columns followed by ones for every new token, and each step
+        // uses its first (width + step) columns.
+        int total = width + maxNew;
         var ids = new long[rows.Length * width];
-        var mask = new long[rows.Length * width];
+        var mask = new long[rows.Length * total];
         for (int i = 0; i < rows.Length; i++)
-            for (int j = 0; j < rows[i].Length; j++)
+        {
+            int offset = width - rows[i].Length;
+            for (int j = 0; j < width; j++)
             {
-                ids[i * width + width - rows[i].Length + j] = rows[i][j];
-                mask[i * width + width - rows[i].Length + j] = 1;
+                bool real = j >= offset;
+                ids[i * width + j] = real ? rows[i][j - offset] : padId;
+                mask[i * total + j] = real ? 1 : 0;
             }
-        for (int i = 0; i < ids.Length; i++) if (mask[i] == 0) ids[i] = padId;
-        Tensor attention = tensor(mask, new long[] { rows.Length, width }, device: device);
+            for (int j = width; j < total; j++) mask[i * total + j] = 1;
+        }
+        Tensor fullMask = tensor(mask, new long[] { rows.Length, total }, device: device);
         Tensor input = tensor(ids, new long[] { rows.Length, width }, device: device);
+        var nextIds = new long[rows.Length];
 
         for (int step = 0; step < maxNew; step++)
         {
             using var scope = NewDisposeScope();
-            Tensor logits = model.Forward(input, attention, cache)[.., -1, ..].to(float32);    // [B, V]
+            var hidden = model.HiddenStates(input, fullMask.narrow(1, 0, width + step), cache);      // [B, T, H]
+            Tensor logits = model.LogitsFromHidden(hidden.narrow(1, hidden.shape[1] - 1, 1)).select(1, 0).to(float32);   // [B, V]
             long[] next = Choose(logits, rows, generated, options, generator);
             for (int i = 0; i < next.Length; i++)
             {
-                if (finished[i]) { next[i] = padId; continue; }
+                if (finished[i]) { nextIds[i] = padId; continue; }
+                nextIds[i] = next[i];
+                if (eos.Contains((int)next[i])) { finished[i] = true; continue; }
                 generated[i].Add((int)next[i]);
                 onToken?.Invoke(new GeneratedToken(i, (int)next[i], step));
-                if (eos.Contains((int)next[i])) { generated[i].RemoveAt(generated[i].Count - 1); finished[i] = true; }
-                else if (HitStopString(generated[i], options)) finished[i] = true;
+                if (HitStopString(generated[i], options) is string cut) { stopTexts[i] = cut; finished[i] = true; }
             }
-            if (finished.All(f => f)) break;
-            input = tensor(next, new long[] { rows.Length, 1 }, device: device).MoveToOuterDisposeScope();
-            attention = cat([attention, ones(rows.Length, 1, dtype: int64, device: device)], 1).MoveToOuterDisposeScope();
+            if (finished.All(f => f) || step == maxNew - 1) break;
+            var newInput = tensor(nextIds, new long[] { rows.Length, 1 }, device: device).MoveToOuterDisposeScope();
+            input.Dispose();
+            input = newInput;
         }
-        return generated.Select(g => g.ToArray()).ToList();
+        return generated.Select((g, i) => new RowResult(g.ToArray(), stopTexts[i])).ToList();
     }
 
     int[] FitContext(int[] prompt, int row, int context, GenerationOptions options)
     {
-        if (prompt.Length == 0) throw new ArgumentException($"Prompt {row} is empty: generation needs at least one token (e.g. BOS).");
+        if (prompt is null) throw new ArgumentException($"Prompt {row} is null.", "prompts");
+        if (prompt.Length == 0) throw new ArgumentException($"Prompt {row} is empty: generation needs at least one token (e.g. BOS).", "prompts");
         if (prompt.Length < context) return prompt;
         if (!options.TruncateLongPrompts)
-            throw new ArgumentException($"Prompt {row} has {prompt.Length} tokens but the model's context is {context}. Shorten it or set TruncateLongPrompts to keep its last tokens.");
+            throw new ArgumentException(
+                $"Prompt {row} has {prompt.Length} tokens but the model's context is {context} (at most {context - 1} prompt tokens leave room for a new one). " +
+                "Shorten it or set TruncateLongPrompts to keep its last tokens.", "prompts");
         return prompt[^(context - 1)..];
     }
 
@@ -135,18 +174,23 @@ public sealed class TextGenerator
         return multinomial(probabilities, 1, generator: generator).squeeze(-1).data<long>().ToArray();
     }
 
-    bool HitStopString(List<int> generated, GenerationOptions options)
+    /// <summary>
+    /// When the decoded text of <paramref name="generated"/> contains a stop string, drops the tokens from the one where the
+    /// earliest stop string begins and returns the text before it; otherwise null.
+    /// </summary>
+    string? HitStopString(List<int> generated, GenerationOptions options)
     {
-        if (options.StopStrings.Count == 0) return false;
+        if (options.StopStrings.Count == 0) return null;
         string text = tokenizer!.Decode(generated);
+        int at = -1;
         foreach (string stop in options.StopStrings)
         {
-            int at = text.IndexOf(stop, StringComparison.Ordinal);
-            if (at < 0) continue;
-            // Drop the tokens that produced the stop string.
-            while (generated.Count > 0 && tokenizer.Decode(generated).Length > at) generated.RemoveAt(generated.Count - 1);
-            return true;
+            if (string.IsNullOrEmpty(stop)) continue;
+            int found = text.IndexOf(stop, StringComparison.Ordinal);
+            if (found >= 0 && (at < 0 || found < at)) at = found;
         }
-        return false;
+        if (at < 0) return null;
+        while (generated.Count > 0 && tokenizer.Decode(generated).Length > at) generated.RemoveAt(generated.Count - 1);
+        return text[..at];
     }
 }

@@ -5,12 +5,14 @@ namespace Microsoft.ML.Dpo.Modeling;
 
 /// <summary>
 /// Per-layer key/value tensors of the tokens a <see cref="CausalLM"/> has already seen, so that incremental decoding
-/// computes only the new tokens. Keys and values are kept as <c>[B, Hkv, S, D]</c> (before the grouped-query repeat),
-/// detached from autograd and from every dispose scope; the cache owns them and frees them on <see cref="Dispose"/>.
+/// computes only the new tokens. Keys and values are kept as <c>[B, Hkv, S, D]</c> (before the grouped-query repeat) in
+/// preallocated buffers that grow by doubling, so appending a token copies only that token (not the whole past);
+/// they are detached from autograd and from every dispose scope; the cache owns them and frees them on <see cref="Dispose"/>.
 /// </summary>
 public sealed class KvCache : IDisposable
 {
-    readonly Tensor?[] _keys;
+    const long MinimumCapacity = 64;
+    readonly Tensor?[] _keys;      // [B, Hkv, capacity, D]
     readonly Tensor?[] _values;
     bool _disposed;
 
@@ -29,24 +31,44 @@ public sealed class KvCache : IDisposable
     /// <summary>The batch size of the held tensors, or null while empty.</summary>
     public long? BatchSize => _keys[0]?.shape[0];
 
-    /// <summary>Appends this step's keys and values <c>[B, Hkv, T, D]</c> of <paramref name="layer"/> and returns all of them <c>[B, Hkv, S+T, D]</c> (in the caller's dispose scope).</summary>
+    /// <summary>
+    /// Appends this step's keys and values <c>[B, Hkv, T, D]</c> of <paramref name="layer"/> and returns all of them
+    /// <c>[B, Hkv, S+T, D]</c> (views of the buffers, in the caller's dispose scope). When autograd tracks the new keys or
+    /// values, the result is a concatenation instead, so gradients reach them.
+    /// </summary>
     internal (Tensor Keys, Tensor Values) Append(int layer, Tensor keys, Tensor values)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var allK = Concat(_keys[layer], keys);
-        var allV = Concat(_values[layer], values);
-        Keep(ref _keys[layer], allK);
-        Keep(ref _values[layer], allV);
-        return (allK, allV);
+        long past = Length, t = keys.shape[2];
+        if (_keys[layer] is { } held && (held.shape[0] != keys.shape[0] || held.shape[1] != keys.shape[1] || held.shape[3] != keys.shape[3]))
+            throw new ArgumentException(
+                $"The cache holds [{string.Join(", ", held.shape)}] keys but this call brings [{string.Join(", ", keys.shape)}]: a cache serves one batch of one model.");
+        Store(ref _keys[layer], keys, past);
+        Store(ref _values[layer], values, past);
+        bool tracked = torch.is_grad_enabled() && (keys.requires_grad || values.requires_grad);
+        if (tracked && past > 0)
+            return (torch.cat(new[] { _keys[layer]!.narrow(2, 0, past), keys }, 2), torch.cat(new[] { _values[layer]!.narrow(2, 0, past), values }, 2));
+        if (tracked) return (keys, values);
+        return (_keys[layer]!.narrow(2, 0, past + t), _values[layer]!.narrow(2, 0, past + t));
     }
 
-    static Tensor Concat(Tensor? past, Tensor now) => past is null ? now : torch.cat(new[] { past, now }, 2);
-
-    static void Keep(ref Tensor? slot, Tensor all)
+    /// <summary>Copies <paramref name="now"/> <c>[B, H, T, D]</c> into <paramref name="buffer"/> at <paramref name="past"/>, growing it when full.</summary>
+    static void Store(ref Tensor? buffer, Tensor now, long past)
     {
-        var kept = all.detach().DetachFromDisposeScope();   // shares storage with `all`; survives the forward's scope
-        slot?.Dispose();
-        slot = kept;
+        long t = now.shape[2], needed = past + t;
+        using var noGrad = torch.no_grad();
+        if (buffer is null || buffer.shape[2] < needed)
+        {
+            long capacity = Math.Max(needed, Math.Max(MinimumCapacity, 2 * (buffer?.shape[2] ?? 0)));
+            var grown = torch.empty(new[] { now.shape[0], now.shape[1], capacity, now.shape[3] }, now.dtype, now.device).DetachFromDisposeScope();
+            if (buffer is not null && past > 0)
+                using (var oldPart = buffer.narrow(2, 0, past)) using (var newPart = grown.narrow(2, 0, past)) newPart.copy_(oldPart);
+            buffer?.Dispose();
+            buffer = grown;
+        }
+        using var slot = buffer.narrow(2, past, t);
+        using var detached = now.detach();
+        slot.copy_(detached);
     }
 
     /// <summary>Called by the model once every layer has appended <paramref name="newTokens"/> positions.</summary>

@@ -1,0 +1,67 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Benchmarks;
+
+// Usage: dotnet run -c Release --project test/Microsoft.ML.Dpo.Benchmarks -- <suite>... [--output FILE] [--repeats N] [--threads N] [--quick]
+// Each suite returns a JSON object; the results of all suites run, with the machine's description, go to --output.
+
+var suites = new IBenchmarkSuite[]
+{
+    new GenerationSuite(),
+    // Further suites (dpo, lora) register here.
+}.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
+
+BenchmarkOptions options;
+List<string> chosen;
+try
+{
+    (options, chosen) = BenchmarkOptions.Parse(args);
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine(e.Message);
+    PrintUsage(suites.Values);
+    return 2;
+}
+if (chosen.Count == 0 || chosen.Contains("--help") || chosen.Contains("-h"))
+{
+    PrintUsage(suites.Values);
+    return chosen.Count == 0 ? 2 : 0;
+}
+if (chosen.Contains("all", StringComparer.OrdinalIgnoreCase)) chosen = suites.Keys.ToList();
+foreach (var name in chosen.Where(n => !suites.ContainsKey(n)))
+{
+    Console.Error.WriteLine($"Unknown suite '{name}'.");
+    PrintUsage(suites.Values);
+    return 2;
+}
+
+if (options.Threads is int threads) TorchSharp.torch.set_num_threads(threads);
+var machine = MachineInfo.Collect();
+Console.WriteLine($"machine: {machine.ToJsonString()}");
+var results = new JsonObject { ["machine"] = machine, ["repeats"] = options.Repeats, ["quick"] = options.Quick, ["command"] = "dotnet run -c Release --project test/Microsoft.ML.Dpo.Benchmarks -- " + string.Join(" ", args) };
+var suiteResults = new JsonObject();
+foreach (var name in chosen)
+{
+    var suite = suites[name];
+    Console.WriteLine($"== {suite.Name}: {suite.Description}");
+    suiteResults[suite.Name] = suite.Run(options);
+}
+results["suites"] = suiteResults;
+
+string json = results.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+if (options.Output is { } output)
+{
+    Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
+    File.WriteAllText(output, json);
+    Console.WriteLine($"wrote {Path.GetFullPath(output)}");
+}
+else Console.WriteLine(json);
+return 0;
+
+static void PrintUsage(IEnumerable<IBenchmarkSuite> suites)
+{
+    Console.Error.WriteLine("usage: Microsoft.ML.Dpo.Benchmarks <suite>... [--output FILE] [--repeats N] [--threads N] [--quick]");
+    Console.Error.WriteLine("suites (or 'all'):");
+    foreach (var s in suites) Console.Error.WriteLine($"  {s.Name,-12} {s.Description}");
+}
