@@ -87,11 +87,11 @@ public sealed class LanguageModel : IDisposable
     /// <summary>A text generator over this model.</summary>
     public TextGenerator CreateGenerator() => new(Network, Tokenizer);
 
-    /// <summary>Tokenizes a prompt the way the trainers do: BOS first when the tokenizer defines one.</summary>
+    /// <summary>Tokenizes a prompt as the whole library does (<see cref="TextTokenizer.EncodePrompt"/>).</summary>
     internal int[] EncodePrompt(string prompt)
     {
         var tokenizer = RequireTokenizer();
-        return tokenizer.Encode(prompt, addBos: tokenizer.BosTokenId.HasValue).ToArray();
+        return tokenizer.EncodePrompt(prompt).ToArray();
     }
 
     /// <summary>Tokenizes a completion the way the trainers do: EOS appended so the model learns to stop.</summary>

@@ -46,7 +46,7 @@ internal static class GenerateCommand
             if (text is not null)
             {
                 var tokenizer = lm.Tokenizer ?? throw new CliException($"Model '{path}' has no tokenizer files: --prompt needs them. Pass token ids with --prompt-ids.");
-                ids = tokenizer.Encode(text, addBos: tokenizer.BosTokenId.HasValue).ToArray();
+                ids = tokenizer.EncodePrompt(text).ToArray();
             }
             else ids = ParseIds(result.GetValue(promptIds)!, lm.Network.Config.VocabSize);
 

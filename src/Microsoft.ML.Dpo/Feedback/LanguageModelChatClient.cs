@@ -171,8 +171,7 @@ public sealed class LanguageModelChatClient : IChatClient
     {
         cancellationToken.ThrowIfCancellationRequested();
         var tokenizer = model.RequireTokenizer();
-        bool addBos = tokenizer.BosTokenId.HasValue && !(tokenizer.BosToken is { } bos && prompt.StartsWith(bos, StringComparison.Ordinal));
-        int[] ids = tokenizer.Encode(prompt, addBos).ToArray();
+        int[] ids = tokenizer.EncodePrompt(prompt).ToArray();
         var generator = model.CreateGenerator();
         int steps = 0;
         var output = generator.Generate([ids], options, token =>

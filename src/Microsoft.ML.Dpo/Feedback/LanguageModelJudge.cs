@@ -105,7 +105,7 @@ public sealed class LanguageModelJudge : IJudge
     List<(double[] Probabilities, double Mass)> Distributions(IReadOnlyList<(string Prompt, string Completion)> items)
     {
         var tokenizer = model.RequireTokenizer();
-        var rows = items.Select(i => (Prompt: tokenizer.Encode(BuildInput(i.Prompt, i.Completion), addBos: tokenizer.BosTokenId.HasValue).ToArray(), Completion: Array.Empty<int>())).ToList();
+        var rows = items.Select(i => (Prompt: tokenizer.EncodePrompt(BuildInput(i.Prompt, i.Completion)).ToArray(), Completion: Array.Empty<int>())).ToList();
         int context = model.Network.Config.MaxPositionEmbeddings;
         foreach (var row in rows)
             if (row.Prompt.Length > context)

@@ -30,7 +30,7 @@ public sealed class TextGenerator
 
     /// <summary>
     /// Generates a completion for each text prompt and returns the decoded new text (prompt excluded). Prompts are encoded
-    /// with BOS when the tokenizer adds it by default (an empty prompt always gets BOS when there is one). When a stop string
+    /// with <see cref="TextTokenizer.EncodePrompt"/>, exactly as the trainers encode them. When a stop string
     /// ends a completion, the text is cut exactly where the stop string begins.
     /// </summary>
     /// <param name="prompts">The prompts.</param>
@@ -41,7 +41,7 @@ public sealed class TextGenerator
     {
         ArgumentNullException.ThrowIfNull(prompts);
         var tok = tokenizer ?? throw new InvalidOperationException("This model has no tokenizer: pass token ids instead of text.");
-        var ids = prompts.Select(p => tok.Encode(p, addBos: tok.BosTokenId.HasValue && (tok.AddBosByDefault || p.Length == 0)).ToArray()).ToList();
+        var ids = prompts.Select(p => tok.EncodePrompt(p).ToArray()).ToList();
         return GenerateCore(ids, options, null).Select(r => r.StopText ?? tok.Decode(r.Tokens)).ToList();
     }
 

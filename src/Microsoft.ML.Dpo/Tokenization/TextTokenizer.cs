@@ -126,6 +126,20 @@ public sealed class TextTokenizer
     /// when loading, so that tokenization works without a chat template); choose one with <see cref="WithChatTemplate"/>.</exception>
     public ChatTemplate ChatTemplate => _chatTemplate ?? throw new NotSupportedException(_chatTemplateError!.Message, _chatTemplateError);
 
+    /// <summary>
+    /// Encodes a prompt the way every part of the library does — trainers, generation, judges, chat client: BOS first when
+    /// the tokenizer defines one and the text does not already start with it (a chat template may render it), as TRL's
+    /// trainers do. Completions are encoded with <see cref="Encode"/> and no BOS.
+    /// </summary>
+    /// <param name="text">The prompt.</param>
+    /// <returns>The ids.</returns>
+    public IReadOnlyList<int> EncodePrompt(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        bool addBos = BosTokenId.HasValue && !(BosToken is { Length: > 0 } bos && text.StartsWith(bos, StringComparison.Ordinal));
+        return Encode(text, addBos);
+    }
+
     /// <summary>Encodes text to ids.</summary>
     /// <param name="text">The text; special tokens written in it become their ids.</param>
     /// <param name="addBos">Whether to prepend <see cref="BosTokenId"/>.</param>

@@ -57,7 +57,7 @@ public sealed class LocalJudgeTests
         var response = await client.GetResponseAsync([new ChatMessage(ChatRole.User, request)]);
         Assert.AreEqual(" Rating: 5", response.Text);
         Assert.AreEqual(ChatFinishReason.Stop, response.FinishReason);
-        Assert.AreEqual(11, response.Usage!.OutputTokenCount);   // " Rating: 5" is 10 bytes, then EOS
+        Assert.AreEqual(10, response.Usage!.OutputTokenCount);   // " Rating: 5" is 10 bytes; the EOS that ends it is not output
         // The prompt is the tokenizer's chat template with the generation cue; the answer is what TextGenerator produces.
         string rendered = client.RenderPrompt([new ChatMessage(ChatRole.User, request)]);
         Assert.AreEqual(RenderedRequest(model.RequireTokenizer(), StylePreferenceTask.Prompt("otters"), "Gladly, friend!"), rendered);
@@ -113,7 +113,9 @@ public sealed class LocalJudgeTests
         var (p, mass) = judge.RatingDistribution(pairs[0].prompt, pairs[0].chosen);
         Assert.AreEqual(1.0, p.Sum(), 1e-9);
         Assert.IsTrue(mass > 0.5, $"mass on rating tokens {mass}");
-        Assert.AreEqual(scores[0]!.Value, p.Select((q, r) => q * (r + 1)).Sum(), 1e-9);
+        var alone = await judge.ScoreAsync([(pairs[0].prompt, pairs[0].chosen)]);   // same batch shape as RatingDistribution
+        Assert.AreEqual(alone[0]!.Value, p.Select((q, r) => q * (r + 1)).Sum(), 1e-9);
+        Assert.AreEqual(scores[0]!.Value, alone[0]!.Value, 1e-5, "batched and single scoring agree up to float rounding");
     }
 
     [TestMethod]

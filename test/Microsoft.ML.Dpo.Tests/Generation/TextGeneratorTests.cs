@@ -316,7 +316,7 @@ public sealed class TextGeneratorTests
         var tokenizer = TextTokenizer.Gpt2();
         var generator = new TextGenerator(model, tokenizer);
         string prompt = "Once upon a time there was";
-        var promptIds = tokenizer.Encode(prompt).ToArray();
+        var promptIds = tokenizer.EncodePrompt(prompt).ToArray();
         var ids = generator.Generate([promptIds], new GenerationOptions { MaxNewTokens = 30, StopAtEos = false }).Single();
         string full = generator.Generate([prompt], new GenerationOptions { MaxNewTokens = 30, StopAtEos = false }).Single();
         Assert.AreEqual(tokenizer.Decode(ids), full, "text generation decodes the same tokens");

@@ -184,7 +184,7 @@ public sealed class DpoTrainerTests
                 new(LanguageModelOutputKind.Response, "response", "prompt"),
                 new(LanguageModelOutputKind.LogProbability, "logp", "prompt", "chosen"),
                 new(LanguageModelOutputKind.ImplicitReward, "reward", "prompt", "chosen"))
-                .WithGenerationOptions(new Generation.GenerationOptions { MaxNewTokens = 12 });
+                .WithGenerationOptions(new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = 12 });
             var pipeline = ml.Transforms.CopyColumns("question", "prompt").Fit(data).Append(scored);
             string path = dir!.Combine("pipeline.zip");
             ml.Alignment().Model.Save(pipeline, data.Schema, path);
