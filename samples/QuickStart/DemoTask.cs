@@ -38,6 +38,9 @@ internal static class DemoTask
     /// <summary>Preference pairs: warm chosen over curt.</summary>
     public static List<PreferencePair> TrainPairs() => TrainPrompts().Select(p => new PreferencePair(p.Prompt, Warm[p.Style], Curt[p.Style])).ToList();
 
+    /// <summary>Whether an answer is exactly one of the preferred (warm) answers: the ground truth of this task.</summary>
+    public static bool IsPreferredStyle(string answer) => Warm.Contains(answer.Trim());
+
     /// <summary>Held-out preference pairs for evaluation.</summary>
     public static List<PreferencePair> HeldOutPairs() => HeldOutPrompts.Select((p, i) => new PreferencePair(p, Warm[i % Warm.Length], Curt[i % Curt.Length])).ToList();
 }

@@ -1,5 +1,5 @@
 using QuickStart;
 
-// The quick start: SFT then DPO on a built-in task (or your model and data), with the evidence written to disk.
+// The quick start: SFT then DPO (full, and LoRA unless --quick) on a built-in task (or your model and data), with the evidence written to disk.
 // dotnet run --project samples/QuickStart [-- --model DIR] [--data pairs.jsonl] [--sft-data sft.jsonl] [--output DIR] [--quick]
 return QuickStartApp.Run(args);

@@ -3,6 +3,7 @@ using Microsoft.ML;
 using Microsoft.ML.Dpo;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Generation;
+using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Tokenization;
 using Microsoft.ML.Dpo.Trainers;
@@ -36,12 +37,24 @@ public sealed record QuickStartSettings(string Output, string? Model, string? Da
     }
 }
 
-/// <summary>What the quick start measured.</summary>
-public sealed record QuickStartSummary(
-    double SftHeldOutPreferenceForChosen, double DpoHeldOutPreferenceAccuracy, double DpoWinRateOverSft,
-    double? LoraDpoHeldOutPreferenceAccuracy, double? LoraDpoWinRateOverSft, IReadOnlyList<string> Plots, double Seconds);
+/// <summary>The evidence for one aligned model, measured on the held-out prompts.</summary>
+/// <param name="Name">"DPO" or "LoRA-DPO".</param>
+/// <param name="PreferenceAccuracy">Share of held-out pairs whose chosen answer gets the higher implicit reward.</param>
+/// <param name="MeanMargin">Mean implicit-reward margin (chosen − rejected) on the held-out pairs.</param>
+/// <param name="WinRateOverSft">Judged win rate of its greedy answers over the SFT model's (ties count half).</param>
+/// <param name="PreferredStyleRate">Share of its greedy answers that are exactly a preferred answer (built-in task only).</param>
+/// <param name="TrainableParameters">Parameters that training updated.</param>
+public sealed record AlignedModelReport(string Name, double PreferenceAccuracy, double MeanMargin, double WinRateOverSft, double? PreferredStyleRate, long TrainableParameters);
 
-/// <summary>SFT → DPO → evaluation, with live progress and the evidence (plots, numbers, examples) written to disk.</summary>
+/// <summary>What the quick start measured.</summary>
+/// <param name="SftPrefersChosen">Share of held-out pairs where the SFT model gives the chosen answer the higher likelihood.</param>
+/// <param name="SftPreferredStyleRate">Share of the SFT model's greedy answers that are a preferred answer (built-in task only).</param>
+/// <param name="Models">The aligned models.</param>
+/// <param name="Plots">The PNG files written.</param>
+/// <param name="Seconds">Wall time of the whole run.</param>
+public sealed record QuickStartSummary(double SftPrefersChosen, double? SftPreferredStyleRate, IReadOnlyList<AlignedModelReport> Models, IReadOnlyList<string> Plots, double Seconds);
+
+/// <summary>SFT → DPO (full and LoRA) → evaluation, with live progress and the evidence (plots, numbers, examples) written to disk.</summary>
 public static class QuickStartApp
 {
     /// <summary>Runs the quick start; returns the process exit code.</summary>
@@ -68,66 +81,84 @@ public static class QuickStartApp
         var display = new TrainingDisplay(Console.Out, progressBar: !Console.IsOutputRedirected);
         bool demo = settings.Model is null;
 
-        // 1. The starting model: yours, or the "tiny" preset over a byte-level tokenizer (107K parameters, random weights).
+        // 1. The starting model: yours, or the "small" preset over a byte-level tokenizer, with random weights.
         using var baseModel = demo
-            ? ModelPresets.CreateModel("llama", "tiny", TextTokenizer.CreateByteLevel(Path.Combine(output, "tokenizer")), settings.Seed)
+            ? ModelPresets.CreateModel("llama", "small", TextTokenizer.CreateByteLevel(Path.Combine(output, "tokenizer")), settings.Seed)
             : LanguageModel.Load(settings.Model!);
-        AnsiConsole.MarkupLine($"[bold]Base model[/]: {Markup.Escape(settings.Model ?? "tiny llama preset, byte-level tokenizer, random weights")} " +
+        AnsiConsole.MarkupLine($"[bold]Base model[/]: {Markup.Escape(settings.Model ?? "small llama preset, byte-level tokenizer, random weights")} " +
                                $"({ModelPresets.CountParameters(baseModel.Network):N0} parameters)");
 
         // 2. Data: the built-in task, or your files (10% of your pairs held out).
-        var (sftData, trainPairs, heldOut) = LoadData(ml, settings);
+        var (sftData, trainPairs, heldOut) = LoadData(settings);
         var heldOutPrompts = heldOut.Select(p => p.Prompt).Distinct().ToList();
-        AnsiConsole.MarkupLine($"[bold]Data[/]: {trainPairs.Count} training pairs, {heldOut.Count} held-out pairs ({heldOutPrompts.Count} prompts never seen in training)");
+        AnsiConsole.MarkupLine($"[bold]Data[/]: {sftData.Count} SFT examples, {trainPairs.Count} training pairs, {heldOut.Count} held-out pairs " +
+                               $"({heldOutPrompts.Count} prompts never seen in training)");
 
         // 3. SFT.
         using var sft = display.Run("SFT", () => ml.Alignment().Trainers.Sft(new SftTrainer.Options
         {
-            BaseModel = baseModel, Epochs = demo ? (settings.Quick ? 8 : 20) : 1, BatchSize = 8, LearningRate = demo ? 3e-3 : 2e-5,
+            BaseModel = baseModel, Epochs = demo ? 20 : 1, BatchSize = 8, LearningRate = demo ? 3e-3 : 2e-5,
             WarmupSteps = 5, MaxLength = 128, MaxPromptLength = 96, Seed = settings.Seed, LoggingInterval = 5,
             CheckpointDirectory = Path.Combine(output, "sft-run"), Progress = display.Progress, Log = display.Log,
         }).Fit(ml.Data.LoadFromCompletions(sftData)));
 
-        // 4. DPO against the frozen SFT model.
-        var pairsView = ml.Data.LoadFromPreferencePairs(trainPairs);
-        using var dpo = display.Run("DPO", () => ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
-        {
-            BaseModel = sft.Model, Beta = 0.1, Epochs = demo ? int.Parse(Environment.GetEnvironmentVariable("XE") ?? "3") : 1, BatchSize = 8, LearningRate = demo ? double.Parse(Environment.GetEnvironmentVariable("XLR") ?? "1e-4") : 1e-6,
-            MaxLength = 128, MaxPromptLength = 96, Seed = settings.Seed, LoggingInterval = 2,
-            CheckpointDirectory = Path.Combine(output, "dpo-run"), Progress = display.Progress, Log = display.Log,
-        }).Fit(pairsView));
-
-        // 5. Evidence: held-out preference accuracy, judged win rate, plots, examples.
-        var evaluation = PreferenceEvaluator.Evaluate(dpo.Model, sft.Model, heldOut, beta: 0.1);
-        double sftPrefersChosen = heldOut.Average(p => sft.LogProbability(p.Prompt, p.Chosen) > sft.LogProbability(p.Prompt, p.Rejected) ? 1.0 : 0.0);
-        var judge = StyleJudge.Train(ml, trainPairs);
+        // 4. DPO against the frozen SFT model: full fine-tuning, then LoRA (the reference is the SFT model with adapters off).
         var generation = new GenerationOptions { MaxNewTokens = 32, StopStrings = ["\n"] };
         var sftAnswers = sft.Model.CreateGenerator().Generate(heldOutPrompts, generation);
-        var dpoAnswers = dpo.Model.CreateGenerator().Generate(heldOutPrompts, generation);
-        double winRate = judge.WinRate(heldOutPrompts, dpoAnswers, sftAnswers);
+        var judge = Judges.TrainClassifier(ml, trainPairs);
+        var pairsView = ml.Data.LoadFromPreferencePairs(trainPairs);
+        var runs = new List<(string Name, LoraOptions? Lora, double LearningRate)> { ("DPO", null, demo ? 1e-4 : 1e-6) };
+        if (!settings.Quick) runs.Add(("LoRA-DPO", new LoraOptions { Rank = 8, Alpha = 16, TargetModules = ["all-linear"] }, demo ? 1e-3 : 1e-5));
+        var reports = new List<AlignedModelReport>();
+        var answers = new Dictionary<string, IReadOnlyList<string>> { ["SFT"] = sftAnswers };
+        var metrics = new Dictionary<string, Dictionary<string, List<(double Step, double Value)>>>();
+        foreach (var (name, lora, learningRate) in runs)
+        {
+            string runDir = Path.Combine(output, name.ToLowerInvariant() + "-run");
+            using var aligned = display.Run(name, () => ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
+            {
+                BaseModel = sft.Model, Lora = lora, Beta = 0.1, Epochs = demo ? 3 : 1, BatchSize = 8, LearningRate = learningRate,
+                MaxLength = 128, MaxPromptLength = 96, Seed = settings.Seed, LoggingInterval = 1,
+                CheckpointDirectory = runDir, Progress = display.Progress, Log = display.Log,
+            }).Fit(pairsView));
+            var evaluation = PreferenceEvaluator.Evaluate(aligned.Model, sft.Model, heldOut, beta: 0.1);
+            answers[name] = aligned.Model.CreateGenerator().Generate(heldOutPrompts, generation);
+            long trainable = aligned.Model.Lora?.ParameterCount ?? ModelPresets.CountParameters(aligned.Model.Network);
+            reports.Add(new AlignedModelReport(name, evaluation.PreferenceAccuracy, evaluation.MeanMargin,
+                Judges.WinRate(judge, heldOutPrompts, answers[name], sftAnswers),
+                demo ? answers[name].Average(a => DemoTask.IsPreferredStyle(a) ? 1.0 : 0.0) : null, trainable));
+            metrics[name] = Plots.Read(Path.Combine(runDir, "metrics.jsonl"), "loss", "rewards/margins", "rewards/accuracies");
+        }
 
-        var plots = new List<string>();
+        // 5. Evidence: plots, examples side by side, numbers.
         string plotDir = Directory.CreateDirectory(Path.Combine(output, "plots")).FullName;
-        var dpoMetrics = Plots.Read(Path.Combine(output, "dpo-run", "metrics.jsonl"), "loss", "rewards/margins", "rewards/accuracies");
-        foreach (string metric in dpoMetrics.Keys)
-            plots.Add(Plots.Save(Path.Combine(plotDir, "dpo-" + metric.Replace('/', '-') + ".png"), metric, new Dictionary<string, List<(double, double)>> { ["DPO"] = dpoMetrics[metric] }));
-        plots.Add(Plots.Save(Path.Combine(plotDir, "sft-loss.png"), "loss", Plots.Read(Path.Combine(output, "sft-run", "metrics.jsonl"), "loss").ToDictionary(kv => "SFT", kv => kv.Value)));
+        var plots = new List<string>();
+        foreach (string metric in new[] { "loss", "rewards/margins", "rewards/accuracies" })
+            plots.Add(Plots.Save(Path.Combine(plotDir, "dpo-" + metric.Replace('/', '-') + ".png"), metric, metrics.ToDictionary(kv => kv.Key, kv => kv.Value[metric])));
+        plots.Add(Plots.Save(Path.Combine(plotDir, "sft-loss.png"), "loss", new Dictionary<string, List<(double, double)>>
+            { ["SFT"] = Plots.Read(Path.Combine(output, "sft-run", "metrics.jsonl"), "loss")["loss"] }));
 
-        var table = new Table().AddColumns("held-out prompt", "SFT answer", "DPO answer");
+        var table = new Table().AddColumn("held-out prompt");
+        foreach (string name in answers.Keys) table.AddColumn(name + " answer");
         foreach (int i in new[] { 0, heldOutPrompts.Count / 2, heldOutPrompts.Count - 1 })
-            table.AddRow(Markup.Escape(heldOutPrompts[i].Trim()), Markup.Escape(sftAnswers[i]), Markup.Escape(dpoAnswers[i]));
+            table.AddRow([Markup.Escape(heldOutPrompts[i].Trim()), .. answers.Values.Select(a => Markup.Escape(a[i]))]);
         AnsiConsole.Write(table);
 
-        var summary = new QuickStartSummary(sftPrefersChosen, evaluation.PreferenceAccuracy, winRate, null, null, plots, clock.Elapsed.TotalSeconds);
+        double sftPrefersChosen = heldOut.Average(p => sft.LogProbability(p.Prompt, p.Chosen) > sft.LogProbability(p.Prompt, p.Rejected) ? 1.0 : 0.0);
+        double? sftStyle = demo ? sftAnswers.Average(a => DemoTask.IsPreferredStyle(a) ? 1.0 : 0.0) : null;
+        var results = new Table().AddColumns("model", "held-out preference accuracy", "judged win rate over SFT", "preferred-style answers", "trainable parameters");
+        results.AddRow("SFT", $"{sftPrefersChosen:P0} (likelihood)", "—", sftStyle is double s ? $"{s:P0}" : "n/a", ModelPresets.CountParameters(sft.Model.Network).ToString("N0"));
+        foreach (var r in reports)
+            results.AddRow(r.Name, $"{r.PreferenceAccuracy:P0} (margin {r.MeanMargin:F2})", $"{r.WinRateOverSft:P0}", r.PreferredStyleRate is double p ? $"{p:P0}" : "n/a", r.TrainableParameters.ToString("N0"));
+        AnsiConsole.Write(results);
+
+        var summary = new QuickStartSummary(sftPrefersChosen, sftStyle, reports, plots, clock.Elapsed.TotalSeconds);
         File.WriteAllText(Path.Combine(output, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
-        AnsiConsole.MarkupLine($"[bold]Held-out preference for the chosen answer[/]: SFT model {sftPrefersChosen:P0} (log-likelihood), " +
-                               $"DPO model {evaluation.PreferenceAccuracy:P0} (implicit reward, mean margin {evaluation.MeanMargin:F2})");
-        AnsiConsole.MarkupLine($"[bold]Judged win rate of DPO over SFT[/] on {heldOutPrompts.Count} held-out prompts: {winRate:P0}");
         AnsiConsole.MarkupLine($"Plots: {Markup.Escape(plotDir)}; summary: {Markup.Escape(Path.Combine(output, "summary.json"))}; {clock.Elapsed.TotalSeconds:F0} s");
         return summary;
     }
 
-    static (List<CompletionExample> Sft, List<PreferencePair> Train, List<PreferencePair> HeldOut) LoadData(MLContext ml, QuickStartSettings settings)
+    static (List<CompletionExample> Sft, List<PreferencePair> Train, List<PreferencePair> HeldOut) LoadData(QuickStartSettings settings)
     {
         if (settings.Data is null) return (DemoTask.SftExamples(), DemoTask.TrainPairs(), DemoTask.HeldOutPairs());
         var pairs = PreferenceDataFile.ReadPreferencePairs(settings.Data);

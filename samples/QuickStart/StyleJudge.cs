@@ -1,29 +1,39 @@
 using Microsoft.ML;
 using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Feedback;
 
 namespace QuickStart;
 
-/// <summary>
-/// The judge of the quick start: an ML.NET text classifier (character n-grams + logistic regression) trained to tell the
-/// chosen answers of the training pairs from the rejected ones — the DPO paper's "classifier as reward" setup in miniature.
-/// </summary>
-internal sealed class StyleJudge(PredictionEngine<StyleJudge.Answer, StyleJudge.Score> engine)
+/// <summary>The judges of the quick start and the win-rate computation.</summary>
+internal static class Judges
 {
-    public sealed class Answer { public string Text { get; set; } = ""; public bool Label { get; set; } }
-    public sealed class Score { public float Probability { get; set; } }
+    sealed class Answer { public string Text { get; set; } = ""; public bool Label { get; set; } }
 
-    public static StyleJudge Train(MLContext ml, IReadOnlyList<PreferencePair> pairs)
+    /// <summary>
+    /// An ML.NET text classifier (n-gram features + logistic regression) trained to tell the chosen answers of the
+    /// training pairs from the rejected ones, wrapped as a judge — the DPO paper's "classifier as reward" setup in miniature.
+    /// </summary>
+    public static IJudge TrainClassifier(MLContext ml, IReadOnlyList<PreferencePair> pairs)
     {
         var rows = pairs.SelectMany(p => new[] { new Answer { Text = p.Chosen, Label = true }, new Answer { Text = p.Rejected, Label = false } });
-        var pipeline = ml.Transforms.Text.FeaturizeText("Features", nameof(Answer.Text))
-            .Append(ml.BinaryClassification.Trainers.SdcaLogisticRegression());
-        var model = pipeline.Fit(ml.Data.LoadFromEnumerable(rows));
-        return new StyleJudge(ml.Model.CreatePredictionEngine<Answer, Score>(model));
+        var model = ml.Transforms.Text.FeaturizeText("Features", nameof(Answer.Text))
+            .Append(ml.BinaryClassification.Trainers.SdcaLogisticRegression())
+            .Fit(ml.Data.LoadFromEnumerable(rows));
+        return new TransformerJudge(ml, model, completionColumnName: nameof(Answer.Text), scoreColumnName: "Probability");
     }
 
-    public double Rate(string answer) => engine.Predict(new Answer { Text = answer }).Probability;
-
-    /// <summary>Share of prompts where <paramref name="candidate"/>'s answer is rated above <paramref name="baseline"/>'s (ties count half).</summary>
-    public double WinRate(IReadOnlyList<string> prompts, IReadOnlyList<string> candidate, IReadOnlyList<string> baseline) =>
-        prompts.Select((_, i) => Rate(candidate[i]) is var c && Rate(baseline[i]) is var b ? (c > b ? 1.0 : c == b ? 0.5 : 0.0) : 0).Average();
+    /// <summary>
+    /// Share of prompts where the judge rates <paramref name="candidate"/>'s answer above <paramref name="baseline"/>'s
+    /// (ties count half; prompts the judge cannot score are left out).
+    /// </summary>
+    public static double WinRate(IJudge judge, IReadOnlyList<string> prompts, IReadOnlyList<string> candidate, IReadOnlyList<string> baseline)
+    {
+        var items = prompts.SelectMany((p, i) => new[] { (p, candidate[i]), (p, baseline[i]) }).ToList();
+        var scores = judge.ScoreAsync(items).GetAwaiter().GetResult();
+        var outcomes = Enumerable.Range(0, prompts.Count)
+            .Where(i => scores[2 * i].HasValue && scores[2 * i + 1].HasValue)
+            .Select(i => scores[2 * i]!.Value.CompareTo(scores[2 * i + 1]!.Value) switch { > 0 => 1.0, 0 => 0.5, _ => 0.0 })
+            .ToList();
+        return outcomes.Count == 0 ? double.NaN : outcomes.Average();
+    }
 }
