@@ -16,6 +16,7 @@ public static class CliApp
         root.Subcommands.Add(TrainCommands.CreateDpo());
         root.Subcommands.Add(EvaluateCommand.Create());
         root.Subcommands.Add(BinarizeCommand.Create());
+        root.Subcommands.Add(MergeCommand.Create());
         return root;
     }
 

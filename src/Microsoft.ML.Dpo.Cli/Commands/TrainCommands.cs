@@ -1,3 +1,4 @@
+using Microsoft.ML.Dpo.Lora;
 using System.CommandLine;
 using Microsoft.ML;
 using Microsoft.ML.Dpo;
@@ -31,11 +32,14 @@ internal static class TrainCommands
         public readonly Option<bool> Resume = Cli.Option("--resume", "Continue from the checkpoint in the checkpoint folder (same data and options).", false);
         public readonly Option<bool> SkipInvalid = Cli.Option("--skip-invalid", "Skip malformed records and empty values (counted) instead of failing.", false);
         public readonly Option<string> Device = Cli.Option("--device", "auto, cpu, cuda or cuda:N.", "auto");
+        public readonly Option<int?> LoraRank = Cli.Optional<int?>("--lora-rank", "Train LoRA adapters of this rank instead of all weights (the DPO reference is then the model with adapters off).");
+        public readonly Option<double?> LoraAlpha = Cli.Optional<double?>("--lora-alpha", "LoRA scaling numerator (scale = alpha / rank; default 2 x rank).");
+        public readonly Option<string?> LoraTargets = Cli.Optional<string?>("--lora-targets", "Comma-separated projections to adapt: q,k,v,o,gate,up,down (Llama), c_attn,c_proj,c_fc (GPT-2), or all-linear (default: q,v / c_attn).");
 
         public void AddTo(Command command)
         {
             foreach (Option option in new Option[] { Model, Data, Output, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, SkipInvalid, Device })
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets })
                 command.Options.Add(option);
         }
 
@@ -67,6 +71,15 @@ internal static class TrainCommands
             options.Log = display.Log;
             options.Progress = display.Progress;
             options.CancellationToken = cancellation;
+            if (result.GetValue(LoraRank) is int rank)
+                options.Lora = new LoraOptions
+                {
+                    Rank = rank,
+                    Alpha = result.GetValue(LoraAlpha) ?? 2.0 * rank,
+                    TargetModules = result.GetValue(LoraTargets)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+                };
+            else if (result.GetValue(LoraAlpha) is not null || result.GetValue(LoraTargets) is not null)
+                throw new CliException("--lora-alpha and --lora-targets need --lora-rank.");
             return checkpoints;
         }
 
@@ -179,7 +192,12 @@ internal static class TrainCommands
         }
         using (transformer)
         {
-            transformer.ExportHuggingFace(output);
+            transformer.ExportHuggingFace(output);                       // with LoRA: the merged weights
+            if (transformer.Model.Lora is not null)
+            {
+                transformer.ExportAdapter(Path.Combine(output, "adapter"));   // and the adapter alone, in PEFT's format
+                stdout.WriteLine($"LoRA adapter written to {Path.Combine(output, "adapter")}");
+            }
             var summary = transformer.TrainingSummary;
             string? metrics = summary?.MetricsFile;
             if (metrics is not null && File.Exists(metrics)) File.Copy(metrics, Path.Combine(output, "metrics.jsonl"), overwrite: true);

@@ -1,3 +1,4 @@
+using Microsoft.ML.Dpo.Lora;
 using System.Text.Json;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Modeling;
@@ -24,6 +25,36 @@ public sealed class CliTests
 
     static void WriteLines(string path, IEnumerable<object> records) =>
         File.WriteAllLines(path, records.Select(r => JsonSerializer.Serialize(r)));
+
+    [TestMethod]
+    public void LoraDpoWritesMergedModelAndAdapter_AndMergeReproducesIt()
+    {
+        using var dir = new TempDirectory();
+        string pairData = dir.Combine("pairs.jsonl");
+        WriteLines(pairData, Subjects.Select(s => new { prompt = $"Tell me about {s}.\n", chosen = "Happy to help!", rejected = "No." }));
+        Assert.AreEqual(0, Run("init", "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("base")).Code);
+        var dpo = Run("dpo", "--model", dir.Combine("base"), "--data", pairData, "--output", dir.Combine("dpo"), "--epochs", "2", "--batch-size", "4",
+            "--learning-rate", "1e-2", "--max-length", "64", "--lora-rank", "4", "--lora-targets", "q,v,o");
+        Assert.AreEqual(0, dpo.Code, dpo.Error);
+        var (options, _) = LoraAdapters.ReadConfig(dir.Combine("dpo", "adapter"));
+        Assert.AreEqual(4, options.Rank);
+        Assert.AreEqual(8.0, options.Alpha, "alpha defaults to 2 x rank");
+        CollectionAssert.AreEquivalent(new[] { "q_proj", "v_proj", "o_proj" }, options.TargetModules!.ToArray());
+
+        var merge = Run("merge", "--model", dir.Combine("base"), "--adapter", dir.Combine("dpo", "adapter"), "--output", dir.Combine("merged"));
+        Assert.AreEqual(0, merge.Code, merge.Error);
+        using var exported = LanguageModel.Load(dir.Combine("dpo"));
+        using var merged = LanguageModel.Load(dir.Combine("merged"));
+        using var baseModel = LanguageModel.Load(dir.Combine("base"));
+        var ids = TorchSharp.torch.tensor(new long[] { 84, 101, 108, 108, 32, 109, 101 }).unsqueeze(0);
+        var a = exported.Network.Forward(ids); var b = merged.Network.Forward(ids); var c = baseModel.Network.Forward(ids);
+        Assert.IsTrue((a - b).abs().max().item<float>() < 1e-5f, "merging the adapter reproduces the exported merged model");
+        Assert.IsTrue((a - c).abs().max().item<float>() > 1e-4f, "training changed the model");
+
+        var bad = Run("dpo", "--model", dir.Combine("base"), "--data", pairData, "--output", dir.Combine("x"), "--lora-rank", "4", "--lora-targets", "nope");
+        Assert.AreEqual(1, bad.Code);
+        StringAssert.Contains(bad.Error, "nope");
+    }
 
     [TestMethod]
     public void InitSftDpoEvaluate_RunEndToEnd()
