@@ -15,17 +15,18 @@ namespace Microsoft.ML.Dpo.Benchmarks;
 ///     over the fp32 matmul throughput libtorch reaches on square 1024–2048 matrices, in the same run;
 /// (b) speed-up of the library's step (chosen and rejected concatenated in one forward, precomputed reference log-probs)
 ///     over a naive step (separate forwards for chosen and rejected, reference recomputed every step);
-/// (c) peak resident memory of each variant, each measured in a fresh child process.
+/// (c) peak resident memory of each variant, each measured in a fresh child process — including LoRA-DPO (rank 8 on q and v,
+///     the reference being the same model with adapters disabled) against full DPO with a frozen reference copy.
 /// </summary>
 internal sealed class DpoSuite : IBenchmarkSuite
 {
     public string Name => "dpo";
-    public string Description => "DPO step: FLOP/s vs libtorch matmul, concatenated+precomputed vs naive speed-up, peak memory";
+    public string Description => "DPO step: FLOP/s vs libtorch matmul, concatenated+precomputed vs naive speed-up, LoRA vs full, peak memory";
 
     const int SequenceLength = 256, PromptLength = 64, Pairs = 2;
 
     /// <summary>The step variants; each can run alone in a child process (suite "dpo-variant NAME") for its peak memory.</summary>
-    internal enum Variant { Live, Precomputed, Naive }
+    internal enum Variant { Live, Precomputed, Naive, Lora }
 
     public JsonObject Run(BenchmarkOptions options)
     {
@@ -48,56 +49,83 @@ internal sealed class DpoSuite : IBenchmarkSuite
         results["matmulGflops"] = matmulJson;
 
         var stepSeconds = new JsonObject();
-        long parameters = 0;
+        long parameters = 0, loraTrainable = 0;
         foreach (var variant in Enum.GetValues<Variant>())
         {
-            var (seconds, n) = TimeSteps(config, variant, options.Quick ? 2 : options.Repeats + 1);
+            var (seconds, n) = TimeSteps(config, variant, options.Quick ? 2 : options.Repeats + 1, out long trainable);
             parameters = n;
+            if (variant == Variant.Lora) loraTrainable = trainable;
             stepSeconds[variant.ToString()] = Math.Round(seconds, 4);
             Console.WriteLine($"  step {variant}: {seconds:F3} s");
         }
         results["parameters"] = parameters;
         results["stepSeconds"] = stepSeconds;
 
+        // The issue's model: 8·N·tokens for a live-reference step (6 for the policy's forward + backward, 2 for the reference).
         long tokens = 2L * Pairs * SequenceLength;
         double liveFlops = 8.0 * parameters * tokens / (double)stepSeconds["Live"]!;
-        double precomputedFlops = 6.0 * parameters * tokens / (double)stepSeconds["Precomputed"]!;
-        results["achievedGflops"] = new JsonObject { ["Live"] = Math.Round(liveFlops / 1e9, 2), ["Precomputed"] = Math.Round(precomputedFlops / 1e9, 2) };
-        results["flopsRatioToMatmul"] = Math.Round(liveFlops / matmul, 3);
+        // What the step actually executes: the trunk at every position, the (tied) output layer only at the positions that
+        // predict completion tokens, and attention's two T×T products; backward ≈ 2 × forward.
+        double executed = 4.0 * 2 * Pairs * ForwardFlopsPerSequence(config, parameters);
+        double executedFlops = executed / (double)stepSeconds["Live"]!;
+        results["achievedGflops"] = new JsonObject { ["issueModel8NT"] = Math.Round(liveFlops / 1e9, 2), ["executed"] = Math.Round(executedFlops / 1e9, 2) };
+        results["flopsRatioToMatmul"] = new JsonObject { ["issueModel8NT"] = Math.Round(liveFlops / matmul, 3), ["executed"] = Math.Round(executedFlops / matmul, 3) };
         results["speedupOverNaive"] = Math.Round((double)stepSeconds["Naive"]! / (double)stepSeconds["Precomputed"]!, 3);
-        Console.WriteLine($"  FLOP/s ratio (live-reference step / best matmul): {liveFlops / matmul:F3}");
+        Console.WriteLine($"  FLOP/s ratio (live-reference step / best matmul): {liveFlops / matmul:F3} with 8·N·tokens, {executedFlops / matmul:F3} with the FLOPs executed");
         Console.WriteLine($"  speed-up of concatenated + precomputed over naive: {(double)stepSeconds["Naive"]! / (double)stepSeconds["Precomputed"]!:F2}x");
 
+        // Peak RSS of each variant in its own process, and the same above the process's baseline once libtorch is loaded.
         var memory = new JsonObject();
+        var aboveBaseline = new JsonObject();
         foreach (var variant in Enum.GetValues<Variant>())
         {
-            long? peak = PeakMemoryInChild(variant);
-            memory[variant.ToString()] = peak is long p ? Math.Round(p / 1048576.0, 1) : null;
-            Console.WriteLine($"  peak RSS {variant}: {(peak is long q ? $"{q / 1048576.0:F0} MiB" : "n/a")}");
+            var measured = PeakMemoryInChild(variant);
+            memory[variant.ToString()] = measured is { } m ? Math.Round(m.Peak / 1048576.0, 1) : null;
+            aboveBaseline[variant.ToString()] = measured is { } n ? Math.Round((n.Peak - n.Baseline) / 1048576.0, 1) : null;
+            Console.WriteLine($"  peak RSS {variant}: {(measured is { } q ? $"{q.Peak / 1048576.0:F0} MiB ({(q.Peak - q.Baseline) / 1048576.0:F0} MiB above the {q.Baseline / 1048576.0:F0} MiB baseline)" : "n/a")}");
         }
         results["peakRssMiB"] = memory;
+        results["peakRssAboveBaselineMiB"] = aboveBaseline;
+        results["lora"] = new JsonObject
+        {
+            ["rank"] = 8, ["targets"] = "q,v",
+            ["trainableParameters"] = loraTrainable,
+            ["trainableShare"] = Math.Round((double)loraTrainable / parameters, 5),
+            ["stepTimeRatioToFull"] = Math.Round((double)stepSeconds["Lora"]! / (double)stepSeconds["Live"]!, 3),
+            ["peakRssRatioToFull"] = memory["Lora"] is JsonNode l && memory["Live"] is JsonNode f ? Math.Round((double)l / (double)f, 3) : null,
+            ["peakRssAboveBaselineRatioToFull"] = aboveBaseline["Lora"] is JsonNode la && aboveBaseline["Live"] is JsonNode fa ? Math.Round((double)la / (double)fa, 3) : null,
+        };
+        Console.WriteLine($"  LoRA r8 q,v: {loraTrainable:N0} trainable ({100.0 * loraTrainable / parameters:F2}%), step time x{(double)stepSeconds["Lora"]! / (double)stepSeconds["Live"]!:F2} of full, " +
+                          $"peak RSS x{(memory["Lora"] is JsonNode lm && memory["Live"] is JsonNode fm ? (double)lm / (double)fm : double.NaN):F2} of full " +
+                          $"(x{(aboveBaseline["Lora"] is JsonNode lb && aboveBaseline["Live"] is JsonNode fb ? (double)lb / (double)fb : double.NaN):F2} above the baseline)");
         return results;
     }
 
     /// <summary>Median seconds of one optimizer step of <paramref name="variant"/>, and the model's parameter count.</summary>
-    internal static (double Seconds, long Parameters) TimeSteps(CausalLMConfig config, Variant variant, int repeats)
+    internal static (double Seconds, long Parameters) TimeSteps(CausalLMConfig config, Variant variant, int repeats) => TimeSteps(config, variant, repeats, out _);
+
+    internal static (double Seconds, long Parameters) TimeSteps(CausalLMConfig config, Variant variant, int repeats, out long trainable)
     {
         manual_seed(7);
         using var policy = CausalLM.Create(config);
-        manual_seed(7);
-        CausalLM? reference = CausalLM.Create(config);
-        foreach (var p in reference.parameters()) p.requires_grad = false;
         long parameters = policy.parameters().Sum(p => p.numel());
+        // LoRA: adapters on q and v; the reference is the same network with adapters disabled, so no copy is made.
+        var adapters = variant == Variant.Lora ? Lora.LoraAdapters.Apply(policy, new Lora.LoraOptions { Rank = 8, Alpha = 16, TargetModules = ["q", "v"] }) : null;
+        manual_seed(7);
+        CausalLM? reference = adapters is null ? CausalLM.Create(config) : null;
+        foreach (var p in reference?.parameters() ?? []) p.requires_grad = false;
         var examples = Examples(config.VocabSize);
         var loss = new PreferenceLossOptions();
-        using var optimizer = optim.AdamW(policy.parameters(), lr: 1e-5);
+        using var optimizer = optim.AdamW(adapters?.Parameters ?? policy.parameters(), lr: 1e-5);
+        trainable = adapters?.ParameterCount ?? parameters;
         ReferenceLogProbs? referenceLogProbs = variant switch
         {
-            Variant.Live => new ReferenceLogProbs.Live(reference),
-            Variant.Precomputed => ReferenceLogProbs.Precomputed.Compute(reference, examples, Pairs, padId: 0, cacheDirectory: null, log: null, CancellationToken.None),
+            Variant.Live => new ReferenceLogProbs.Live(reference!),
+            Variant.Lora => new ReferenceLogProbs.Live(policy, adapters!.Disable),
+            Variant.Precomputed => ReferenceLogProbs.Precomputed.Compute(reference!, examples, Pairs, padId: 0, cacheDirectory: null, log: null, CancellationToken.None),
             _ => null,
         };
-        if (variant == Variant.Precomputed) { reference.Dispose(); reference = null; }   // freed, as the trainer does
+        if (variant == Variant.Precomputed) { reference!.Dispose(); reference = null; }   // freed, as the trainer does
         var objective = new DpoObjective(policy, referenceLogProbs, loss, nllWeight: 0, padId: 0);
         void Step()
         {
@@ -115,6 +143,16 @@ internal sealed class DpoSuite : IBenchmarkSuite
         {
             reference?.Dispose();
         }
+    }
+
+    /// <summary>Forward FLOPs of one sequence as the library runs it (tied embeddings: the output layer is the embedding matrix).</summary>
+    static double ForwardFlopsPerSequence(CausalLMConfig c, long parameters)
+    {
+        double outputLayer = (double)c.VocabSize * c.HiddenSize;
+        double trunk = parameters - outputLayer;                                   // the embedding lookup itself costs no FLOPs
+        int completion = SequenceLength - PromptLength;                           // positions that predict a completion token
+        double attention = 4.0 * c.NumHiddenLayers * SequenceLength * (double)SequenceLength * c.NumAttentionHeads * c.HeadDim;
+        return 2 * trunk * SequenceLength + 2 * outputLayer * completion + attention;
     }
 
     /// <summary>Separate forwards for chosen and rejected, policy and reference, every step.</summary>
@@ -139,8 +177,14 @@ internal sealed class DpoSuite : IBenchmarkSuite
         return Enumerable.Range(0, Pairs).Select(i => new TokenizedPreference(Ids(PromptLength), Ids(SequenceLength - PromptLength), Ids(SequenceLength - PromptLength), i, i)).ToList();
     }
 
-    /// <summary>Runs one variant in a child process (this program, suite "dpo-variant") and reads its peak RSS.</summary>
-    static long? PeakMemoryInChild(Variant variant)
+    static long? StatusKib(string field)
+    {
+        string? line = File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal)) : null;
+        return line is null ? null : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+    }
+
+    /// <summary>Runs one variant in a child process (this program, suite "dpo-variant") and reads its peak RSS and its baseline.</summary>
+    static (long Peak, long Baseline)? PeakMemoryInChild(Variant variant)
     {
         string? self = Environment.ProcessPath;
         string? dll = typeof(DpoSuite).Assembly.Location;
@@ -152,19 +196,21 @@ internal sealed class DpoSuite : IBenchmarkSuite
         using var child = Process.Start(start)!;
         string output = child.StandardOutput.ReadToEnd();
         child.WaitForExit();
-        var line = output.Split('\n').FirstOrDefault(l => l.StartsWith("peak-rss-bytes ", StringComparison.Ordinal));
-        return line is null ? null : long.Parse(line["peak-rss-bytes ".Length..].Trim());
+        long? Read(string key) => output.Split('\n').FirstOrDefault(l => l.StartsWith(key + " ", StringComparison.Ordinal)) is { } line ? long.Parse(line[(key.Length + 1)..].Trim()) : null;
+        return Read("peak-rss-bytes") is long peak && Read("baseline-rss-bytes") is long baseline ? (peak, baseline) : null;
     }
 
     /// <summary>The child side: two steps of one variant, then the process's peak RSS (VmHWM).</summary>
     internal static int RunVariantAndReportPeak(string name)
     {
         var variant = Enum.Parse<Variant>(name, ignoreCase: true);
+        using (var warm = ones(8, 8)) warm.matmul(warm);                        // libtorch loaded: the process's baseline
+        long? baseline = StatusKib("VmRSS:");
         TimeSteps(GenerationSuite.Llama21M(), variant, repeats: 2);
-        string? hwm = File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal)) : null;
-        if (hwm is null) return 1;
-        long kib = long.Parse(hwm.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
-        Console.WriteLine($"peak-rss-bytes {kib * 1024}");
+        long? peak = StatusKib("VmHWM:");
+        if (peak is null || baseline is null) return 1;
+        Console.WriteLine($"peak-rss-bytes {peak * 1024}");
+        Console.WriteLine($"baseline-rss-bytes {baseline * 1024}");
         return 0;
     }
 }

@@ -8,8 +8,12 @@ using Microsoft.ML.Dpo.Benchmarks;
 var suites = new IBenchmarkSuite[]
 {
     new GenerationSuite(),
+    new DpoSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
+
+// Internal: one DPO step variant in a fresh process, for its peak memory (DpoSuite starts it).
+if (args.Length == 2 && args[0] == "dpo-variant") return DpoSuite.RunVariantAndReportPeak(args[1]);
 
 BenchmarkOptions options;
 List<string> chosen;

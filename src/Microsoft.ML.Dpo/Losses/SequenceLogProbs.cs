@@ -31,7 +31,7 @@ public static class SequenceLogProbs
     /// Gathers <c>log p(labels[b, t])</c> from the log-softmax of <c>logits[b, t]</c>, shape [B, T].
     /// </summary>
     /// <remarks>
-    /// No shift is applied (see the class remarks). The log-softmax is computed one row of the batch at a time and in
+    /// No shift is applied (see the class remarks). The log-softmax (as logit − logsumexp) is computed one row of the batch at a time and in
     /// float32 when the logits are float16 or bfloat16 (float64 logits stay float64), so no extra [B, T, V] buffer is
     /// allocated besides what autograd keeps for the backward pass. Positions whose label is negative (the Hugging Face
     /// ignore index −100) or whose <paramref name="mask"/> entry is 0 are 0 in the result.
@@ -81,7 +81,8 @@ public static class SequenceLogProbs
             Tensor row = logits[b];                                        // [T, V]
             if (row.dtype != compute) row = row.to_type(compute);
             if (keep is not null) row = row.masked_fill(keep[b].logical_not().unsqueeze(-1), 0.0);
-            rows[b] = row.log_softmax(-1).gather(-1, index[b]).squeeze(-1).MoveToOuterDisposeScope();
+            // log p = logit[label] − logsumexp(logits): unlike log_softmax, this keeps no [T, V] output alive for the backward pass.
+            rows[b] = (row.gather(-1, index[b]) - row.logsumexp(-1, keepdim: true)).squeeze(-1).MoveToOuterDisposeScope();
         }
         Tensor result = batch == 0
             ? zeros(new[] { 0L, logits.shape[1] }, compute, logits.device)
