@@ -4,6 +4,7 @@ using Microsoft.ML.Dpo;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Generation;
 using Microsoft.ML.Dpo.Lora;
+using Microsoft.ML.Dpo.Samples;
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Tokenization;
 using Microsoft.ML.Dpo.Trainers;

@@ -2,7 +2,7 @@ using Microsoft.ML;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Feedback;
 
-namespace QuickStart;
+namespace Microsoft.ML.Dpo.Samples;
 
 /// <summary>The judges of the quick start and the win-rate computation.</summary>
 internal static class Judges
@@ -12,10 +12,18 @@ internal static class Judges
     /// <summary>
     /// An ML.NET text classifier (n-gram features + logistic regression) trained to tell the chosen answers of the
     /// training pairs from the rejected ones, wrapped as a judge — the DPO paper's "classifier as reward" setup in miniature.
+    /// Scrambled copies of the chosen answers and the empty answer are negatives too, so that gibberish or silence does not
+    /// outscore a curt answer merely by being unlike it.
     /// </summary>
     public static IJudge TrainClassifier(MLContext ml, IReadOnlyList<PreferencePair> pairs)
     {
-        var rows = pairs.SelectMany(p => new[] { new Answer { Text = p.Chosen, Label = true }, new Answer { Text = p.Rejected, Label = false } });
+        var random = new Random(0);
+        string Scramble(string text) => new(text.OrderBy(_ => random.Next()).ToArray());
+        var rows = pairs.SelectMany(p => new[]
+        {
+            new Answer { Text = p.Chosen, Label = true }, new Answer { Text = p.Rejected, Label = false },
+            new Answer { Text = Scramble(p.Chosen), Label = false }, new Answer { Text = "", Label = false },
+        });
         var model = ml.Transforms.Text.FeaturizeText("Features", nameof(Answer.Text))
             .Append(ml.BinaryClassification.Trainers.SdcaLogisticRegression())
             .Fit(ml.Data.LoadFromEnumerable(rows));

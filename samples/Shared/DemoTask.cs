@@ -1,6 +1,6 @@
 using Microsoft.ML.Dpo.Data;
 
-namespace QuickStart;
+namespace Microsoft.ML.Dpo.Samples;
 
 /// <summary>
 /// The built-in demonstration task, generated deterministically (no downloads): an assistant asked about a subject either
@@ -40,6 +40,9 @@ internal static class DemoTask
 
     /// <summary>Whether an answer is exactly one of the preferred (warm) answers: the ground truth of this task.</summary>
     public static bool IsPreferredStyle(string answer) => Warm.Contains(answer.Trim());
+
+    /// <summary>Whether an answer is exactly one of the dispreferred (curt) answers.</summary>
+    public static bool IsCurtStyle(string answer) => Curt.Contains(answer.Trim());
 
     /// <summary>Held-out preference pairs for evaluation.</summary>
     public static List<PreferencePair> HeldOutPairs() => HeldOutPrompts.Select((p, i) => new PreferencePair(p, Warm[i % Warm.Length], Curt[i % Curt.Length])).ToList();

@@ -1,0 +1,118 @@
+using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.Dpo;
+using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Feedback;
+using Microsoft.ML.Dpo.Generation;
+using Microsoft.ML.Dpo.Modeling;
+using Microsoft.ML.Dpo.Samples;
+using Microsoft.ML.Dpo.Tokenization;
+using Microsoft.ML.Dpo.Trainers;
+using MlDpo.Commands;
+using Spectre.Console;
+
+namespace DistilledDpo;
+
+/// <summary>What the distilled-DPO run measured.</summary>
+/// <param name="PairsFromFeedback">Preference pairs the judge and the binarizer produced from the sampled completions.</param>
+/// <param name="Binarization">What the binarizer dropped and why.</param>
+/// <param name="DpoWinRateOverSft">Judged win rate of the dDPO model's greedy answers over the dSFT model's, held-out prompts.</param>
+/// <param name="UrialWinRateOverSft">The same for URIAL (the base model prompted in context), the baseline to beat.</param>
+/// <param name="SftPreferredStyleRate">Share of dSFT answers that are exactly a preferred answer.</param>
+/// <param name="DpoPreferredStyleRate">Share of dDPO answers that are exactly a preferred answer.</param>
+/// <param name="UrialPreferredStyleRate">Share of URIAL answers that are exactly a preferred answer.</param>
+public sealed record DistilledDpoSummary(int PairsFromFeedback, string Binarization, double DpoWinRateOverSft, double UrialWinRateOverSft,
+    double SftPreferredStyleRate, double DpoPreferredStyleRate, double UrialPreferredStyleRate);
+
+/// <summary>The distilled DPO recipe (Tunstall et al., 2023) end to end.</summary>
+public static class DistilledDpoApp
+{
+    /// <summary>Parses <c>--output</c>, <c>--completions</c>, <c>--seed</c> and runs; returns the exit code.</summary>
+    public static int Run(string[] args)
+    {
+        string output = "distilled-dpo-output";
+        int k = 8, seed = 42;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
+            switch (args[i])
+            {
+                case "--output": output = Value(); break;
+                case "--completions": k = int.Parse(Value()); break;
+                case "--seed": seed = int.Parse(Value()); break;
+                default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Use --output DIR, --completions K, --seed S."); return 2;
+            }
+        }
+        Run(output, k, seed);
+        return 0;
+    }
+
+    /// <summary>Runs the recipe, writing models and summary.json under <paramref name="output"/>.</summary>
+    public static DistilledDpoSummary Run(string output, int completionsPerPrompt, int seed)
+    {
+        output = Path.GetFullPath(output);
+        Directory.CreateDirectory(output);
+        var ml = new MLContext(seed: seed);
+        var display = new TrainingDisplay(Console.Out, progressBar: !Console.IsOutputRedirected);
+        using var baseModel = ModelPresets.CreateModel("llama", "small", TextTokenizer.CreateByteLevel(Path.Combine(output, "tokenizer")), seed);
+
+        // 1. dSFT on imperfect demonstrations (both styles, mostly curt).
+        using var sft = display.Run("dSFT", () => ml.Alignment().Trainers.Sft(new SftTrainer.Options
+        {
+            BaseModel = baseModel, Epochs = 20, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, MaxLength = 128, MaxPromptLength = 96,
+            Seed = seed, LoggingInterval = 5, Progress = display.Progress, Log = display.Log,
+        }).Fit(ml.Data.LoadFromCompletions(DemoTask.SftExamples())));
+
+        // 2. Sample k completions per training prompt from the dSFT model.
+        var prompts = DemoTask.TrainPairs().Select(p => p.Prompt).Distinct().ToList();
+        var candidates = CompletionRanker.SampleCompletions(sft.Model, prompts, completionsPerPrompt,
+            new GenerationOptions { Temperature = 1.0, MaxNewTokens = 32, StopStrings = ["\n"], Seed = seed });
+
+        // 3. AI feedback: a teacher rates every completion through the LLM-judge path (IChatClient → rating prompt → parsed
+        //    rating), UltraFeedback's role; 4. binarize best vs random (Zephyr).
+        using var teacher = new RubricTeacher();
+        var judge = new ChatClientJudge(teacher);
+        var ranking = new RankingReport();
+        var scored = CompletionRanker.RankAsync(judge, candidates, report: ranking).GetAwaiter().GetResult();
+        var binarization = new BinarizationReport();
+        var pairs = PreferenceBinarizer.Binarize(scored, new BinarizationOptions { Strategy = BinarizationStrategy.BestVsRandom, Seed = seed }, binarization);
+        AnsiConsole.MarkupLine($"[bold]AI feedback[/]: {Markup.Escape(ranking.ToString() ?? "")}; judge: {Markup.Escape(judge.Statistics.ToString() ?? "")}; binarized into {pairs.Count} pairs ({Markup.Escape(Describe(binarization))})");
+        if (pairs.Count == 0) throw new InvalidOperationException("The judge found no preference among the sampled completions: sample more (--completions).");
+
+        // 5. dDPO against the dSFT model.
+        using var dpo = display.Run("dDPO", () => ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
+        {
+            BaseModel = sft.Model, Beta = 0.1, Epochs = 6, BatchSize = 8, LearningRate = 1e-4, MaxLength = 128, MaxPromptLength = 96,
+            Seed = seed, LoggingInterval = 2, CheckpointDirectory = Path.Combine(output, "ddpo-run"), Progress = display.Progress, Log = display.Log,
+        }).Fit(ml.Data.LoadFromPreferencePairs(pairs)));
+
+        // 6. Held-out comparison: dDPO and URIAL (base model, in-context alignment) against dSFT, by the same judge.
+        var heldOut = DemoTask.HeldOutPrompts;
+        var greedy = new GenerationOptions { MaxNewTokens = 32, StopStrings = ["\n"] };
+        var sftAnswers = sft.Model.CreateGenerator().Generate(heldOut, greedy);
+        var dpoAnswers = dpo.Model.CreateGenerator().Generate(heldOut, greedy);
+        // URIAL's three stylistic examples, kept short: byte-level prompts must fit the 512-token context.
+        var urial = new UrialPromptBuilder
+        {
+            SystemPrompt = "A helpful, warm assistant answers.",
+            Examples = DemoTask.TrainPairs().Take(3).Select(p => new UrialExample(p.Prompt.Trim(), p.Chosen)).ToList(),
+        };
+        var urialAnswers = heldOut.Select(p => urial.Generate(baseModel, p.Trim(), greedy).Trim()).ToList();
+        static double Style(IEnumerable<string> answers) => answers.Average(a => DemoTask.IsPreferredStyle(a) ? 1.0 : 0.0);
+
+        var summary = new DistilledDpoSummary(pairs.Count, Describe(binarization),
+            Judges.WinRate(judge, heldOut, dpoAnswers, sftAnswers), Judges.WinRate(judge, heldOut, urialAnswers, sftAnswers),
+            Style(sftAnswers), Style(dpoAnswers), Style(urialAnswers));
+        var table = new Table().AddColumns("held-out prompt", "dSFT", "dDPO", "URIAL (base model)");
+        foreach (int i in new[] { 0, heldOut.Count / 2, heldOut.Count - 1 })
+            table.AddRow(Markup.Escape(heldOut[i].Trim()), Markup.Escape(sftAnswers[i]), Markup.Escape(dpoAnswers[i]), Markup.Escape(urialAnswers[i]));
+        AnsiConsole.Write(table);
+        AnsiConsole.MarkupLine($"[bold]Judged win rate over dSFT[/] on {heldOut.Count} held-out prompts: dDPO {summary.DpoWinRateOverSft:P0}, URIAL {summary.UrialWinRateOverSft:P0}");
+        AnsiConsole.MarkupLine($"[bold]Answers in the preferred style[/]: dSFT {summary.SftPreferredStyleRate:P0}, dDPO {summary.DpoPreferredStyleRate:P0}, URIAL {summary.UrialPreferredStyleRate:P0}");
+        File.WriteAllText(Path.Combine(output, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+        return summary;
+    }
+
+    static string Describe(BinarizationReport r) =>
+        $"{r.PromptsRead} prompts, {r.TiesDropped} ties dropped, {r.PromptsWithoutPreference} prompts without two distinct scores, {r.CompletionsWithoutScore} unscored";
+}
