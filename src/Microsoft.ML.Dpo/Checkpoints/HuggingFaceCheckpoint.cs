@@ -100,14 +100,7 @@ public static class HuggingFaceCheckpoint
     internal static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles, bool mergeAdapters)
     {
         ArgumentNullException.ThrowIfNull(model);
-        string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
-        string parent = Path.GetDirectoryName(full) ?? throw new ArgumentException($"Cannot save into the root '{directory}'.", nameof(directory));
-        Directory.CreateDirectory(parent);
-        string name = Path.GetFileName(full);
-        string tmp = Path.Combine(parent, $".{name}.tmp-{Guid.NewGuid():N}");
-        string old = Path.Combine(parent, $".{name}.old-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        try
+        AtomicDirectory.Write(directory, tmp =>
         {
             var dtype = model.DType;
             if (dtype is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16)) dtype = ScalarType.Float32;
@@ -119,24 +112,7 @@ public static class HuggingFaceCheckpoint
                 Safetensors.Save(Path.Combine(tmp, Safetensors.SingleFileName), weights.ToList());
             }
             writeExtraFiles?.Invoke(tmp);
-
-            if (Directory.Exists(full))
-            {
-                Directory.Move(full, old);
-                Directory.Move(tmp, full);
-                Directory.Delete(old, recursive: true);
-            }
-            else
-            {
-                Directory.Move(tmp, full);
-            }
-        }
-        catch
-        {
-            try { if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true); } catch (IOException) { }
-            if (!Directory.Exists(full) && Directory.Exists(old)) Directory.Move(old, full);   // put the previous checkpoint back
-            throw;
-        }
+        });
     }
 
     static string TorchDtypeName(ScalarType t) => t switch

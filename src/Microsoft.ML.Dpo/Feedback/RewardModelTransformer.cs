@@ -24,7 +24,7 @@ public sealed record RewardModelMetrics(int Pairs, double Accuracy, double MeanM
 /// lazily per row; as an <see cref="IJudge"/> it scores (prompt, completion) items. Saved as a Hugging Face model directory with the
 /// head in <see cref="HeadFileName"/> (tensor <c>score.weight</c>, as in <c>LlamaForSequenceClassification</c>).
 /// </summary>
-public sealed class RewardModelTransformer : ITransformer, IJudge, IDisposable
+public sealed class RewardModelTransformer : ComputedColumnsTransformer, IJudge, IDisposable
 {
     /// <summary>The file, beside the model's weights, holding the head's <c>score.weight</c>.</summary>
     public const string HeadFileName = "score.safetensors";
@@ -49,7 +49,7 @@ public sealed class RewardModelTransformer : ITransformer, IJudge, IDisposable
     /// <summary>The language model under the head (its tokenizer tokenizes the inputs).</summary>
     public LanguageModel Model { get; }
 
-    /// <summary>The reward columns <see cref="Transform"/> adds.</summary>
+    /// <summary>The reward columns <see cref="ComputedColumnsTransformer.Transform"/> adds.</summary>
     public IReadOnlyList<RewardOutputColumn> OutputColumns { get; }
 
     /// <summary>Longest prompt + completion scored, in tokens (longer inputs are truncated as in training).</summary>
@@ -201,24 +201,11 @@ public sealed class RewardModelTransformer : ITransformer, IJudge, IDisposable
         finally { foreach (var t in tensors.Values) t.Dispose(); }
     }
 
-    ComputedColumnsMapper Mapper(DataViewSchema inputSchema) => new(inputSchema, OutputColumns.Select(c =>
-        new ComputedColumn(c.OutputColumnName, NumberDataViewType.Single, [c.PromptColumnName, c.CompletionColumnName], v => (object)Score(v[0], v[1]))).ToList());
+    private protected override IReadOnlyList<ComputedColumn> ComputedColumns => OutputColumns.Select(c =>
+        new ComputedColumn(c.OutputColumnName, NumberDataViewType.Single, [c.PromptColumnName, c.CompletionColumnName], v => (object)Score(v[0], v[1]))).ToList();
 
-    /// <inheritdoc />
-    public bool IsRowToRowMapper => true;
-
-    /// <inheritdoc />
-    public DataViewSchema GetOutputSchema(DataViewSchema inputSchema) => Mapper(inputSchema).OutputSchema;
-
-    /// <inheritdoc />
-    public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema) => Mapper(inputSchema);
-
-    /// <inheritdoc />
-    public IDataView Transform(IDataView input) => new ComputedColumnsDataView(input, Mapper(input.Schema));
-
-    /// <summary>Not supported by ML.NET's zip format: save the reward model with <see cref="Save"/>.</summary>
-    void ICanSaveModel.Save(ModelSaveContext ctx) =>
-        throw new NotSupportedException("Save a RewardModelTransformer with its Save(directory) method and load it with RewardModelTransformer.Load(directory).");
+    private protected override string SaveInstructions =>
+        "Save a RewardModelTransformer with its Save(directory) method and load it with RewardModelTransformer.Load(directory).";
 
     /// <summary>Frees the model and the head (when this transformer owns them).</summary>
     public void Dispose()

@@ -445,38 +445,3 @@ public sealed class LoraAdapters
         return result;
     }
 }
-
-/// <summary>Writes a directory atomically: into a temporary sibling that then replaces the target as a whole.</summary>
-internal static class AtomicDirectory
-{
-    public static void Write(string directory, Action<string> write)
-    {
-        string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
-        string parent = Path.GetDirectoryName(full) ?? throw new ArgumentException($"Cannot write into the root '{directory}'.", nameof(directory));
-        Directory.CreateDirectory(parent);
-        string name = Path.GetFileName(full);
-        string tmp = Path.Combine(parent, $".{name}.tmp-{Guid.NewGuid():N}");
-        string old = Path.Combine(parent, $".{name}.old-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        try
-        {
-            write(tmp);
-            if (Directory.Exists(full))
-            {
-                Directory.Move(full, old);
-                Directory.Move(tmp, full);
-                Directory.Delete(old, recursive: true);
-            }
-            else
-            {
-                Directory.Move(tmp, full);
-            }
-        }
-        catch
-        {
-            try { if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true); } catch (IOException) { }
-            if (!Directory.Exists(full) && Directory.Exists(old)) Directory.Move(old, full);
-            throw;
-        }
-    }
-}

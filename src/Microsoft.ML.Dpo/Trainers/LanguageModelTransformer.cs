@@ -31,7 +31,7 @@ public sealed record LanguageModelOutputColumn(LanguageModelOutputKind Kind, str
 /// <see cref="WithOutputColumns"/> or <see cref="WithGenerationOptions"/> share the model and do not own it: dispose the
 /// one returned by <c>Fit</c> (or by <c>Load</c>) when done.
 /// </summary>
-public sealed class LanguageModelTransformer : ITransformer, IDisposable
+public sealed class LanguageModelTransformer : ComputedColumnsTransformer, IDisposable
 {
     /// <summary>The name of the response column added by default.</summary>
     public const string DefaultResponseColumn = "response";
@@ -69,7 +69,7 @@ public sealed class LanguageModelTransformer : ITransformer, IDisposable
     /// <summary>Where the reference model is loaded from when it is not in memory (for implicit rewards), if known.</summary>
     public string? ReferencePath { get; }
 
-    /// <summary>The columns <see cref="Transform"/> adds.</summary>
+    /// <summary>The columns <see cref="ComputedColumnsTransformer.Transform"/> adds.</summary>
     public IReadOnlyList<LanguageModelOutputColumn> OutputColumns { get; }
 
     /// <summary>How responses are generated.</summary>
@@ -146,7 +146,10 @@ public sealed class LanguageModelTransformer : ITransformer, IDisposable
         return sum.to(float32).item<float>();
     }
 
-    ComputedColumnsMapper Mapper(DataViewSchema inputSchema) => new(inputSchema, OutputColumns.Select(ToComputed).ToList());
+    private protected override IReadOnlyList<ComputedColumn> ComputedColumns => OutputColumns.Select(ToComputed).ToList();
+
+    private protected override string SaveInstructions =>
+        "Save pipelines that contain a LanguageModelTransformer with mlContext.Alignment().Model.Save(model, inputSchema, path); load them with mlContext.Alignment().Model.Load(path, out schema).";
 
     ComputedColumn ToComputed(LanguageModelOutputColumn column) => column.Kind switch
     {
@@ -157,26 +160,6 @@ public sealed class LanguageModelTransformer : ITransformer, IDisposable
 
     static string RequireResponse(LanguageModelOutputColumn column) => column.ResponseColumnName
         ?? throw new ArgumentException($"Output column '{column.OutputColumnName}' ({column.Kind}) needs a response column.");
-
-    /// <inheritdoc />
-    public bool IsRowToRowMapper => true;
-
-    /// <inheritdoc />
-    public DataViewSchema GetOutputSchema(DataViewSchema inputSchema) => Mapper(inputSchema).OutputSchema;
-
-    /// <inheritdoc />
-    public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema) => Mapper(inputSchema);
-
-    /// <inheritdoc />
-    public IDataView Transform(IDataView input) => new ComputedColumnsDataView(input, Mapper(input.Schema));
-
-    /// <summary>
-    /// ML.NET's own <c>mlContext.Model.Save</c> cannot hold this transformer: ML.NET keeps the members a transformer
-    /// needs to write itself into its zip internal. Use <c>mlContext.Alignment().Model.Save</c>, which saves whole
-    /// pipelines (stock ML.NET transforms and ours) into one file.
-    /// </summary>
-    void ICanSaveModel.Save(ModelSaveContext ctx) =>
-        throw new NotSupportedException("Save pipelines that contain a LanguageModelTransformer with mlContext.Alignment().Model.Save(model, inputSchema, path); load them with mlContext.Alignment().Model.Load(path, out schema).");
 
     /// <summary>Frees the model (and the reference model when this transformer loaded or copied it).</summary>
     public void Dispose()

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Microsoft.ML.Dpo.Checkpoints;
 using TorchSharp.Modules;
 
 namespace Microsoft.ML.Dpo.Training;
@@ -18,33 +19,19 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
     /// <summary>The folder of the current checkpoint.</summary>
     public string Path { get; } = System.IO.Path.Combine(directory, "checkpoint");
 
-    public void Save(TrainingState state, OptimizerHelper optimizer)
+    public void Save(TrainingState state, OptimizerHelper optimizer) => AtomicDirectory.Write(Path, temp =>
     {
-        Directory.CreateDirectory(directory);
-        string temp = Path + ".tmp-" + Guid.NewGuid().ToString("N")[..8];
-        string old = Path + ".old";
-        try
-        {
-            Directory.CreateDirectory(temp);
-            saveWeights(temp);
-            optimizer.save_state_dict(System.IO.Path.Combine(temp, OptimizerFile));
-            File.WriteAllText(System.IO.Path.Combine(temp, StateFile), JsonSerializer.Serialize(state));
-            if (Directory.Exists(old)) Directory.Delete(old, recursive: true);
-            if (Directory.Exists(Path)) Directory.Move(Path, old);
-            Directory.Move(temp, Path);
-            if (Directory.Exists(old)) Directory.Delete(old, recursive: true);
-        }
-        finally
-        {
-            if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
-        }
-    }
+        saveWeights(temp);
+        optimizer.save_state_dict(System.IO.Path.Combine(temp, OptimizerFile));
+        File.WriteAllText(System.IO.Path.Combine(temp, StateFile), JsonSerializer.Serialize(state));
+    });
 
     /// <summary>Loads the checkpoint into the model and optimizer; null when there is none.</summary>
     public TrainingState? TryLoad(OptimizerHelper optimizer, string expectedFingerprint)
     {
-        // A crash between the two renames of Save leaves the previous checkpoint as ".old".
-        string path = Directory.Exists(Path) ? Path : Directory.Exists(Path + ".old") ? Path + ".old" : "";
+        // A crash between the two renames of Save leaves the previous checkpoint at AtomicDirectory.PreviousVersion.
+        string previous = AtomicDirectory.PreviousVersion(Path);
+        string path = Directory.Exists(Path) ? Path : Directory.Exists(previous) ? previous : "";
         if (path.Length == 0) return null;
         string stateFile = System.IO.Path.Combine(path, StateFile);
         var state = JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(stateFile))

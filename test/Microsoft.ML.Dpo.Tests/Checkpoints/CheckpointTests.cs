@@ -148,7 +148,7 @@ public sealed class BadCheckpointTests
         var tensors = Safetensors.Load(file);
         var edited = edit(tensors);
         Safetensors.Save(file, edited);
-        foreach (var t in tensors.Values.Concat(edited.Values).Distinct(ReferenceEqualityComparer.Instance)) ((Tensor)t).Dispose();
+        foreach (var t in new HashSet<Tensor>(tensors.Values.Concat(edited.Values), ReferenceEqualityComparer.Instance)) t.Dispose();
     }
 
     [TestMethod]
