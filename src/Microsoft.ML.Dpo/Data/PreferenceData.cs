@@ -70,6 +70,37 @@ public static class ExampleReader
         return examples;
     }
 
+    /// <summary>
+    /// Reads a column of conversations — each value a JSON array of <c>{"role", "content"}</c> messages ending with the
+    /// assistant turn to learn — and splits each with <paramref name="split"/> (typically a chat template's
+    /// <c>SplitForTraining</c>) into a prompt and a completion. A malformed value fails with its row and column unless
+    /// <paramref name="skipInvalidRows"/> is set (then it is skipped and counted).
+    /// </summary>
+    public static List<CompletionExample> ReadConversations(IDataView data, string messagesColumn,
+        Func<IReadOnlyList<(string Role, string Content)>, (string Prompt, string Completion)> split,
+        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default)
+    {
+        var columns = TextColumns.Resolve(data.Schema, ("messages", messagesColumn));
+        var examples = new List<CompletionExample>();
+        foreach (var (row, v) in TextColumns.Read(data, columns, cancellation))
+        {
+            report.RowsRead++;
+            if (!Valid(row, columns, v, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
+            try
+            {
+                var (prompt, completion) = split(RecordLayouts.MessagesFromJson(v[0], messagesColumn));
+                examples.Add(new CompletionExample(prompt, completion, row));
+            }
+            catch (Exception e) when (e is System.Text.Json.JsonException or RecordException or ArgumentException)
+            {
+                if (!skipInvalidRows)
+                    throw new InvalidDataException($"Row {row}: the conversation in column '{messagesColumn}' is malformed: {e.Message} Fix the data, or set SkipInvalidRows to skip such rows.", e);
+                report.InvalidRowsSkipped++;
+            }
+        }
+        return examples;
+    }
+
     static bool Valid(long row, DataViewSchema.Column[] columns, string[] values, bool skip)
     {
         for (int i = 0; i < values.Length; i++)

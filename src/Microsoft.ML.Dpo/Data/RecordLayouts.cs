@@ -167,6 +167,14 @@ internal static class RecordLayouts
         return (messages.GetRange(0, messages.Count - 1), last.Content);
     }
 
+    /// <summary>Parses a JSON array of {role, content} messages (the value of a text column); <see cref="RecordException"/> or <see cref="JsonException"/> when malformed.</summary>
+    internal static List<(string Role, string Content)> MessagesFromJson(string json, string field)
+    {
+        using var document = JsonDocument.Parse("{\"m\":" + json + "}");
+        var messages = Messages(document.RootElement, "m");
+        return messages;
+    }
+
     static List<(string Role, string Content)> Messages(JsonElement record, string field)
     {
         var list = Array(record, field);

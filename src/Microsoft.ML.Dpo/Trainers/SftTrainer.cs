@@ -1,6 +1,7 @@
 using Microsoft.ML.Runtime;
 using Microsoft.ML.Data;
 using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Tokenization;
 using Microsoft.ML.Dpo.Training;
 
 namespace Microsoft.ML.Dpo.Trainers;
@@ -18,6 +19,14 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         public string PromptColumnName { get; set; } = "prompt";
         /// <summary>The completion column (text). Default "completion".</summary>
         public string CompletionColumnName { get; set; } = "completion";
+        /// <summary>
+        /// A text column holding whole conversations as JSON arrays of <c>{"role", "content"}</c> messages, used instead of the
+        /// prompt and completion columns when set: each is rendered with the chat template (everything before the last
+        /// assistant turn is the prompt, that turn the completion). Default null.
+        /// </summary>
+        public string? MessagesColumnName { get; set; }
+        /// <summary>The chat template for <see cref="MessagesColumnName"/> (chatml, llama2, zephyr, plain); null uses the tokenizer's own.</summary>
+        public string? ChatTemplateName { get; set; }
         /// <summary>Learn only the completion tokens (true, the default) or the prompt tokens too.</summary>
         public bool CompletionOnlyLoss { get; set; } = true;
 
@@ -37,7 +46,8 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
     /// <summary>Checks the input columns and adds the generated response column.</summary>
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
     {
-        TextColumns.Check(inputSchema, ("prompt", options.PromptColumnName), ("completion", options.CompletionColumnName));
+        if (options.MessagesColumnName is { } messages) TextColumns.Check(inputSchema, ("messages", messages));
+        else TextColumns.Check(inputSchema, ("prompt", options.PromptColumnName), ("completion", options.CompletionColumnName));
         return SchemaShapes.WithColumns(inputSchema, [(LanguageModelTransformer.DefaultResponseColumn, TextDataViewType.Instance)]);
     }
 
@@ -47,10 +57,10 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         options.Validate();
         var log = FineTuningRun.Logger(env, options, nameof(SftTrainer));
         var report = new DataPreparationReport();
-        var rows = ExampleReader.ReadCompletions(input, options.PromptColumnName, options.CompletionColumnName, options.SkipInvalidRows, report, options.CancellationToken);
         var policy = FineTuningRun.LoadPolicy(options);
         try
         {
+            var rows = Read(input, policy, report, options.CancellationToken);
             var examples = Tokenize(policy, rows, report);
             log($"SFT data: {report}.");
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";sft;completionOnly={options.CompletionOnlyLoss}",
@@ -64,7 +74,7 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
             if (options.ValidationData is { } validationData)
             {
                 var validationReport = new DataPreparationReport();
-                var validationRows = ExampleReader.ReadCompletions(validationData, options.PromptColumnName, options.CompletionColumnName, options.SkipInvalidRows, validationReport);
+                var validationRows = Read(validationData, policy, validationReport, options.CancellationToken);
                 validation = Evaluation.Average(objective, Tokenize(policy, validationRows, validationReport), options.BatchSize, "eval/");
                 log("SFT validation: " + string.Join(" ", validation.Select(kv => $"{kv.Key}={kv.Value:G4}")));
             }
@@ -78,6 +88,15 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
             policy.Dispose();
             throw;
         }
+    }
+
+    List<CompletionExample> Read(IDataView data, LanguageModel model, DataPreparationReport report, CancellationToken cancellation)
+    {
+        if (options.MessagesColumnName is null)
+            return ExampleReader.ReadCompletions(data, options.PromptColumnName, options.CompletionColumnName, options.SkipInvalidRows, report, cancellation);
+        var template = options.ChatTemplateName is { } name ? ChatTemplate.FromName(name) : model.RequireTokenizer().ChatTemplate;
+        return ExampleReader.ReadConversations(data, options.MessagesColumnName,
+            turns => template.SplitForTraining(turns.Select(t => new ChatTurn(t.Role, t.Content)).ToList()), options.SkipInvalidRows, report, cancellation);
     }
 
     List<TokenizedCompletion> Tokenize(LanguageModel model, List<CompletionExample> rows, DataPreparationReport report)
