@@ -76,21 +76,28 @@ internal static class ByteLevelBpe
     }
 
     /// <summary>
-    /// Derives Hugging Face merges from tiktoken ranks: every split of a token into two tokens of the vocabulary is a
-    /// merge whose priority is the rank of the merged token (tiktoken merges the adjacent pair whose concatenation has
-    /// the lowest rank, so this list reproduces its output exactly). Splits of one token are ordered by the ranks of
-    /// their parts, as transformers' TikTokenConverter does.
+    /// Hugging Face merges from tiktoken-style ranks: for every multi-symbol token, in rank order, the one merge that builds
+    /// it — found by running byte-pair encoding over the token with the lower-ranked tokens only and taking its last
+    /// two parts. This gives exactly one merge per token (50,000 for GPT-2), as the merges.txt files HF ships.
     /// </summary>
     public static List<(string Left, string Right)> MergesFromRanks(IReadOnlyDictionary<string, int> ranks)
     {
-        var merges = new List<(string Left, string Right, int Rank, int LeftRank, int RightRank)>();
-        foreach (var (token, rank) in ranks)
-            for (int i = 1; i < token.Length; i++)
-                if (ranks.TryGetValue(token[..i], out int l) && ranks.TryGetValue(token[i..], out int r))
-                    merges.Add((token[..i], token[i..], rank, l, r));
-        merges.Sort((a, b) => a.Rank != b.Rank ? a.Rank.CompareTo(b.Rank)
-            : a.LeftRank != b.LeftRank ? a.LeftRank.CompareTo(b.LeftRank) : a.RightRank.CompareTo(b.RightRank));
-        return merges.ConvertAll(m => (m.Left, m.Right));
+        var merges = new List<(string Left, string Right)>();
+        foreach (var (token, rank) in ranks.Where(kv => kv.Key.Length > 1).OrderBy(kv => kv.Value))
+        {
+            var parts = token.Select(c => c.ToString()).ToList();
+            while (parts.Count > 2)
+            {
+                int best = -1, bestRank = int.MaxValue;
+                for (int i = 0; i < parts.Count - 1; i++)
+                    if (ranks.TryGetValue(parts[i] + parts[i + 1], out int r) && r < rank && r < bestRank) (best, bestRank) = (i, r);
+                if (best < 0) break;
+                parts[best] += parts[best + 1];
+                parts.RemoveAt(best + 1);
+            }
+            if (parts.Count == 2) merges.Add((parts[0], parts[1]));
+        }
+        return merges;
     }
 
     /// <summary>Writes GPT-2's vocab.json (with &lt;|endoftext|&gt; = 50256) and merges.txt in Hugging Face's format.</summary>
