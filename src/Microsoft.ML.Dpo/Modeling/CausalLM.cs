@@ -143,8 +143,9 @@ public abstract class CausalLM : nn.Module
     /// Shared input preparation: position ids <c>[B, T]</c> from the mask (cumsum − 1, continuing after the cache) and the
     /// boolean attention mask <c>[B, 1, T, S]</c> (true = attend) combining causality and padding. Every query row may
     /// attend to its own position, so rows of padding queries are never fully masked (no NaN); real tokens never attend to padding.
+    /// With a sliding window W, a query also ignores keys W or more positions back (counted in cache slots, as Hugging Face does).
     /// </summary>
-    private protected static (Tensor Positions, Tensor Mask) PrepareInputs(Tensor inputIds, Tensor? attentionMask, long past)
+    private protected static (Tensor Positions, Tensor Mask) PrepareInputs(Tensor inputIds, Tensor? attentionMask, long past, int? slidingWindow = null)
     {
         if (inputIds.dim() != 2)
             throw new ArgumentException($"inputIds must be [B, T], got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
@@ -166,6 +167,7 @@ public abstract class CausalLM : nn.Module
         var queryPos = torch.arange(past, s, dtype: ScalarType.Int64, device: device).view(t, 1);   // [T, 1]
         var keyPos = torch.arange(0, s, dtype: ScalarType.Int64, device: device).view(1, s);        // [1, S]
         var causal = keyPos.le(queryPos);                                             // [T, S]
+        if (slidingWindow is int window) causal = causal.logical_and(queryPos.sub(keyPos).lt(window));
         var self = keyPos.eq(queryPos);                                               // [T, S]
         var mask = causal.unsqueeze(0).logical_and(valid.view(b, 1, s))               // [B, T, S]
             .logical_or(self.unsqueeze(0))

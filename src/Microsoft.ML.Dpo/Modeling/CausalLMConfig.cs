@@ -65,6 +65,12 @@ public sealed class CausalLMConfig
     /// <summary>Bias on the MLP projections (<c>mlp_bias</c>).</summary>
     public bool MlpBias { get; set; }
 
+    /// <summary>
+    /// Sliding-window attention (<c>sliding_window</c>: Mistral; Qwen2 when <c>use_sliding_window</c> is true): each token
+    /// attends to itself and the previous <c>SlidingWindow − 1</c> positions. Null: full causal attention.
+    /// </summary>
+    public int? SlidingWindow { get; set; }
+
     /// <summary>Beginning-of-sequence token id.</summary>
     public int BosTokenId { get; set; } = 1;
 
@@ -151,6 +157,8 @@ public sealed class CausalLMConfig
             if (act != "silu")
                 throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': hidden_act \"{act}\" is not supported (silu).");
             c.RopeScaling = Modeling.RopeScaling.FromJson(root["rope_scaling"], sourceNameForErrors);
+            bool windowed = modelType == "mistral" || (modelType == "qwen2" && (r.Bool("use_sliding_window") ?? false));
+            c.SlidingWindow = windowed ? r.Int("sliding_window") : null;
             c.BosTokenId = r.Int("bos_token_id") ?? 1;
             c.EosTokenIds = r.IntOrList("eos_token_id") ?? new[] { 2 };
         }
@@ -226,6 +234,12 @@ public sealed class CausalLMConfig
             o["tie_word_embeddings"] = TieWordEmbeddings;
             o["attention_bias"] = AttentionBias;
             o["mlp_bias"] = MlpBias;
+            if (ModelType == "mistral") o["sliding_window"] = SlidingWindow;
+            else if (ModelType == "qwen2")
+            {
+                o["use_sliding_window"] = SlidingWindow.HasValue;
+                if (SlidingWindow.HasValue) o["sliding_window"] = SlidingWindow;
+            }
         }
         o["bos_token_id"] = BosTokenId;
         o["eos_token_id"] = EosTokenIds.Count == 1 ? JsonValue.Create(EosTokenIds[0]) : new JsonArray(EosTokenIds.Select(e => (JsonNode?)JsonValue.Create(e)).ToArray());

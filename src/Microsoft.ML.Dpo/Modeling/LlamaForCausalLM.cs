@@ -37,6 +37,7 @@ public sealed class LlamaForCausalLM : CausalLM
         readonly ModuleList<LlamaDecoderLayer> layers;
         readonly RMSNorm norm;
         readonly RotaryEmbedding _rope;                         // no tensors: nothing registered
+        readonly int? _slidingWindow;
 
         public LlamaModel(CausalLMConfig c) : base(nameof(LlamaModel))
         {
@@ -44,6 +45,7 @@ public sealed class LlamaForCausalLM : CausalLM
             layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new LlamaDecoderLayer(c, i)).ToArray());
             norm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
             _rope = new RotaryEmbedding(c);
+            _slidingWindow = c.SlidingWindow;
             RegisterComponents();
         }
 
@@ -51,7 +53,7 @@ public sealed class LlamaForCausalLM : CausalLM
         {
             using var scope = torch.NewDisposeScope();
             long past = cache?.Length ?? 0;
-            var (positions, mask) = PrepareInputs(inputIds, attentionMask, past);   // [B, T], [B, 1, T, S]
+            var (positions, mask) = PrepareInputs(inputIds, attentionMask, past, _slidingWindow);   // [B, T], [B, 1, T, S]
             var x = embed_tokens.forward(inputIds);                                   // [B, T, H]
             var (cos, sin) = _rope.CosSin(positions, x.dtype);                        // [B, 1, T, D] each
             foreach (var layer in layers)
