@@ -8,7 +8,7 @@ namespace Microsoft.ML.Dpo.Tokenization;
 /// <summary>
 /// A language model's tokenizer: text ↔ token ids with the model's special tokens, its chat template, and Hugging
 /// Face directory I/O. The algorithms are Microsoft.ML.Tokenizers' (SentencePiece for Llama 2, TinyLlama and
-/// Mistral; byte-level BPE for GPT-2, Qwen2 and SmolLM; tiktoken for <see cref="Gpt2"/>).
+/// Mistral; byte-level BPE for GPT-2, Qwen2, SmolLM and Llama 3; tiktoken for <see cref="Gpt2"/>).
 /// </summary>
 /// <remarks>
 /// <see cref="Encode"/> adds nothing the caller did not ask for: no BOS unless <c>addBos</c>, never an EOS, and no
@@ -228,8 +228,12 @@ public sealed class TextTokenizer
 
     /// <summary>
     /// Loads a Hugging Face tokenizer directory. The vocabulary comes from <c>tokenizer.model</c> (SentencePiece:
-    /// Llama 2, TinyLlama, Mistral) or <c>vocab.json</c> + <c>merges.txt</c> (byte-level BPE: GPT-2, Qwen2, SmolLM;
-    /// the pre-tokenization pattern is read from tokenizer.json when present, else chosen by tokenizer_class). Special
+    /// Llama 2, TinyLlama, Mistral), else <c>vocab.json</c> + <c>merges.txt</c> (byte-level BPE: GPT-2, Qwen2, SmolLM;
+    /// the pre-tokenization pattern is read from tokenizer.json when present, else chosen by tokenizer_class), else the
+    /// <c>model</c> of <c>tokenizer.json</c> when it is a byte-level BPE (Llama 3 and other directories that ship only
+    /// that file: <c>model.vocab</c> and <c>model.merges</c>, pre-tokenized by its Split regex or GPT-2's pattern, built
+    /// exactly as vocab.json + merges.txt are; its <c>ignore_merges</c> and <c>normalizer</c> are not applied, as they are
+    /// not for vocab.json + merges.txt). Special
     /// tokens come from tokenizer_config.json (<c>bos_token</c>, <c>eos_token</c>, <c>pad_token</c> as strings or
     /// <c>{"content": ...}</c>, <c>added_tokens_decoder</c>, <c>chat_template</c>), special_tokens_map.json,
     /// added_tokens.json and tokenizer.json's added tokens; ids missing there come from generation_config.json and
@@ -241,6 +245,8 @@ public sealed class TextTokenizer
     /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
     /// <exception cref="FileNotFoundException">The directory has no vocabulary file; the message lists what was looked for.</exception>
     /// <exception cref="InvalidDataException">A file is malformed, or names a special token that is not in the vocabulary; the message names the file.</exception>
+    /// <exception cref="NotSupportedException">The only vocabulary is a tokenizer.json that is not a byte-level BPE (SentencePiece-style
+    /// BPE with byte fallback as TinyLlama and Mistral, WordPiece, Unigram, ...); the message names the file and the file to add.</exception>
     public static TextTokenizer FromDirectory(string directory, string? chatTemplateName = null)
     {
         ArgumentNullException.ThrowIfNull(directory);
@@ -248,8 +254,11 @@ public sealed class TextTokenizer
         var files = HfTokenizerFiles.Read(directory);
         string spPath = Path.Combine(directory, SentencePieceModelFile);
         string vocabPath = Path.Combine(directory, VocabFile), mergesPath = Path.Combine(directory, MergesFile);
+        string jsonPath = Path.Combine(directory, HfTokenizerFiles.TokenizerJson);
         bool isSentencePiece = File.Exists(spPath);
-        if (!isSentencePiece && !(File.Exists(vocabPath) && File.Exists(mergesPath)))
+        bool hasVocabAndMerges = File.Exists(vocabPath) && File.Exists(mergesPath);
+        bool isTokenizerJson = !isSentencePiece && !hasVocabAndMerges && files.Fast != null; // the fallback
+        if (!isSentencePiece && !hasVocabAndMerges && !isTokenizerJson)
         {
             string found = files.Found.Count > 0 ? "found only " + string.Join(", ", files.Found)
                 : File.Exists(vocabPath) ? "found vocab.json without merges.txt"
@@ -257,14 +266,17 @@ public sealed class TextTokenizer
             if (files.Found.Count > 0 && File.Exists(vocabPath) != File.Exists(mergesPath))
                 found += File.Exists(vocabPath) ? ", and vocab.json without merges.txt" : ", and merges.txt without vocab.json";
             throw new FileNotFoundException(
-                $"No tokenizer vocabulary in '{directory}': looked for {SentencePieceModelFile} (SentencePiece: Llama 2, TinyLlama, Mistral) "
-                + $"or {VocabFile} + {MergesFile} (byte-level BPE: GPT-2, Qwen2, SmolLM), with special tokens from {HfTokenizerFiles.TokenizerConfig}, "
+                $"No tokenizer vocabulary in '{directory}': looked for {SentencePieceModelFile} (SentencePiece: Llama 2, TinyLlama, Mistral), "
+                + $"{VocabFile} + {MergesFile} (byte-level BPE: GPT-2, Qwen2, SmolLM) or {HfTokenizerFiles.TokenizerJson} (byte-level BPE: Llama 3), "
+                + $"with special tokens from {HfTokenizerFiles.TokenizerConfig}, "
                 + $"{HfTokenizerFiles.SpecialTokensMap}, {HfTokenizerFiles.GenerationConfig} and {HfTokenizerFiles.ModelConfig}; {found}.");
         }
 
         var special = new Dictionary<string, int>(files.AddedTokens, StringComparer.Ordinal);
         Tokenizer inner;
         IReadOnlyDictionary<string, int> vocabulary;
+        List<string>? merges = null;
+        string bpeSource;
         if (isSentencePiece)
         {
             SentencePieceTokenizer sp;
@@ -279,6 +291,13 @@ public sealed class TextTokenizer
             }
             inner = sp;
             vocabulary = sp.Vocabulary;
+            bpeSource = spPath;
+        }
+        else if (isTokenizerJson)
+        {
+            (vocabulary, merges) = TokenizerJson.ReadByteLevelBpe(files.Fast!, jsonPath);
+            inner = null!; // created below, once the special tokens are known
+            bpeSource = jsonPath;
         }
         else
         {
@@ -291,7 +310,9 @@ public sealed class TextTokenizer
             {
                 throw new InvalidDataException($"{vocabPath}: expected a JSON object mapping tokens to integer ids ({e.Message}).", e);
             }
+            merges = ReadMerges(mergesPath);
             inner = null!; // created below, once the special tokens are known
+            bpeSource = $"{vocabPath} + {mergesPath}";
         }
 
         int? Resolve(string key, string idKey, out string? token)
@@ -331,7 +352,7 @@ public sealed class TextTokenizer
             {
                 inner = BpeTokenizer.Create(new BpeOptions(vocabulary)
                 {
-                    Merges = ReadMerges(mergesPath),
+                    Merges = merges,
                     ByteLevel = true,
                     PreTokenizer = new RegexPreTokenizer(ByteLevelBpe.Compile(pattern), special.Count > 0 ? special : null),
                     SpecialTokens = special.Count > 0 ? special : null,
@@ -339,7 +360,7 @@ public sealed class TextTokenizer
             }
             catch (Exception e) when (e is not IOException and not UnauthorizedAccessException and not InvalidDataException)
             {
-                throw new InvalidDataException($"{vocabPath} + {mergesPath}: not a byte-level BPE vocabulary that Microsoft.ML.Tokenizers can load ({e.Message}).", e);
+                throw new InvalidDataException($"{bpeSource}: not a byte-level BPE vocabulary that Microsoft.ML.Tokenizers can load ({e.Message}).", e);
             }
         }
         var eosIds = new List<int>();
@@ -362,8 +383,8 @@ public sealed class TextTokenizer
 
     /// <summary>
     /// Writes the tokenizer to a directory so that <see cref="FromDirectory"/> and Hugging Face transformers
-    /// (<c>AutoTokenizer.from_pretrained</c>) load it back: the original vocabulary files when it was loaded from a
-    /// directory, vocab.json + merges.txt (converted from tiktoken's ranks) for <see cref="Gpt2"/>; then
+    /// (<c>AutoTokenizer.from_pretrained</c>) load it back: the original vocabulary files (tokenizer.model, vocab.json,
+    /// merges.txt, tokenizer.json, added_tokens.json, copied as they are) when it was loaded from a directory, vocab.json + merges.txt (converted from tiktoken's ranks) for <see cref="Gpt2"/>; then
     /// tokenizer_config.json (the original one, completed with the special tokens and the chat template) and
     /// special_tokens_map.json.
     /// </summary>

@@ -171,7 +171,7 @@ public sealed class DirectoryTokenizerTests
     {
         using var dir = new TempDirectory();
         var e = Assert.ThrowsExactly<FileNotFoundException>(() => TextTokenizer.FromDirectory(dir.Path));
-        foreach (string name in new[] { "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "config.json", dir.Path })
+        foreach (string name in new[] { "tokenizer.model", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "config.json", dir.Path })
             StringAssert.Contains(e.Message, name);
 
         File.WriteAllText(dir.Combine("vocab.json"), "{}");

@@ -8,7 +8,7 @@ public sealed class Gpt2TokenizerTests
 {
     static readonly TextTokenizer s_gpt2 = TextTokenizer.Gpt2();
 
-    static readonly string[] s_variedTexts =
+    internal static readonly string[] VariedTexts =
     {
         "Hello world",
         "héllo  wörld\n\n 123 🤗 x\tTAB  ",
@@ -57,7 +57,7 @@ public sealed class Gpt2TokenizerTests
     [TestMethod]
     public void DecodeRoundTripsVariedText()
     {
-        foreach (string text in s_variedTexts)
+        foreach (string text in VariedTexts)
             Assert.AreEqual(text, s_gpt2.Decode(s_gpt2.Encode(text), skipSpecialTokens: false), text);
     }
 
@@ -74,7 +74,7 @@ public sealed class Gpt2TokenizerTests
 
         var loaded = TextTokenizer.FromDirectory(dir.Path);
         Assert.IsInstanceOfType<BpeTokenizer>(loaded.Inner, "vocab.json + merges.txt load as byte-level BPE");
-        foreach (string text in s_variedTexts)
+        foreach (string text in VariedTexts)
         {
             CollectionAssert.AreEqual(s_gpt2.Encode(text).ToArray(), loaded.Encode(text).ToArray(), text);
             Assert.AreEqual(text, loaded.Decode(loaded.Encode(text), skipSpecialTokens: false), text);
@@ -90,7 +90,7 @@ public sealed class Gpt2TokenizerTests
         using var again = new TempDirectory();
         loaded.Save(again.Path);
         CollectionAssert.AreEqual(File.ReadAllBytes(dir.Combine("merges.txt")), File.ReadAllBytes(again.Combine("merges.txt")));
-        CollectionAssert.AreEqual(s_gpt2.Encode(s_variedTexts[1]).ToArray(), TextTokenizer.FromDirectory(again.Path).Encode(s_variedTexts[1]).ToArray());
+        CollectionAssert.AreEqual(s_gpt2.Encode(VariedTexts[1]).ToArray(), TextTokenizer.FromDirectory(again.Path).Encode(VariedTexts[1]).ToArray());
     }
 
     /// <summary>
