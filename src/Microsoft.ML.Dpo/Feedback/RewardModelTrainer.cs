@@ -16,14 +16,8 @@ namespace Microsoft.ML.Dpo.Feedback;
 public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
 {
     /// <summary>Options of <see cref="RewardModelTrainer"/>.</summary>
-    public sealed class Options : LanguageModelTrainerOptions
+    public sealed class Options : PreferenceTrainerOptions
     {
-        /// <summary>The prompt column (text). Default "prompt".</summary>
-        public string PromptColumnName { get; set; } = "prompt";
-        /// <summary>The preferred completion column (text). Default "chosen".</summary>
-        public string ChosenColumnName { get; set; } = "chosen";
-        /// <summary>The dispreferred completion column (text). Default "rejected".</summary>
-        public string RejectedColumnName { get; set; } = "rejected";
         /// <summary>The output column with the reward of the chosen completion. Default "chosen_reward".</summary>
         public string ChosenRewardColumnName { get; set; } = "chosen_reward";
         /// <summary>The output column with the reward of the rejected completion. Default "rejected_reward".</summary>
@@ -45,7 +39,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
     /// <summary>Checks the input columns and adds the two reward columns.</summary>
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
     {
-        TextColumns.Check(inputSchema, ("prompt", options.PromptColumnName), ("chosen", options.ChosenColumnName), ("rejected", options.RejectedColumnName));
+        options.CheckColumns(inputSchema);
         return SchemaShapes.WithColumns(inputSchema,
             [(options.ChosenRewardColumnName, NumberDataViewType.Single), (options.RejectedRewardColumnName, NumberDataViewType.Single)]);
     }
@@ -56,7 +50,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
         options.Validate();
         var log = FineTuningRun.Logger(env, options, nameof(RewardModelTrainer));
         var report = new DataPreparationReport();
-        var pairs = ExampleReader.ReadPreferencePairs(input, options.PromptColumnName, options.ChosenColumnName, options.RejectedColumnName, options.SkipInvalidRows, report, options.CancellationToken);
+        var pairs = options.ReadPairs(input, report);
         var model = FineTuningRun.LoadPolicy(options);
         ScoreHead? head = null;
         try
@@ -76,8 +70,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
             IReadOnlyDictionary<string, double>? validation = null;
             if (options.ValidationData is { } validationData)
             {
-                var validationExamples = Tokenize(model, ExampleReader.ReadPreferencePairs(validationData, options.PromptColumnName, options.ChosenColumnName,
-                    options.RejectedColumnName, options.SkipInvalidRows, new DataPreparationReport()), new DataPreparationReport());
+                var validationExamples = Tokenize(model, options.ReadPairs(validationData, new DataPreparationReport()), new DataPreparationReport());
                 validation = Evaluation.Average(objective, validationExamples, options.BatchSize, "eval/");
                 log("Reward model validation: " + string.Join(" ", validation.Select(kv => $"{kv.Key}={kv.Value:G4}")));
             }

@@ -22,14 +22,8 @@ public enum ReferenceModelSource
 public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
 {
     /// <summary>Options of <see cref="DpoTrainer"/>.</summary>
-    public sealed class Options : LanguageModelTrainerOptions
+    public sealed class Options : PreferenceTrainerOptions
     {
-        /// <summary>The prompt column (text). Default "prompt".</summary>
-        public string PromptColumnName { get; set; } = "prompt";
-        /// <summary>The preferred completion column (text). Default "chosen".</summary>
-        public string ChosenColumnName { get; set; } = "chosen";
-        /// <summary>The dispreferred completion column (text). Default "rejected".</summary>
-        public string RejectedColumnName { get; set; } = "rejected";
         /// <summary>β: the strength of the KL regularisation toward the reference (larger keeps the policy closer). Default 0.1.</summary>
         public double Beta { get; set; } = 0.1;
         /// <summary>The preference loss. Default <see cref="PreferenceLossKind.Sigmoid"/> (DPO).</summary>
@@ -81,7 +75,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
     /// <summary>Checks the input columns and adds the generated response column.</summary>
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
     {
-        TextColumns.Check(inputSchema, ("prompt", options.PromptColumnName), ("chosen", options.ChosenColumnName), ("rejected", options.RejectedColumnName));
+        options.CheckColumns(inputSchema);
         return SchemaShapes.WithColumns(inputSchema, [(LanguageModelTransformer.DefaultResponseColumn, TextDataViewType.Instance)]);
     }
 
@@ -91,7 +85,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         options.Validate();
         var log = FineTuningRun.Logger(env, options, nameof(DpoTrainer));
         var report = new DataPreparationReport();
-        var pairs = ExampleReader.ReadPreferencePairs(input, options.PromptColumnName, options.ChosenColumnName, options.RejectedColumnName, options.SkipInvalidRows, report, options.CancellationToken);
+        var pairs = options.ReadPairs(input, report);
         var policy = FineTuningRun.LoadPolicy(options);
         LanguageModel? ownedReference = null;
         try
@@ -100,8 +94,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             log($"DPO data: {report}.");
             List<TokenizedPreference>? validation = null;
             if (options.ValidationData is { } validationData)
-                validation = Tokenize(policy, ExampleReader.ReadPreferencePairs(validationData, options.PromptColumnName, options.ChosenColumnName,
-                    options.RejectedColumnName, options.SkipInvalidRows, new DataPreparationReport()), new DataPreparationReport());
+                validation = Tokenize(policy, options.ReadPairs(validationData, new DataPreparationReport()), new DataPreparationReport());
 
             var loss = options.LossOptions;
             // The reference: a separate model, the LoRA policy with its adapters disabled, the caller's untouched base model,

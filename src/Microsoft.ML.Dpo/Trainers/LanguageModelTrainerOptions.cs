@@ -1,3 +1,4 @@
+using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Training;
 
@@ -33,4 +34,23 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
             throw new ArgumentException("Set BaseModelPath (a Hugging Face directory or llama2.c file) or BaseModel.", nameof(BaseModelPath));
         Lora?.Validate();
     }
+}
+
+/// <summary>Options of the trainers that learn from (prompt, chosen, rejected) text columns: DPO and the reward model.</summary>
+public abstract class PreferenceTrainerOptions : LanguageModelTrainerOptions
+{
+    /// <summary>The prompt column (text). Default "prompt".</summary>
+    public string PromptColumnName { get; set; } = "prompt";
+    /// <summary>The preferred completion column (text). Default "chosen".</summary>
+    public string ChosenColumnName { get; set; } = "chosen";
+    /// <summary>The dispreferred completion column (text). Default "rejected".</summary>
+    public string RejectedColumnName { get; set; } = "rejected";
+
+    /// <summary>Checks that the three columns exist and are text (errors name the column and list those present).</summary>
+    internal void CheckColumns(SchemaShape inputSchema) =>
+        TextColumns.Check(inputSchema, ("prompt", PromptColumnName), ("chosen", ChosenColumnName), ("rejected", RejectedColumnName));
+
+    /// <summary>Reads the pairs with the trainers' null/empty/identical-pair handling.</summary>
+    internal List<PreferencePair> ReadPairs(IDataView data, DataPreparationReport report) =>
+        ExampleReader.ReadPreferencePairs(data, PromptColumnName, ChosenColumnName, RejectedColumnName, SkipInvalidRows, report, CancellationToken);
 }

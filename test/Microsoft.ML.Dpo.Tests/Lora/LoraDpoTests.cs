@@ -26,13 +26,7 @@ public sealed class LoraDpoTests
     public static void Train(TestContext _)
     {
         dir = new TempDirectory();
-        var ml = new MLContext(seed: 0);
-        using var baseModel = StylePreferenceTask.CreateBaseModel(dir.Path);
-        var data = ml.Data.LoadFromEnumerable(StylePreferenceTask.MostlyCurtCompletions(StylePreferenceTask.TrainSubjects));
-        sft = ml.Alignment().Trainers.Sft(new SftTrainer.Options
-        {
-            BaseModel = baseModel, Epochs = 20, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, MaxLength = 64, MaxPromptLength = 40,
-        }).Fit(data);
+        sft = StylePreferenceTask.TrainSft(dir.Path);
         sftWeights = Weights(sft.Model);
         dpo = Dpo(epochs: 10);
     }

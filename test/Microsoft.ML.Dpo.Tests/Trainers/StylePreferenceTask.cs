@@ -1,5 +1,6 @@
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Tokenization;
+using Microsoft.ML.Dpo.Trainers;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Dpo.Tests.Trainers;
@@ -36,7 +37,18 @@ internal static class StylePreferenceTask
     public static Completion[] MostlyCurtCompletions(string[] subjects) =>
         subjects.Select((s, i) => new Completion { prompt = Prompt(s), completion = i % 10 < 7 ? Curt[i % 2] : Warm[i % 2] }).ToArray();
 
-    /// <summary>A tiny random Llama over the byte-level tokenizer, saved as a Hugging Face directory.</summary>
+    /// <summary>The SFT model every end-to-end test starts DPO from: the base model taught both styles, mostly the curt one.</summary>
+    public static LanguageModelTransformer TrainSft(string directory)
+    {
+        var ml = new MLContext(seed: 0);
+        using var baseModel = CreateBaseModel(directory);
+        return ml.Alignment().Trainers.Sft(new SftTrainer.Options
+        {
+            BaseModel = baseModel, Epochs = 20, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, MaxLength = 64, MaxPromptLength = 40,
+        }).Fit(ml.Data.LoadFromEnumerable(MostlyCurtCompletions(TrainSubjects)));
+    }
+
+    /// <summary>A tiny random Llama over the byte-level tokenizer.</summary>
     public static LanguageModel CreateBaseModel(string directory, int seed = 1)
     {
         var tokenizer = TextTokenizer.CreateByteLevel(Path.Combine(directory, "tokenizer"));
