@@ -205,7 +205,7 @@ public sealed class RewardModelTransformer : ComputedColumnsTransformer, IJudge,
         new ComputedColumn(c.OutputColumnName, NumberDataViewType.Single, [c.PromptColumnName, c.CompletionColumnName], v => (object)Score(v[0], v[1]))).ToList();
 
     private protected override string SaveInstructions =>
-        "Save a RewardModelTransformer with its Save(directory) method and load it with RewardModelTransformer.Load(directory).";
+        "Save pipelines that contain a RewardModelTransformer with mlContext.Alignment().Model.Save(model, inputSchema, path), or the reward model alone with its Save(directory) method.";
 
     /// <summary>Frees the model and the head (when this transformer owns them).</summary>
     public void Dispose()

@@ -7,7 +7,7 @@ using Microsoft.ML.Dpo.Generation;
 namespace Microsoft.ML.Dpo.Trainers;
 
 /// <summary>
-/// Saves and loads whole fitted pipelines — stock ML.NET transforms and language-model transformers — as one zip file,
+/// Saves and loads whole fitted pipelines — stock ML.NET transforms, language-model and reward-model transformers — as one zip file,
 /// with the same shape as <c>mlContext.Model.Save</c>/<c>Load</c>.
 /// </summary>
 /// <remarks>
@@ -16,7 +16,8 @@ namespace Microsoft.ML.Dpo.Trainers;
 /// pipeline is cut into segments; runs of stock transformers are saved by ML.NET itself (each a nested ML.NET model zip,
 /// loadable by <c>mlContext.Model.Load</c>), and each language-model transformer as a Hugging Face directory (config,
 /// safetensors, tokenizer) plus its output-column settings — a model with LoRA adapters as its base model plus a PEFT adapter
-/// directory, so it loads with its adapters. Loading rebuilds the same chain, with identical outputs.
+/// directory, so it loads with its adapters; a reward model as its own saved directory (model plus score head). Loading
+/// rebuilds the same chain, with identical outputs.
 /// </remarks>
 public sealed class AlignmentModelOperations
 {
@@ -61,12 +62,15 @@ public sealed class AlignmentModelOperations
                 }
                 foreach (var transformer in Flatten(model))
                 {
-                    if (transformer is not LanguageModelTransformer lm) { pending.Add(transformer); continue; }
+                    if (transformer is not (LanguageModelTransformer or Feedback.RewardModelTransformer)) { pending.Add(transformer); continue; }
                     FlushStock();
                     string entry = $"segments/{manifest.Segments.Count}/";
-                    WriteLanguageModel(zip, entry, lm, Path.Combine(work, manifest.Segments.Count.ToString()));
-                    manifest.Segments.Add(new Segment("language-model", entry));
-                    schema = lm.GetOutputSchema(schema);
+                    string folder = Path.Combine(work, manifest.Segments.Count.ToString());
+                    if (transformer is LanguageModelTransformer lm) WriteLanguageModel(lm, folder);
+                    else ((Feedback.RewardModelTransformer)transformer).Save(folder);
+                    AddFolder(zip, entry, folder);
+                    manifest.Segments.Add(new Segment(transformer is LanguageModelTransformer ? "language-model" : "reward-model", entry));
+                    schema = transformer.GetOutputSchema(schema);
                 }
                 FlushStock();
                 WriteEntry(zip, ManifestEntry, stream => JsonSerializer.Serialize(stream, manifest, Json));
@@ -97,8 +101,12 @@ public sealed class AlignmentModelOperations
             {
                 if (segment.Kind == "mlnet")
                     transformers.AddRange(Flatten(ReadEntry(zip, path, segment.Entry, stream => context.Model.Load(stream, out _))));
-                else if (segment.Kind == "language-model")
-                    transformers.Add(ReadLanguageModel(zip, path, segment.Entry, Path.Combine(work, transformers.Count.ToString())));
+                else if (segment.Kind is "language-model" or "reward-model")
+                {
+                    string folder = Path.Combine(work, transformers.Count.ToString());
+                    ExtractFolder(zip, path, segment.Entry, folder);
+                    transformers.Add(segment.Kind == "language-model" ? ReadLanguageModel(path, segment.Entry, folder) : Feedback.RewardModelTransformer.Load(folder));
+                }
                 else
                     throw new InvalidDataException($"'{path}': unknown segment kind '{segment.Kind}'.");
             }
@@ -118,7 +126,7 @@ public sealed class AlignmentModelOperations
     static IEnumerable<ITransformer> Flatten(ITransformer transformer) =>
         transformer is IEnumerable<ITransformer> chain ? chain.SelectMany(Flatten) : [transformer];
 
-    static void WriteLanguageModel(ZipArchive zip, string entry, LanguageModelTransformer lm, string work)
+    static void WriteLanguageModel(LanguageModelTransformer lm, string work)
     {
         // A LoRA model is stored as its base model plus a PEFT adapter, so it loads as a LoRA model again (and keeps serving as its own reference).
         if (lm.Model.Lora is { } adapters)
@@ -132,23 +140,33 @@ public sealed class AlignmentModelOperations
         reference?.Save(Path.Combine(work, "reference"));
         var settings = new LanguageModelSettings(lm.Beta, lm.OutputColumns.ToList(), lm.Generation, reference is not null, lm.ReferencePath, lm.Model.Lora is not null);
         File.WriteAllText(Path.Combine(work, "transformer.json"), JsonSerializer.Serialize(settings, Json));
-        foreach (string file in Directory.EnumerateFiles(work, "*", SearchOption.AllDirectories))
+    }
+
+    /// <summary>Adds every file under <paramref name="folder"/> to the zip below <paramref name="entry"/> (weights uncompressed).</summary>
+    static void AddFolder(ZipArchive zip, string entry, string folder)
+    {
+        foreach (string file in Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories))
         {
-            string name = entry + Path.GetRelativePath(work, file).Replace(Path.DirectorySeparatorChar, '/');
+            string name = entry + Path.GetRelativePath(folder, file).Replace(Path.DirectorySeparatorChar, '/');
             zip.CreateEntryFromFile(file, name, file.EndsWith(".safetensors", StringComparison.Ordinal) ? CompressionLevel.NoCompression : CompressionLevel.Optimal);
         }
     }
 
-    static LanguageModelTransformer ReadLanguageModel(ZipArchive zip, string path, string entry, string work)
+    /// <summary>Extracts the entries below <paramref name="entry"/> into <paramref name="folder"/>, refusing paths that leave it.</summary>
+    static void ExtractFolder(ZipArchive zip, string path, string entry, string folder)
     {
         foreach (var e in zip.Entries.Where(e => e.FullName.StartsWith(entry, StringComparison.Ordinal) && !e.FullName.EndsWith('/')))
         {
-            string target = Path.GetFullPath(Path.Combine(work, e.FullName[entry.Length..]));
-            if (!target.StartsWith(Path.GetFullPath(work), StringComparison.Ordinal))
+            string target = Path.GetFullPath(Path.Combine(folder, e.FullName[entry.Length..]));
+            if (!target.StartsWith(Path.GetFullPath(folder) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
                 throw new InvalidDataException($"'{path}': entry '{e.FullName}' points outside its folder.");
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
             e.ExtractToFile(target);
         }
+    }
+
+    static LanguageModelTransformer ReadLanguageModel(string path, string entry, string work)
+    {
         string settingsFile = Path.Combine(work, "transformer.json");
         if (!File.Exists(settingsFile)) throw new InvalidDataException($"'{path}': segment '{entry}' lacks transformer.json.");
         var settings = JsonSerializer.Deserialize<LanguageModelSettings>(File.ReadAllText(settingsFile), Json)

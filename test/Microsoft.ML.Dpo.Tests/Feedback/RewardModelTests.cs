@@ -96,6 +96,28 @@ public sealed class RewardModelTests
     }
 
     [TestMethod]
+    public void PipelineWithARewardModelSavesAndLoadsWithIdenticalScores()
+    {
+        using var saveDir = new TempDirectory();
+        var ml = new MLContext();
+        var data = ml.Data.LoadFromEnumerable(StylePreferenceTask.Pairs(StylePreferenceTask.HeldOutSubjects[..3]));
+        var pipeline = ml.Transforms.CopyColumns("question", "prompt").Fit(data).Append(rewardModel!.WithOutputColumns(rewardModel.OutputColumns.ToArray()));
+        string path = saveDir.Combine("pipeline.zip");
+        ml.Alignment().Model.Save(pipeline, data.Schema, path);
+        var loaded = ml.Alignment().Model.Load(path, out _);
+        try
+        {
+            foreach (var column in rewardModel.OutputColumns)
+                CollectionAssert.AreEqual(pipeline.Transform(data).GetColumn<float>(column.OutputColumnName).ToArray(),
+                                          loaded.Transform(data).GetColumn<float>(column.OutputColumnName).ToArray(), column.OutputColumnName);
+        }
+        finally
+        {
+            foreach (var t in ((IEnumerable<ITransformer>)loaded).OfType<IDisposable>()) t.Dispose();
+        }
+    }
+
+    [TestMethod]
     public async Task RewardModelJudgeRanksTheWarmAnswerFirst()
     {
         var prompts = StylePreferenceTask.HeldOutSubjects.Select(s => new PromptCompletions(StylePreferenceTask.Prompt(s), ["Go away.", "Gladly, friend!", "No."])).ToList();
