@@ -38,6 +38,7 @@ public sealed class TextTokenizer
     readonly ChatTemplate? _chatTemplate;
     readonly Exception? _chatTemplateError;
     readonly bool _chatTemplateOverridden;
+    bool _normalizeNfc;   // Unicode NFC before encoding, as tokenizer.json's NFC normalizer (Qwen2) asks
 
     TextTokenizer(Tokenizer inner, Dictionary<string, int> specialTokens, string? bosToken, int? bosId, string? eosToken, int? eosId,
         IReadOnlyList<int> eosIds, string? padToken, int? padId, bool addBosByDefault, string? chatTemplateSource,
@@ -148,6 +149,7 @@ public sealed class TextTokenizer
     public IReadOnlyList<int> Encode(string text, bool addBos = false)
     {
         ArgumentNullException.ThrowIfNull(text);
+        if (_normalizeNfc && !text.IsNormalized(System.Text.NormalizationForm.FormC)) text = text.Normalize(System.Text.NormalizationForm.FormC);
         IReadOnlyList<int> ids = Inner switch
         {
             SentencePieceTokenizer sp => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false),
@@ -196,7 +198,7 @@ public sealed class TextTokenizer
     {
         ArgumentNullException.ThrowIfNull(template);
         return new TextTokenizer(Inner, _specialTokens, BosToken, BosTokenId, EosToken, EosTokenId, EosTokenIds, PadToken, _padTokenId,
-            AddBosByDefault, ChatTemplateSource, template, null, true, _sourceDirectory, _sourceConfig, _isGpt2Data);
+            AddBosByDefault, ChatTemplateSource, template, null, true, _sourceDirectory, _sourceConfig, _isGpt2Data) { _normalizeNfc = _normalizeNfc };
     }
 
     /// <summary>
@@ -232,8 +234,9 @@ public sealed class TextTokenizer
     /// the pre-tokenization pattern is read from tokenizer.json when present, else chosen by tokenizer_class), else the
     /// <c>model</c> of <c>tokenizer.json</c> when it is a byte-level BPE (Llama 3 and other directories that ship only
     /// that file: <c>model.vocab</c> and <c>model.merges</c>, pre-tokenized by its Split regex or GPT-2's pattern, built
-    /// exactly as vocab.json + merges.txt are; its <c>ignore_merges</c> and <c>normalizer</c> are not applied, as they are
-    /// not for vocab.json + merges.txt). Special
+    /// exactly as vocab.json + merges.txt are; its <c>ignore_merges</c> is not applied). Byte-level BPE text is NFC-normalized
+    /// first when tokenizer.json's normalizer says so or, without tokenizer.json, for Qwen2 tokenizers (whose fast tokenizer
+    /// does). Special
     /// tokens come from tokenizer_config.json (<c>bos_token</c>, <c>eos_token</c>, <c>pad_token</c> as strings or
     /// <c>{"content": ...}</c>, <c>added_tokens_decoder</c>, <c>chat_template</c>), special_tokens_map.json,
     /// added_tokens.json and tokenizer.json's added tokens; ids missing there come from generation_config.json and
@@ -378,7 +381,8 @@ public sealed class TextTokenizer
             catch (NotSupportedException e) { error = e; }
         }
         return new TextTokenizer(inner, special, bosToken, bosId, eosToken, eosId, eosIds, padToken, padId, addBos, source,
-            template, error, chatTemplateName != null, Path.GetFullPath(directory), files.Config, isGpt2Data: false);
+            template, error, chatTemplateName != null, Path.GetFullPath(directory), files.Config, isGpt2Data: false)
+        { _normalizeNfc = !isSentencePiece && NormalizesNfc(files) };
     }
 
     /// <summary>
@@ -474,6 +478,18 @@ public sealed class TextTokenizer
     /// The byte-level pre-tokenization pattern: tokenizer.json's Split regex (Qwen2) or ByteLevel with or without
     /// individual digits (GPT-2, SmolLM) when present; else Qwen2's pattern for a Qwen2Tokenizer and GPT-2's otherwise.
     /// </summary>
+    /// <summary>Whether byte-level BPE input is NFC-normalized: tokenizer.json's normalizer is (or contains) NFC, or, without it, a Qwen2 tokenizer.</summary>
+    static bool NormalizesNfc(HfTokenizerFiles files)
+    {
+        if (files.Fast is { } fast && fast.ContainsKey("normalizer"))
+        {
+            var normalizer = fast["normalizer"] as JsonObject;
+            var steps = normalizer?["normalizers"] is JsonArray list ? list.OfType<JsonObject>() : normalizer is null ? [] : [normalizer];
+            return steps.Any(step => (string?)step["type"] == "NFC");
+        }
+        return files.TokenizerClass() is string cls && cls.StartsWith("Qwen2", StringComparison.Ordinal);
+    }
+
     static string PreTokenizerPattern(HfTokenizerFiles files)
     {
         if (files.Fast?["pre_tokenizer"] is JsonObject pre)

@@ -29,6 +29,25 @@ public sealed class DirectoryTokenizerTests
     }
 
     [TestMethod]
+    public void Qwen2TokenizersNormalizeToNfcOthersDoNot()
+    {
+        const string composed = "caf\u00e9", decomposed = "cafe\u0301";
+        using var qwen = QwenLikeDirectory();
+        var qwenTokenizer = TextTokenizer.FromDirectory(qwen.Path);
+        CollectionAssert.AreEqual(qwenTokenizer.Encode(composed).ToArray(), qwenTokenizer.Encode(decomposed).ToArray());
+
+        using var plain = new TempDirectory();
+        TokenizerFixtures.WriteTinyByteLevelBpe(plain.Path);   // no tokenizer_class: GPT-2 style, no normalizer
+        var plainTokenizer = TextTokenizer.FromDirectory(plain.Path);
+        CollectionAssert.AreNotEqual(plainTokenizer.Encode(composed).ToArray(), plainTokenizer.Encode(decomposed).ToArray());
+
+        // tokenizer.json's normalizer decides when it is present.
+        File.WriteAllText(plain.Combine("tokenizer.json"), """{"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}]}, "pre_tokenizer": {"type": "ByteLevel"}}""");
+        var withNfc = TextTokenizer.FromDirectory(plain.Path);
+        CollectionAssert.AreEqual(withNfc.Encode(composed).ToArray(), withNfc.Encode(decomposed).ToArray());
+    }
+
+    [TestMethod]
     public void ByteLevelBpeWithAddedTokensAndQwenConfig()
     {
         using var dir = QwenLikeDirectory();
