@@ -1,4 +1,5 @@
 using Microsoft.ML.Dpo.Checkpoints;
+using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Generation;
 using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Modeling;
@@ -101,6 +102,18 @@ public sealed class LanguageModel : IDisposable
         var ids = tokenizer.Encode(completion, addBos: false).ToList();
         if (tokenizer.EosTokenId is int eos) ids.Add(eos);
         return ids.ToArray();
+    }
+
+    /// <summary>
+    /// Tokenizes a prompt and its completions as the whole library does — separately, so every completion shares the prompt's
+    /// ids — and fits them to the length limits (<see cref="SequenceTruncation.Fit"/>). Returns whether anything was cut.
+    /// </summary>
+    internal bool EncodeExample(string prompt, IReadOnlyList<string> completions, int maxLength, int maxPromptLength, TruncationMode mode,
+        out int[] promptIds, out int[][] completionIds)
+    {
+        promptIds = EncodePrompt(prompt);
+        completionIds = completions.Select(EncodeCompletion).ToArray();
+        return SequenceTruncation.Fit(ref promptIds, completionIds, maxLength, maxPromptLength, mode);
     }
 
     /// <summary>The id used to pad batches.</summary>

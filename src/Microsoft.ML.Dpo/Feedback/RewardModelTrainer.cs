@@ -55,7 +55,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
         ScoreHead? head = null;
         try
         {
-            var examples = Tokenize(model, pairs, report);
+            var examples = FineTuningRun.TokenizePairs(model, pairs, options, report);
             log($"Reward model data: {report}.");
             TorchSharp.torch.manual_seed(options.Seed);
             head = ScoreHead.Create(model.Network);
@@ -70,7 +70,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
             IReadOnlyDictionary<string, double>? validation = null;
             if (options.ValidationData is { } validationData)
             {
-                var validationExamples = Tokenize(model, options.ReadPairs(validationData, new DataPreparationReport()), new DataPreparationReport());
+                var validationExamples = FineTuningRun.TokenizePairs(model, options.ReadPairs(validationData, new DataPreparationReport()), options, new DataPreparationReport());
                 validation = Evaluation.Average(objective, validationExamples, options.BatchSize, "eval/");
                 log("Reward model validation: " + string.Join(" ", validation.Select(kv => $"{kv.Key}={kv.Value:G4}")));
             }
@@ -114,17 +114,5 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
                 }
                 RewardModelTransformer.LoadHead(head, modelDir);
             });
-    }
-
-    List<TokenizedPreference> Tokenize(LanguageModel model, List<PreferencePair> pairs, DataPreparationReport report)
-    {
-        var examples = new List<TokenizedPreference>(pairs.Count);
-        foreach (var pair in pairs)
-        {
-            var (prompt, completions) = FineTuningRun.Tokenize(model, pair.Prompt, [pair.Chosen, pair.Rejected], options, report);
-            examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
-        }
-        report.Kept = examples.Count;
-        return examples;
     }
 }

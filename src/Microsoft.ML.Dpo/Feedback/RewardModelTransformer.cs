@@ -93,9 +93,7 @@ public sealed class RewardModelTransformer : ComputedColumnsTransformer, IJudge,
         {
             var rows = items.Skip(start).Take(ScoringBatchSize).Select(i =>
             {
-                int[] prompt = Model.EncodePrompt(i.Prompt);
-                int[][] completion = [Model.EncodeCompletion(i.Completion)];
-                SequenceTruncation.Fit(ref prompt, completion, MaxLength, MaxPromptLength, TruncationMode.KeepEnd);
+                Model.EncodeExample(i.Prompt, [i.Completion], MaxLength, MaxPromptLength, TruncationMode.KeepEnd, out var prompt, out var completion);
                 return (prompt, completion[0]);
             }).ToList();
             using var _ = no_grad();

@@ -90,11 +90,11 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         LanguageModel? ownedReference = null;
         try
         {
-            var examples = Tokenize(policy, pairs, report);
+            var examples = FineTuningRun.TokenizePairs(policy, pairs, options, report);
             log($"DPO data: {report}.");
             List<TokenizedPreference>? validation = null;
             if (options.ValidationData is { } validationData)
-                validation = Tokenize(policy, options.ReadPairs(validationData, new DataPreparationReport()), new DataPreparationReport());
+                validation = FineTuningRun.TokenizePairs(policy, options.ReadPairs(validationData, new DataPreparationReport()), options, new DataPreparationReport());
 
             var loss = options.LossOptions;
             // The reference: a separate model, the LoRA policy with its adapters disabled, the caller's untouched base model,
@@ -179,17 +179,5 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             ownedReference?.Dispose();
             throw;
         }
-    }
-
-    List<TokenizedPreference> Tokenize(LanguageModel model, List<PreferencePair> pairs, DataPreparationReport report)
-    {
-        var examples = new List<TokenizedPreference>(pairs.Count);
-        foreach (var pair in pairs)
-        {
-            var (prompt, completions) = FineTuningRun.Tokenize(model, pair.Prompt, [pair.Chosen, pair.Rejected], options, report);
-            examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
-        }
-        report.Kept = examples.Count;
-        return examples;
     }
 }

@@ -30,16 +30,24 @@ internal static class FineTuningRun
         }
     }
 
-    /// <summary>Tokenizes prompt and completions separately (so the prompt ids are shared) and fits them to the length limits.</summary>
-    public static (int[] Prompt, int[][] Completions) Tokenize(LanguageModel model, string prompt, string[] completions,
-        TrainingOptions options, DataPreparationReport report)
+    /// <summary>Tokenizes preference pairs within the given limits; truncations and the examples kept are counted in <paramref name="report"/>.</summary>
+    public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs,
+        int maxLength, int maxPromptLength, TruncationMode mode, DataPreparationReport report)
     {
-        int[] promptIds = model.EncodePrompt(prompt);
-        int[][] completionIds = completions.Select(model.EncodeCompletion).ToArray();
-        if (SequenceTruncation.Fit(ref promptIds, completionIds, options.MaxLength, options.MaxPromptLength, options.Truncation))
-            report.Truncated++;
-        return (promptIds, completionIds);
+        var examples = new List<TokenizedPreference>();
+        foreach (var pair in pairs)
+        {
+            if (model.EncodeExample(pair.Prompt, [pair.Chosen, pair.Rejected], maxLength, maxPromptLength, mode, out var prompt, out var completions))
+                report.Truncated++;
+            examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
+        }
+        report.Kept = examples.Count;
+        return examples;
     }
+
+    /// <summary>Tokenizes preference pairs within the options' limits.</summary>
+    public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs, TrainingOptions options, DataPreparationReport report) =>
+        TokenizePairs(model, pairs, options.MaxLength, options.MaxPromptLength, options.Truncation, report);
 
     /// <summary>A checkpoint store that writes the model as a Hugging Face directory (so any checkpoint is loadable) and reads its weights back.</summary>
     public static TrainingCheckpoint? Checkpoint(TrainingOptions options, LanguageModel policy)

@@ -43,15 +43,9 @@ public static class PreferenceEvaluator
             throw new InvalidOperationException($"The policy ({policy.Network.Config.VocabSize} ids) and the reference ({reference.Network.Config.VocabSize} ids) have different vocabularies.");
 
         int context = Math.Min(policy.Network.Config.MaxPositionEmbeddings, reference.Network.Config.MaxPositionEmbeddings);
-        int truncated = 0;
-        var examples = new List<TokenizedPreference>();
-        foreach (var pair in pairs)
-        {
-            int[] prompt = policy.EncodePrompt(pair.Prompt);
-            int[][] completions = [policy.EncodeCompletion(pair.Chosen), policy.EncodeCompletion(pair.Rejected)];
-            if (SequenceTruncation.Fit(ref prompt, completions, context, Math.Max(1, context / 2), TruncationMode.KeepEnd)) truncated++;
-            examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
-        }
+        var report = new DataPreparationReport();
+        var examples = FineTuningRun.TokenizePairs(policy, pairs, context, Math.Max(1, context / 2), TruncationMode.KeepEnd, report);
+        int truncated = (int)report.Truncated;
 
         double chosenSum = 0, rejectedSum = 0, marginSum = 0;
         int wins = 0;

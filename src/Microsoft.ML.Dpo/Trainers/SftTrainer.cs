@@ -104,7 +104,8 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         var examples = new List<TokenizedCompletion>(rows.Count);
         foreach (var row in rows)
         {
-            var (prompt, completions) = FineTuningRun.Tokenize(model, row.Prompt, [row.Completion], options, report);
+            if (model.EncodeExample(row.Prompt, [row.Completion], options.MaxLength, options.MaxPromptLength, options.Truncation, out var prompt, out var completions))
+                report.Truncated++;
             examples.Add(new TokenizedCompletion(prompt, completions[0], row.Row, examples.Count));
         }
         report.Kept = examples.Count;

@@ -11,18 +11,7 @@ namespace Microsoft.ML.Dpo.Tests.Checkpoints;
 [TestClass]
 public sealed class HuggingFaceRoundTripTests
 {
-    public static IEnumerable<object[]> Models => new[]
-    {
-        new object[] { "llama-tied" }, new object[] { "llama-untied" }, new object[] { "qwen2" }, new object[] { "gpt2" },
-    };
-
-    static CausalLMConfig ConfigByName(string name) => name switch
-    {
-        "llama-tied" => TinyModels.Llama(tied: true),
-        "llama-untied" => TinyModels.Llama(tied: false),
-        "qwen2" => TinyModels.Qwen2(),
-        _ => TinyModels.Gpt2(),
-    };
+    public static IEnumerable<object[]> Models => TinyModels.Names;
 
     [TestMethod]
     [DynamicData(nameof(Models))]
@@ -31,7 +20,7 @@ public sealed class HuggingFaceRoundTripTests
         using var dir = new TempDirectory();
         string target = dir.Combine("model");
         torch.manual_seed(21);
-        using var model = CausalLM.Create(ConfigByName(name));
+        using var model = CausalLM.Create(TinyModels.ByName(name));
         HuggingFaceCheckpoint.Save(model, target, tmp => File.WriteAllText(Path.Combine(tmp, "tokenizer.json"), "{}"));
 
         CollectionAssert.AreEquivalent(new[] { "config.json", "generation_config.json", "model.safetensors", "tokenizer.json" },

@@ -39,24 +39,13 @@ public sealed class CausalLMTests
         return names.OrderBy(n => n, StringComparer.Ordinal).ToArray();
     }
 
-    public static IEnumerable<object[]> Configs => new[]
-    {
-        new object[] { "llama-tied" }, new object[] { "llama-untied" }, new object[] { "qwen2" }, new object[] { "gpt2" },
-    };
-
-    static CausalLMConfig ConfigByName(string name) => name switch
-    {
-        "llama-tied" => TinyModels.Llama(tied: true),
-        "llama-untied" => TinyModels.Llama(tied: false),
-        "qwen2" => TinyModels.Qwen2(),
-        _ => TinyModels.Gpt2(),
-    };
+    public static IEnumerable<object[]> Configs => TinyModels.Names;
 
     [TestMethod]
     [DynamicData(nameof(Configs))]
     public void EveryHuggingFaceWeightIsARegisteredParameterAndReceivesAGradient(string configName)
     {
-        var config = ConfigByName(configName);
+        var config = TinyModels.ByName(configName);
         torch.manual_seed(1);
         using var model = CausalLM.Create(config);
         var expected = config.IsGpt2 ? ExpectedGpt2Names(config) : ExpectedLlamaNames(config);
@@ -104,7 +93,7 @@ public sealed class CausalLMTests
     public void CachedDecodingEqualsFullRecomputation(string configName)
     {
         torch.manual_seed(7);
-        using var model = CausalLM.Create(ConfigByName(configName));
+        using var model = CausalLM.Create(TinyModels.ByName(configName));
         using var noGrad = torch.no_grad();
         using var scope = NewDisposeScope();
         long[] seq = { 1, 17, 5, 9, 33, 12, 8, 40 };
@@ -126,7 +115,7 @@ public sealed class CausalLMTests
     public void LeftPaddedBatchMatchesEachPromptAlone(string configName)
     {
         torch.manual_seed(3);
-        using var model = CausalLM.Create(ConfigByName(configName));
+        using var model = CausalLM.Create(TinyModels.ByName(configName));
         using var noGrad = torch.no_grad();
         using var scope = NewDisposeScope();
         long[] a = { 1, 20, 31, 7, 9 }, b = { 1, 44 };

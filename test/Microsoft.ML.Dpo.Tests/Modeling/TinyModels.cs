@@ -44,4 +44,19 @@ internal static class TinyModels
         BosTokenId = 96,
         EosTokenIds = new[] { 96 },
     };
+
+    /// <summary>The four tiny configurations the modeling and checkpoint tests run on, as MSTest dynamic data.</summary>
+    public static IEnumerable<object[]> Names => new[]
+    {
+        new object[] { "llama-tied" }, new object[] { "llama-untied" }, new object[] { "qwen2" }, new object[] { "gpt2" },
+    };
+
+    /// <summary>The configuration of one of <see cref="Names"/>.</summary>
+    public static CausalLMConfig ByName(string name) => name switch
+    {
+        "llama-tied" => Llama(tied: true),
+        "llama-untied" => Llama(tied: false),
+        "qwen2" => Qwen2(),
+        _ => Gpt2(),
+    };
 }
