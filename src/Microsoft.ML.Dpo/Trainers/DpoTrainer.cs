@@ -1,6 +1,7 @@
 using Microsoft.ML.Runtime;
 using Microsoft.ML.Data;
 using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Training;
 
 namespace Microsoft.ML.Dpo.Trainers;
@@ -114,37 +115,26 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 reference.Network.eval();
             }
 
+            // Where reference log-probs come from: a network, and a scope to enter around its forward (LoRA: adapters off).
+            CausalLM? referenceNetwork = adapters is not null && loss.RequiresReference ? policy.Network : reference?.Network;
+            Func<IDisposable>? enterReference = adapters is not null ? adapters.Disable : null;
             ReferenceLogProbs? referenceLogProbs = null, validationReferenceLogProbs = null;
-            if (loss.RequiresReference && adapters is not null)
+            if (referenceNetwork is not null && options.PrecomputeReferenceLogProbs)
             {
-                if (options.PrecomputeReferenceLogProbs)
-                    using (adapters.Disable())
-                    {
-                        referenceLogProbs = ReferenceLogProbs.Precomputed.Compute(policy.Network, examples, options.BatchSize, policy.PadTokenId,
-                            options.CheckpointDirectory, log, options.CancellationToken);
-                        if (validation is not null)
-                            validationReferenceLogProbs = ReferenceLogProbs.Precomputed.Compute(policy.Network, validation, options.BatchSize, policy.PadTokenId,
-                                options.CheckpointDirectory, log, options.CancellationToken);
-                    }
-                else
-                    referenceLogProbs = validationReferenceLogProbs = new ReferenceLogProbs.Live(policy.Network, adapters.Disable);
+                using (enterReference?.Invoke())
+                {
+                    string? key = options.CheckpointDirectory is null ? null : WeightsFingerprint.Of(referenceNetwork);   // hashed once for both sets
+                    ReferenceLogProbs.Precomputed Precompute(List<TokenizedPreference> set) => ReferenceLogProbs.Precomputed.Compute(
+                        referenceNetwork, set, options.BatchSize, policy.PadTokenId, options.CheckpointDirectory, log, options.CancellationToken, key);
+                    referenceLogProbs = Precompute(examples);
+                    if (validation is not null) validationReferenceLogProbs = Precompute(validation);
+                }
+                if (ownedReference is not null) { ownedReference.Dispose(); ownedReference = null; }
+                if (adapters is null) reference = options.ReferenceModel ?? options.BaseModel; // kept only when the caller owns it
             }
-            else if (reference is not null)
+            else if (referenceNetwork is not null)
             {
-                if (options.PrecomputeReferenceLogProbs)
-                {
-                    referenceLogProbs = ReferenceLogProbs.Precomputed.Compute(reference.Network, examples, options.BatchSize, policy.PadTokenId,
-                        options.CheckpointDirectory, log, options.CancellationToken);
-                    if (validation is not null)
-                        validationReferenceLogProbs = ReferenceLogProbs.Precomputed.Compute(reference.Network, validation, options.BatchSize, policy.PadTokenId,
-                            options.CheckpointDirectory, log, options.CancellationToken);
-                    if (ownedReference is not null) { ownedReference.Dispose(); ownedReference = null; }
-                    reference = options.ReferenceModel ?? options.BaseModel; // kept only when the caller owns it
-                }
-                else
-                {
-                    referenceLogProbs = validationReferenceLogProbs = new ReferenceLogProbs.Live(reference.Network);
-                }
+                referenceLogProbs = validationReferenceLogProbs = new ReferenceLogProbs.Live(referenceNetwork, enterReference);
             }
 
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";dpo;{loss};nll={options.NllWeight:R};ref={options.Reference}",

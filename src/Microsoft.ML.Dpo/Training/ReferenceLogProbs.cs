@@ -42,15 +42,17 @@ internal abstract class ReferenceLogProbs
 
         /// <summary>
         /// Runs <paramref name="reference"/> over all examples, or reads the result from <paramref name="cacheDirectory"/>
-        /// when a previous run with the same model weights and data stored it there.
+        /// when a previous run with the same model weights and data stored it there. <paramref name="referenceFingerprint"/>
+        /// (<see cref="WeightsFingerprint.Of"/>) keys that cache; pass it when computing several sets with one reference, so
+        /// the weights are hashed once.
         /// </summary>
         public static Precomputed Compute(CausalLM reference, IReadOnlyList<TokenizedPreference> examples, int batchSize, int padId,
-            string? cacheDirectory, Action<string>? log, CancellationToken cancellation)
+            string? cacheDirectory, Action<string>? log, CancellationToken cancellation, string? referenceFingerprint = null)
         {
             string? cacheFile = null;
             if (cacheDirectory != null)
             {
-                cacheFile = Path.Combine(cacheDirectory, $"reference_logps.{CacheKey(reference, examples)}.bin");
+                cacheFile = Path.Combine(cacheDirectory, $"reference_logps.{CacheKey(referenceFingerprint ?? WeightsFingerprint.Of(reference), examples)}.bin");
                 if (TryRead(cacheFile, examples.Count) is { } cached)
                 {
                     log?.Invoke($"Reference log-probs read from {cacheFile}.");
@@ -104,10 +106,10 @@ internal abstract class ReferenceLogProbs
         }
 
         /// <summary>A hash of the reference weights and the tokenized data: a changed model or data set never reuses a stale cache.</summary>
-        static string CacheKey(CausalLM reference, IReadOnlyList<TokenizedPreference> examples)
+        static string CacheKey(string referenceFingerprint, IReadOnlyList<TokenizedPreference> examples)
         {
             using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            WeightsFingerprint.Append(hash, reference);
+            hash.AppendData(System.Text.Encoding.UTF8.GetBytes(referenceFingerprint));
             foreach (var e in examples)
                 foreach (var ids in new[] { e.Prompt, e.Chosen, e.Rejected })
                 {
@@ -122,8 +124,10 @@ internal abstract class ReferenceLogProbs
 /// <summary>Hashes a model's configuration and weights.</summary>
 internal static class WeightsFingerprint
 {
-    public static void Append(IncrementalHash hash, CausalLM model)
+    /// <summary>A SHA-256 (hex) of the configuration and every tensor of the model, in name order.</summary>
+    public static string Of(CausalLM model)
     {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         hash.AppendData(System.Text.Encoding.UTF8.GetBytes(model.Config.ToJson()));
         using var scope = NewDisposeScope();
         foreach (var (name, tensor) in model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal))
@@ -131,5 +135,6 @@ internal static class WeightsFingerprint
             hash.AppendData(System.Text.Encoding.UTF8.GetBytes(name));
             hash.AppendData(tensor.to(float32).cpu().contiguous().bytes);
         }
+        return Convert.ToHexString(hash.GetHashAndReset());
     }
 }
