@@ -48,7 +48,8 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
     public RewardModelTransformer Fit(IDataView input)
     {
         options.Validate();
-        var log = FineTuningRun.Logger(env, options, nameof(RewardModelTrainer));
+        using var runLog = new FineTuningRun.RunLog(env, options, nameof(RewardModelTrainer));
+        Action<string> log = runLog.Write;
         var report = new DataPreparationReport();
         var pairs = options.ReadPairs(input, report);
         var model = FineTuningRun.LoadPolicy(options);

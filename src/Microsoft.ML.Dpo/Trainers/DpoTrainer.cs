@@ -84,7 +84,8 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
     public LanguageModelTransformer Fit(IDataView input)
     {
         options.Validate();
-        var log = FineTuningRun.Logger(env, options, nameof(DpoTrainer));
+        using var runLog = new FineTuningRun.RunLog(env, options, nameof(DpoTrainer));
+        Action<string> log = runLog.Write;
         var report = new DataPreparationReport();
         var pairs = options.ReadPairs(input, report);
         var policy = FineTuningRun.LoadPolicy(options);

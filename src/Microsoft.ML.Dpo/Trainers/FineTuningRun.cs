@@ -96,14 +96,19 @@ internal static class FineTuningRun
         $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
         (o is LanguageModelTrainerOptions { Lora: { } lora } ? ";lora=" + lora : "");
 
-    /// <summary>Routes log lines to the options' callback and to ML.NET's log channel.</summary>
-    public static Action<string> Logger(IHostEnvironment? env, LanguageModelTrainerOptions options, string component)
+    /// <summary>Routes log lines to the options' callback and to ML.NET's log channel; dispose it when the run ends (it closes the channel).</summary>
+    public sealed class RunLog(IHostEnvironment? env, LanguageModelTrainerOptions options, string component) : IDisposable
     {
-        IChannel? channel = env?.Start(component);
-        return line =>
+        readonly IChannel? channel = env?.Start(component);
+
+        /// <summary>Writes one line.</summary>
+        public void Write(string line)
         {
             options.Log?.Invoke(line);
             channel?.Info(MessageSensitivity.None, line);
-        };
+        }
+
+        /// <summary>Closes the ML.NET channel.</summary>
+        public void Dispose() => channel?.Dispose();
     }
 }

@@ -55,7 +55,8 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
     public LanguageModelTransformer Fit(IDataView input)
     {
         options.Validate();
-        var log = FineTuningRun.Logger(env, options, nameof(SftTrainer));
+        using var runLog = new FineTuningRun.RunLog(env, options, nameof(SftTrainer));
+        Action<string> log = runLog.Write;
         var report = new DataPreparationReport();
         var policy = FineTuningRun.LoadPolicy(options);
         try

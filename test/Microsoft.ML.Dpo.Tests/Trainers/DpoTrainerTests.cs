@@ -106,6 +106,17 @@ public sealed class DpoTrainerTests
     }
 
     [TestMethod]
+    public void StepMetricsReachMlNetsLog()
+    {
+        var ml = new MLContext();
+        var messages = new List<string>();
+        ml.Log += (_, e) => { lock (messages) messages.Add(e.Message); };
+        using var model = ml.Alignment().Trainers.Dpo(Options(o => o.MaxSteps = 2)).Fit(Pairs(ml));
+        lock (messages)
+            Assert.IsTrue(messages.Any(m => m.Contains("step 2/2") && m.Contains("rewards/accuracies")), string.Join("\n", messages.TakeLast(5)));
+    }
+
+    [TestMethod]
     public void MissingColumnFailsBeforeTrainingAndNamesIt()
     {
         var options = Options(o => o.ChosenColumnName = "preferred");
