@@ -73,7 +73,7 @@ internal static class RewardHeadMath
         using var scope = NewDisposeScope();
         var hidden = network.HiddenStates(batch.InputIds, batch.AttentionMask);
         var rewards = head.forward(LastTokenHidden(hidden, batch.AttentionMask));
-        return (rewards.dtype == ScalarType.Float64 ? rewards : rewards.to(ScalarType.Float32)).MoveToOuterDisposeScope();
+        return rewards.to(Precision.Wide(rewards.dtype)).MoveToOuterDisposeScope();
     }
 }
 

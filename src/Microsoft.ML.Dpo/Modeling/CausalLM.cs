@@ -46,7 +46,7 @@ public abstract class CausalLM : nn.Module
         using var scope = torch.NewDisposeScope();
         var logits = LogitsFromHidden(HiddenStates(inputIds, attentionMask, cache));
         // Half-precision logits are widened to float32 for the softmax; float64 models (used in gradient checks) stay float64.
-        return (logits.dtype == ScalarType.Float64 ? logits : logits.to(ScalarType.Float32)).MoveToOuterDisposeScope();
+        return logits.to(Precision.Wide(logits.dtype)).MoveToOuterDisposeScope();
     }
 
     /// <summary>An empty key/value cache for this model.</summary>

@@ -23,7 +23,7 @@ internal static class SequenceScoring
         Tensor predicting = hidden[.., ..^1].index(row, t);                             // [M, H]: hidden state at t predicts t+1
         Tensor logits = model.LogitsFromHidden(predicting.unsqueeze(0));                // [1, M, V]
         Tensor labels = batch.InputIds[.., 1..].index(row, t).unsqueeze(0);             // [1, M]
-        Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits.dtype == ScalarType.Float64 ? logits : logits.to(ScalarType.Float32), labels)[0];  // [M]
+        Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits, labels)[0];   // [M], widened to float32 (float64 stays) inside
         Tensor sum = zeros(batch.Rows, dtype: tokenLogps.dtype, device: tokenLogps.device).index_add(0, row, tokenLogps, 1);
         Tensor count = targets.sum(1).to(tokenLogps.dtype);
         return (sum.MoveToOuterDisposeScope(), count.MoveToOuterDisposeScope());
