@@ -48,7 +48,7 @@ public sealed class LanguageModel : IDisposable
         try
         {
             TextTokenizer? tokenizer = Directory.Exists(path) && HasTokenizerFiles(path) ? TextTokenizer.FromDirectory(path) : null;
-            return new LanguageModel(network, tokenizer);
+            return new LanguageModel(network, tokenizer) { SourcePath = Path.GetFullPath(path) };
         }
         catch
         {
@@ -60,14 +60,31 @@ public sealed class LanguageModel : IDisposable
     /// <summary>The LoRA adapters applied to <see cref="Network"/> (<see cref="LoraAdapters.Apply(LanguageModel, LoraOptions)"/>), or null.</summary>
     public LoraAdapters? Lora { get; internal set; }
 
+    /// <summary>The directory or file this model was loaded from (null for a model built in memory); a save never replaces it.</summary>
+    internal string? SourcePath { get; private init; }
+
     /// <summary>
-    /// Saves a Hugging Face directory (config, weights, generation config and tokenizer files), atomically. LoRA adapters are
-    /// merged into the saved weights, so the directory is a plain model (save the adapters alone with <see cref="LoraAdapters.Save"/>).
+    /// Saves a Hugging Face directory (config, weights, generation config and tokenizer files, and the
+    /// <see cref="OutputFolder.MarkerFileName"/> marker), atomically. LoRA adapters are merged into the saved weights, so the
+    /// directory is a plain model (save the adapters alone with <see cref="LoraAdapters.Save"/>). An existing folder is
+    /// replaced only when it is empty or this library wrote it, unless <paramref name="overwrite"/> is
+    /// <see cref="OutputOverwrite.Always"/>; a folder that is or contains the current directory or the folder this model was
+    /// loaded from is never replaced.
     /// </summary>
-    public void Save(string directory) => HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp));
+    /// <exception cref="OutputFolderException">The folder may not be replaced; nothing was written.</exception>
+    public void Save(string directory, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly) => SaveWith(directory, overwrite, null, null);
+
+    /// <summary>As <see cref="Save(string, OutputOverwrite)"/>, adding files to the same atomic write and protecting more paths.</summary>
+    internal void SaveWith(string directory, OutputOverwrite overwrite, Action<string>? writeExtraFiles, IEnumerable<string?>? protectedPaths) =>
+        HuggingFaceCheckpoint.Save(Network, directory, temp => { Tokenizer?.Save(temp); writeExtraFiles?.Invoke(temp); },
+            mergeAdapters: true, overwrite, ProtectedPaths.Concat(protectedPaths ?? []));
 
     /// <summary>Saves the base model without its LoRA adapters (they are left out, not merged).</summary>
-    internal void SaveBase(string directory) => HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp), mergeAdapters: false);
+    internal void SaveBase(string directory) =>
+        HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp), mergeAdapters: false, OutputOverwrite.OwnOutputOnly, ProtectedPaths);
+
+    /// <summary>What a save of this model must never replace: where it (its tokenizer, its LoRA base) was loaded from.</summary>
+    internal IEnumerable<string?> ProtectedPaths => [SourcePath, Tokenizer?.SourceDirectory, Lora?.BaseModelNameOrPath is { } b && Path.IsPathRooted(b) ? b : null];
 
     /// <summary>
     /// A deep copy of the weights (sharing the immutable tokenizer), e.g. a frozen reference model. A model with LoRA adapters
@@ -106,13 +123,15 @@ public sealed class LanguageModel : IDisposable
 
     /// <summary>
     /// Tokenizes a prompt and its completions as the whole library does — separately, so every completion shares the prompt's
-    /// ids — and fits them to the length limits (<see cref="SequenceTruncation.Fit"/>). Returns whether anything was cut.
+    /// ids — and fits them to the length limits (<see cref="SequenceTruncation.Fit"/>), which are first capped at the model's
+    /// context (<see cref="SequenceTruncation.WithinContext"/>). Returns whether anything was cut.
     /// </summary>
     internal bool EncodeExample(string prompt, IReadOnlyList<string> completions, int maxLength, int maxPromptLength, TruncationMode mode,
         out int[] promptIds, out int[][] completionIds)
     {
         promptIds = EncodePrompt(prompt);
         completionIds = completions.Select(EncodeCompletion).ToArray();
+        (maxLength, maxPromptLength) = SequenceTruncation.WithinContext(maxLength, maxPromptLength, Network.Config.MaxPositionEmbeddings);
         return SequenceTruncation.Fit(ref promptIds, completionIds, maxLength, maxPromptLength, mode);
     }
 

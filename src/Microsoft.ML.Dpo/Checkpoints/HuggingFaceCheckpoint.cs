@@ -83,21 +83,26 @@ public static class HuggingFaceCheckpoint
     /// <summary>
     /// Saves <paramref name="model"/> as a Hugging Face directory: <c>config.json</c>, <c>generation_config.json</c> and
     /// <c>model.safetensors</c> (in the model's dtype; Hugging Face names and shapes; LoRA adapters merged into the weights). Atomic: everything is written into a
-    /// temporary sibling folder which then replaces <paramref name="directory"/> (an existing folder is replaced as a whole).
+    /// temporary sibling folder which then replaces <paramref name="directory"/> as a whole. An existing folder is replaced only
+    /// when it is empty or was written by this library (see <see cref="OutputFolder"/>), never when it is or contains the current directory.
     /// </summary>
     public static void Save(CausalLM model, string directory) => Save(model, directory, writeExtraFiles: null);
 
     /// <summary>
     /// As <see cref="Save(CausalLM, string)"/>; <paramref name="writeExtraFiles"/> is called with the temporary folder before
     /// it is renamed into place, so the caller can add files (tokenizer, chat template) to the same atomic write.
+    /// <paramref name="overwrite"/> says whether an existing folder holding files this library did not write may be replaced.
     /// </summary>
-    public static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles) => Save(model, directory, writeExtraFiles, mergeAdapters: true);
+    /// <exception cref="OutputFolderException">The folder may not be replaced; nothing was written.</exception>
+    public static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly) =>
+        Save(model, directory, writeExtraFiles, mergeAdapters: true, overwrite, protectedPaths: null);
 
     /// <summary>
-    /// As <see cref="Save(CausalLM, string, Action{string}?)"/>. A model with LoRA adapters is written under plain Hugging Face
+    /// As <see cref="Save(CausalLM, string, Action{string}?, OutputOverwrite)"/>. A model with LoRA adapters is written under plain Hugging Face
     /// names, with the adapters merged into the weights (<paramref name="mergeAdapters"/>) or left out (the base model).
     /// </summary>
-    internal static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles, bool mergeAdapters)
+    internal static void Save(CausalLM model, string directory, Action<string>? writeExtraFiles, bool mergeAdapters,
+        OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly, IEnumerable<string?>? protectedPaths = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         AtomicDirectory.Write(directory, tmp =>
@@ -112,7 +117,7 @@ public static class HuggingFaceCheckpoint
                 Safetensors.Save(Path.Combine(tmp, Safetensors.SingleFileName), weights.ToList());
             }
             writeExtraFiles?.Invoke(tmp);
-        });
+        }, overwrite, protectedPaths);
     }
 
     static string TorchDtypeName(ScalarType t) => t switch

@@ -14,6 +14,17 @@ internal sealed record TokenizedCompletion(int[] Prompt, int[] Completion, long 
 internal static class SequenceTruncation
 {
     /// <summary>
+    /// The length limits within a model's context of <paramref name="context"/> positions: a longer <paramref name="maxLength"/>
+    /// is capped at the context, and the prompt limit shrinks in proportion (so completions keep their share).
+    /// </summary>
+    public static (int MaxLength, int MaxPromptLength) WithinContext(int maxLength, int maxPromptLength, int context)
+    {
+        if (maxLength <= context || context < 2) return (maxLength, maxPromptLength);
+        int prompt = (int)Math.Clamp((long)maxPromptLength * context / maxLength, 1, context - 1);
+        return (context, Math.Min(maxPromptLength, prompt));
+    }
+
+    /// <summary>
     /// Truncates the prompt to <paramref name="maxPromptLength"/> (keeping its end or start), then each completion so that
     /// prompt + completion fits <paramref name="maxLength"/> (keeping the completion's start). Returns whether anything was cut.
     /// </summary>

@@ -50,9 +50,11 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
         options.Validate();
         using var runLog = new FineTuningRun.RunLog(env, options, nameof(RewardModelTrainer));
         Action<string> log = runLog.Write;
+        TrainingCheckpoint.Prepare(options, log);
         var report = new DataPreparationReport();
         var pairs = options.ReadPairs(input, report);
         var model = FineTuningRun.LoadPolicy(options);
+        FineTuningRun.WarnBeyondContext(options, model, log);
         ScoreHead? head = null;
         try
         {

@@ -144,9 +144,11 @@ public sealed class RewardModelTransformer : ComputedColumnsTransformer, IJudge,
     /// Saves the model as a Hugging Face directory (config, weights, tokenizer) with the head (<see cref="HeadFileName"/>) and the
     /// settings (<see cref="SettingsFileName"/>) beside them, atomically. The directory also loads as a plain causal LM.
     /// </summary>
-    /// <param name="directory">The directory (replaced when it exists).</param>
-    public void Save(string directory) =>
-        SaveDirectory(Model, head, directory, new Settings(OutputColumns.ToList(), MaxLength, MaxPromptLength, ScoringBatchSize));
+    /// <param name="directory">The directory (an existing one is replaced only as <see cref="OutputFolder"/> allows).</param>
+    /// <param name="overwrite">Whether an existing folder holding files this library did not write may be replaced.</param>
+    /// <exception cref="OutputFolderException">The folder may not be replaced; nothing was written.</exception>
+    public void Save(string directory, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly) =>
+        SaveDirectory(Model, head, directory, new Settings(OutputColumns.ToList(), MaxLength, MaxPromptLength, ScoringBatchSize), overwrite);
 
     /// <summary>Loads a reward model saved by <see cref="Save"/>.</summary>
     /// <param name="directory">The directory.</param>
@@ -176,13 +178,12 @@ public sealed class RewardModelTransformer : ComputedColumnsTransformer, IJudge,
         }
     }
 
-    internal static void SaveDirectory(LanguageModel model, ScoreHead head, string directory, object? settings) =>
-        HuggingFaceCheckpoint.Save(model.Network, directory, temp =>
+    internal static void SaveDirectory(LanguageModel model, ScoreHead head, string directory, object? settings, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly) =>
+        model.SaveWith(directory, overwrite, temp =>
         {
-            model.Tokenizer?.Save(temp);
             SaveHead(head, temp);
             if (settings is not null) File.WriteAllText(Path.Combine(temp, SettingsFileName), JsonSerializer.Serialize(settings, settings.GetType(), new JsonSerializerOptions { WriteIndented = true }));
-        });
+        }, null);
 
     internal static void SaveHead(ScoreHead head, string directory)
     {

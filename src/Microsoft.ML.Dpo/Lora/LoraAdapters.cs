@@ -201,10 +201,13 @@ public sealed class LoraAdapters
 
     /// <summary>
     /// Writes a PEFT adapter directory (<c>adapter_config.json</c>, <c>adapter_model.safetensors</c>), atomically: a
-    /// temporary sibling folder replaces <paramref name="directory"/> as a whole.
+    /// temporary sibling folder replaces <paramref name="directory"/> as a whole. An existing folder is replaced only as
+    /// <see cref="OutputFolder"/> allows (empty or written by this library, unless <paramref name="overwrite"/> is <see cref="OutputOverwrite.Always"/>).
     /// </summary>
     /// <param name="directory">The folder to write.</param>
-    public void Save(string directory)
+    /// <param name="overwrite">Whether an existing folder holding files this library did not write may be replaced.</param>
+    /// <exception cref="OutputFolderException">The folder may not be replaced; nothing was written.</exception>
+    public void Save(string directory, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly)
     {
         var config = new JsonObject
         {
@@ -231,7 +234,7 @@ public sealed class LoraAdapters
             using var scope = torch.NewDisposeScope();
             Safetensors.Save(Path.Combine(temp, WeightsFileName),
                 NamedParameters.Select(kv => KeyValuePair.Create(PeftPrefix + kv.Key, kv.Value.detach())).ToList());
-        });
+        }, overwrite, [BaseModelNameOrPath is { } b && Path.IsPathRooted(b) ? b : null]);
     }
 
     /// <summary>
@@ -408,12 +411,17 @@ public sealed class LoraAdapters
     /// <summary>
     /// Loads the base model at <paramref name="baseModelPath"/>, applies the adapter in <paramref name="adapterDirectory"/> and
     /// writes the merged model (weights, config, tokenizer) as a plain Hugging Face directory at <paramref name="outputDirectory"/>.
+    /// The output may not be or contain the base model, the adapter or the current directory; an existing folder is replaced
+    /// only as <see cref="OutputFolder"/> allows (checked before anything is loaded).
     /// </summary>
-    public static void Merge(string baseModelPath, string adapterDirectory, string outputDirectory, ModelPrecision precision = ModelPrecision.Float32)
+    /// <exception cref="OutputFolderException">The output folder may not be replaced; nothing was written.</exception>
+    public static void Merge(string baseModelPath, string adapterDirectory, string outputDirectory, ModelPrecision precision = ModelPrecision.Float32,
+        OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly)
     {
+        OutputFolder.EnsureReplaceable(outputDirectory, overwrite, baseModelPath, adapterDirectory);
         using var model = LanguageModel.Load(baseModelPath, precision, "cpu");
         Load(model, adapterDirectory);
-        model.Save(outputDirectory);
+        model.SaveWith(outputDirectory, overwrite, null, [adapterDirectory]);
     }
 
     /// <summary>

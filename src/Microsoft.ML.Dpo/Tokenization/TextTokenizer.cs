@@ -33,6 +33,9 @@ public sealed class TextTokenizer
     readonly HashSet<int> _specialIds;
     readonly int? _padTokenId;
     readonly string? _sourceDirectory;
+
+    /// <summary>The directory the tokenizer was loaded from (its files are copied from there by <see cref="Save"/>), or null.</summary>
+    internal string? SourceDirectory => _sourceDirectory;
     readonly JsonObject? _sourceConfig;
     readonly bool _isGpt2Data;
     readonly ChatTemplate? _chatTemplate;

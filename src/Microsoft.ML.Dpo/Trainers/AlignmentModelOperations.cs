@@ -16,7 +16,8 @@ namespace Microsoft.ML.Dpo.Trainers;
 /// pipeline is cut into segments; runs of stock transformers are saved by ML.NET itself (each a nested ML.NET model zip,
 /// loadable by <c>mlContext.Model.Load</c>), and each language-model transformer as a Hugging Face directory (config,
 /// safetensors, tokenizer) plus its output-column settings — a model with LoRA adapters as its base model plus a PEFT adapter
-/// directory, so it loads with its adapters; a reward model as its own saved directory (model plus score head). Loading
+/// directory, so it loads with its adapters; a DPO model's reference model inside the zip too (also when it was known by a path);
+/// a reward model as its own saved directory (model plus score head). Loading
 /// rebuilds the same chain, with identical outputs.
 /// </remarks>
 public sealed class AlignmentModelOperations
@@ -136,9 +137,11 @@ public sealed class AlignmentModelOperations
         }
         else
             lm.Model.Save(Path.Combine(work, "policy"));
-        var reference = lm.ReferencePath is null ? lm.Reference : null;   // a path-backed reference is stored as its path
+        // The reference travels inside the zip, also when the transformer knows it only by a path (loaded here): a path would
+        // not resolve where the zip is opened from another folder or machine, and the zip names no file outside itself.
+        var reference = lm.Reference;
         reference?.Save(Path.Combine(work, "reference"));
-        var settings = new LanguageModelSettings(lm.Beta, lm.OutputColumns.ToList(), lm.Generation, reference is not null, lm.ReferencePath, lm.Model.Lora is not null);
+        var settings = new LanguageModelSettings(lm.Beta, lm.OutputColumns.ToList(), lm.Generation, reference is not null, ReferencePath: null, lm.Model.Lora is not null);
         File.WriteAllText(Path.Combine(work, "transformer.json"), JsonSerializer.Serialize(settings, Json));
     }
 

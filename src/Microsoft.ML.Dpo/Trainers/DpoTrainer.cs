@@ -86,9 +86,11 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         options.Validate();
         using var runLog = new FineTuningRun.RunLog(env, options, nameof(DpoTrainer));
         Action<string> log = runLog.Write;
+        TrainingCheckpoint.Prepare(options, log);
         var report = new DataPreparationReport();
         var pairs = options.ReadPairs(input, report);
         var policy = FineTuningRun.LoadPolicy(options);
+        FineTuningRun.WarnBeyondContext(options, policy, log);
         LanguageModel? ownedReference = null;
         try
         {

@@ -30,6 +30,19 @@ internal static class FineTuningRun
         }
     }
 
+    /// <summary>
+    /// Says (once, at the start of a run) when the length limits exceed the model's context: sequences are then capped at the
+    /// context, as every architecture does through <see cref="LanguageModel.EncodeExample"/> (<see cref="SequenceTruncation.WithinContext"/>).
+    /// </summary>
+    public static void WarnBeyondContext(TrainingOptions options, LanguageModel model, Action<string> log)
+    {
+        int context = model.Network.Config.MaxPositionEmbeddings;
+        var (maxLength, maxPromptLength) = SequenceTruncation.WithinContext(options.MaxLength, options.MaxPromptLength, context);
+        if (maxLength == options.MaxLength && maxPromptLength == options.MaxPromptLength) return;
+        log($"warning: the maximum length {options.MaxLength} (MaxLength, --max-length) exceeds the model's context of {context} positions " +
+            $"(max_position_embeddings); sequences are capped at {maxLength} tokens, prompts at {maxPromptLength}.");
+    }
+
     /// <summary>Tokenizes preference pairs within the given limits; truncations and the examples kept are counted in <paramref name="report"/>.</summary>
     public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs,
         int maxLength, int maxPromptLength, TruncationMode mode, DataPreparationReport report)

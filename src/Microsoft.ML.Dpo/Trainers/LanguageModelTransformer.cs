@@ -1,4 +1,5 @@
 using Microsoft.ML.Data;
+using Microsoft.ML.Dpo.Checkpoints;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Generation;
 using Microsoft.ML.Dpo.Training;
@@ -127,15 +128,38 @@ public sealed class LanguageModelTransformer : ComputedColumnsTransformer, IDisp
     }
 
     /// <summary>
-    /// Exports the trained model as a Hugging Face directory (config, safetensors weights, tokenizer), atomically. LoRA
-    /// adapters are merged into the weights: the directory is a plain model.
+    /// Exports the trained model as a Hugging Face directory (config, safetensors weights, tokenizer; with the run's
+    /// <c>metrics.jsonl</c> when this transformer came from a <c>Fit</c> with a checkpoint directory), atomically. LoRA
+    /// adapters are merged into the weights: the directory is a plain model. An existing folder is replaced only when it is
+    /// empty or this library wrote it, unless <paramref name="overwrite"/> is <see cref="OutputOverwrite.Always"/>; a folder
+    /// that is or contains the current directory, the model's source, the reference or the checkpoint folder never is.
     /// </summary>
-    public void ExportHuggingFace(string directory) => Model.Save(directory);
+    /// <exception cref="OutputFolderException">The folder may not be replaced; nothing was written.</exception>
+    public void ExportHuggingFace(string directory, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly)
+    {
+        string? metrics = TrainingSummary?.MetricsFile;
+        Model.SaveWith(directory, overwrite, temp =>
+        {
+            if (metrics is not null && File.Exists(metrics)) File.Copy(metrics, Path.Combine(temp, "metrics.jsonl"));
+        }, ProtectedPaths);
+    }
 
-    /// <summary>Exports the LoRA adapters as a PEFT adapter directory (<c>adapter_config.json</c>, <c>adapter_model.safetensors</c>), atomically.</summary>
+    /// <summary>
+    /// Exports the LoRA adapters as a PEFT adapter directory (<c>adapter_config.json</c>, <c>adapter_model.safetensors</c>),
+    /// atomically, replacing an existing folder as <see cref="ExportHuggingFace"/> does.
+    /// </summary>
     /// <exception cref="InvalidOperationException">The model was not trained with LoRA.</exception>
-    public void ExportAdapter(string directory) =>
-        (Model.Lora ?? throw new InvalidOperationException("This model has no LoRA adapters (train with Options.Lora set); use ExportHuggingFace.")).Save(directory);
+    /// <exception cref="OutputFolderException">The folder may not be replaced; nothing was written.</exception>
+    public void ExportAdapter(string directory, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly)
+    {
+        var adapters = Model.Lora ?? throw new InvalidOperationException("This model has no LoRA adapters (train with Options.Lora set); use ExportHuggingFace.");
+        OutputFolder.EnsureReplaceable(directory, overwrite, ProtectedPaths.Concat(Model.ProtectedPaths));
+        adapters.Save(directory, overwrite);
+    }
+
+    /// <summary>What an export must never replace besides the model's own source: the reference and the checkpoint folder.</summary>
+    IEnumerable<string?> ProtectedPaths =>
+        [ReferencePath, reference?.SourcePath, TrainingSummary?.MetricsFile is { } m ? Path.GetDirectoryName(Path.GetFullPath(m)) : null];
 
     static float LogProbability(LanguageModel model, string prompt, string response)
     {

@@ -57,8 +57,10 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         options.Validate();
         using var runLog = new FineTuningRun.RunLog(env, options, nameof(SftTrainer));
         Action<string> log = runLog.Write;
+        TrainingCheckpoint.Prepare(options, log);
         var report = new DataPreparationReport();
         var policy = FineTuningRun.LoadPolicy(options);
+        FineTuningRun.WarnBeyondContext(options, policy, log);
         try
         {
             var rows = Read(input, policy, report, options.CancellationToken);

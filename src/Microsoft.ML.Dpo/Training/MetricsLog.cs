@@ -8,11 +8,39 @@ internal sealed class MetricsLog : IDisposable
     readonly Dictionary<string, (double Sum, int Count)> pending = new();
     readonly StreamWriter? file;
 
-    public MetricsLog(string? directory, bool append)
+    /// <summary>The file's name in the checkpoint folder.</summary>
+    public const string FileName = "metrics.jsonl";
+
+    /// <summary>
+    /// Opens <c>metrics.jsonl</c> in <paramref name="directory"/> (nothing when null): a new file for a run from step 0; for a
+    /// run resumed at <paramref name="resumedStep"/>, the earlier file cut to its rows up to that step (a killed run may have
+    /// logged steps after its last checkpoint, which the resumed run replays), then appended to.
+    /// </summary>
+    public MetricsLog(string? directory, int resumedStep)
     {
         if (directory is null) return;
         Directory.CreateDirectory(directory);
-        file = new StreamWriter(Path.Combine(directory, "metrics.jsonl"), append) { AutoFlush = true };
+        string path = Path.Combine(directory, FileName);
+        if (resumedStep > 0 && File.Exists(path)) TruncateAfter(path, resumedStep);
+        file = new StreamWriter(path, append: resumedStep > 0) { AutoFlush = true };
+    }
+
+    /// <summary>Keeps the rows whose step is at most <paramref name="step"/> (and drops a torn last line), replacing the file atomically.</summary>
+    static void TruncateAfter(string path, int step)
+    {
+        var kept = new List<string>();
+        foreach (string line in File.ReadLines(path))
+        {
+            try
+            {
+                using var row = JsonDocument.Parse(line);
+                if (row.RootElement.TryGetProperty("step", out var s) && s.TryGetInt32(out int rowStep) && rowStep <= step) kept.Add(line);
+            }
+            catch (JsonException) { }   // a line torn by a kill
+        }
+        string temp = path + ".tmp";
+        File.WriteAllLines(temp, kept);
+        File.Move(temp, path, overwrite: true);
     }
 
     /// <summary>The metrics file's path, or null when metrics are not written.</summary>

@@ -24,7 +24,65 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
         saveWeights(temp);
         optimizer.save_state_dict(System.IO.Path.Combine(temp, OptimizerFile));
         File.WriteAllText(System.IO.Path.Combine(temp, StateFile), JsonSerializer.Serialize(state));
-    });
+    }, OutputOverwrite.Always);   // the folder is the library's own: Prepare refused a foreign one before training
+
+    /// <summary>
+    /// Runs before training (and before data preparation): removes stale temporary folders that an interrupted checkpoint
+    /// write left in <see cref="TrainingOptions.CheckpointDirectory"/> (only <c>.checkpoint.tmp-</c> followed by the 32-digit id
+    /// this library gives them), then applies <see cref="TrainingOptions.ExistingCheckpoint"/> to a checkpoint of an earlier
+    /// run: refuse, keep it for resuming, or discard it (with that run's metrics.jsonl).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A checkpoint exists and <see cref="ExistingCheckpointAction.Refuse"/> is set.</exception>
+    /// <exception cref="OutputFolderException">The folder's <c>checkpoint</c> entry is not a checkpoint this library wrote.</exception>
+    public static void Prepare(TrainingOptions options, Action<string>? log)
+    {
+        if (options.CheckpointDirectory is not { } directory || !Directory.Exists(directory)) return;
+        string current = System.IO.Path.Combine(directory, "checkpoint");
+        string prefix = AtomicDirectory.TemporaryPrefix(current);
+        int removed = 0;
+        foreach (string stale in Directory.EnumerateDirectories(directory, prefix + "*"))
+        {
+            string id = System.IO.Path.GetFileName(stale)[prefix.Length..];
+            if (id.Length != 32 || !id.All(char.IsAsciiHexDigitLower)) continue;     // not one of ours
+            Directory.Delete(stale, recursive: true);
+            removed++;
+        }
+        if (removed > 0) log?.Invoke($"Removed {removed} temporary folder(s) left in {directory} by an interrupted checkpoint write.");
+
+        string previous = AtomicDirectory.PreviousVersion(current);
+        var existing = new[] { current, previous }.Where(Directory.Exists).ToList();
+        if (existing.Count == 0) return;
+        foreach (string folder in existing)
+            if (!File.Exists(System.IO.Path.Combine(folder, StateFile)) && !OutputFolder.IsOwn(folder))
+                throw new OutputFolderException($"'{folder}' is not a training checkpoint this library wrote; it was left untouched. Choose another checkpoint folder.");
+        switch (options.ExistingCheckpoint)
+        {
+            case ExistingCheckpointAction.Resume:
+                return;
+            case ExistingCheckpointAction.Restart:
+                foreach (string folder in existing) Directory.Delete(folder, recursive: true);
+                string metrics = System.IO.Path.Combine(directory, MetricsLog.FileName);
+                if (File.Exists(metrics)) File.Delete(metrics);
+                log?.Invoke($"Restart: discarded the checkpoint{(existing.Count > 1 ? "s" : "")} of an earlier run in {directory}.");
+                return;
+            default:
+                throw new InvalidOperationException(
+                    $"'{directory}' holds the checkpoint of an earlier run ({Describe(existing[0])}). Continue it with --resume " +
+                    "(C#: ExistingCheckpoint = Resume; it needs the same data and options), discard it with --restart (ExistingCheckpoint = Restart), " +
+                    "or choose another checkpoint folder.");
+        }
+    }
+
+    static string Describe(string folder)
+    {
+        try
+        {
+            var state = JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(System.IO.Path.Combine(folder, StateFile)));
+            if (state is not null) return $"step {state.Step} of {state.TotalSteps}";
+        }
+        catch (Exception e) when (e is JsonException or IOException or NotSupportedException) { }
+        return "its state file is unreadable";
+    }
 
     /// <summary>Loads the checkpoint into the model and optimizer; null when there is none.</summary>
     public TrainingState? TryLoad(OptimizerHelper optimizer, string expectedFingerprint)
@@ -37,7 +95,7 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
         var state = JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(stateFile))
             ?? throw new InvalidDataException($"Checkpoint state '{stateFile}' is empty.");
         if (state.Fingerprint != expectedFingerprint)
-            throw new InvalidOperationException($"The checkpoint in '{path}' was written by a run with other data or options (fingerprint {state.Fingerprint}, this run {expectedFingerprint}). Use another CheckpointDirectory or delete it to start afresh.");
+            throw new InvalidOperationException($"The checkpoint in '{path}' was written by a run with other data or options (fingerprint {state.Fingerprint}, this run {expectedFingerprint}). Use another CheckpointDirectory, or discard it with ExistingCheckpoint = Restart (mldpo: --restart).");
         loadWeights(path);
         optimizer.load_state_dict(System.IO.Path.Combine(path, OptimizerFile));
         return state;

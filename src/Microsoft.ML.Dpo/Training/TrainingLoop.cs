@@ -35,7 +35,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
             state = resumed;
             log?.Invoke($"Resumed from {checkpoint.Path} at step {state.Step}.");
         }
-        using var metrics = new MetricsLog(options.CheckpointDirectory, append: state.Step > 0);
+        using var metrics = new MetricsLog(options.CheckpointDirectory, resumedStep: state.Step);
         var lastMetrics = (IReadOnlyDictionary<string, double>)new Dictionary<string, double>();
         var clock = Stopwatch.StartNew();
         int startStep = state.Step;

@@ -33,6 +33,17 @@ public enum TruncationMode
     KeepStart,
 }
 
+/// <summary>What training does when its checkpoint folder already holds a checkpoint of an earlier run.</summary>
+public enum ExistingCheckpointAction
+{
+    /// <summary>Fail before training, saying to resume or restart (the default), so an earlier run is never overwritten by accident.</summary>
+    Refuse,
+    /// <summary>Continue from the checkpoint (the same data and options are required); start afresh when there is none.</summary>
+    Resume,
+    /// <summary>Discard the checkpoint and the metrics of the earlier run, and start afresh.</summary>
+    Restart,
+}
+
 /// <summary>
 /// Options every fine-tuning trainer shares: the optimisation schedule, the length limits, checkpoints and logging.
 /// The defaults work for small models on a CPU; scale <see cref="LearningRate"/> down for billion-parameter models.
@@ -73,8 +84,21 @@ public class TrainingOptions
     public string? CheckpointDirectory { get; set; }
     /// <summary>Optimizer steps between checkpoints (0: only at the end, on cancellation and before a failure). Default 0.</summary>
     public int CheckpointInterval { get; set; }
-    /// <summary>Resume from the checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default false.</summary>
-    public bool Resume { get; set; }
+    /// <summary>
+    /// What to do when <see cref="CheckpointDirectory"/> already holds a checkpoint of an earlier run: refuse (the default),
+    /// resume it, or discard it and restart. Stale temporary folders of an interrupted checkpoint write are removed either way.
+    /// </summary>
+    public ExistingCheckpointAction ExistingCheckpoint { get; set; }
+    /// <summary>
+    /// Resume from the checkpoint in <see cref="CheckpointDirectory"/> when there is one: the same as
+    /// <see cref="ExistingCheckpoint"/> = <see cref="ExistingCheckpointAction.Resume"/>. Default false.
+    /// </summary>
+    public bool Resume
+    {
+        get => ExistingCheckpoint == ExistingCheckpointAction.Resume;
+        set => ExistingCheckpoint = value ? ExistingCheckpointAction.Resume
+            : ExistingCheckpoint == ExistingCheckpointAction.Resume ? ExistingCheckpointAction.Refuse : ExistingCheckpoint;
+    }
     /// <summary>Optimizer steps between metric reports. Default 10.</summary>
     public int LoggingInterval { get; set; } = 10;
     /// <summary>Stop after this many optimizer steps (0: no limit besides <see cref="Epochs"/>). Default 0.</summary>
