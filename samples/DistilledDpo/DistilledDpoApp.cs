@@ -7,6 +7,7 @@ using Microsoft.ML.Dpo.Generation;
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Samples;
 using Microsoft.ML.Dpo.Tokenization;
+using Microsoft.ML.Dpo.Training;
 using Microsoft.ML.Dpo.Trainers;
 using MlDpo.Commands;
 using Spectre.Console;
@@ -83,7 +84,7 @@ public static class DistilledDpoApp
         using var dpo = display.Run("dDPO", () => ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
         {
             BaseModel = sft.Model, Beta = 0.1, Epochs = 6, BatchSize = 8, LearningRate = 1e-4, MaxLength = 128, MaxPromptLength = 96,
-            Seed = seed, LoggingInterval = 2, CheckpointDirectory = Path.Combine(output, "ddpo-run"), Progress = display.Progress, Log = display.Log,
+            Seed = seed, LoggingInterval = 2, CheckpointDirectory = Path.Combine(output, "ddpo-run"), ExistingCheckpoint = ExistingCheckpointAction.Restart, Progress = display.Progress, Log = display.Log,
         }).Fit(ml.Data.LoadFromPreferencePairs(pairs)));
 
         // 6. Held-out comparison: dDPO and URIAL (base model, in-context alignment) against dSFT, by the same judge.

@@ -7,6 +7,7 @@ using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Samples;
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Tokenization;
+using Microsoft.ML.Dpo.Training;
 using Microsoft.ML.Dpo.Trainers;
 using MlDpo.Commands;
 using Spectre.Console;
@@ -100,7 +101,8 @@ public static class QuickStartApp
         {
             BaseModel = baseModel, Epochs = demo ? 20 : 1, BatchSize = 8, LearningRate = demo ? 3e-3 : 2e-5,
             WarmupSteps = 5, MaxLength = 128, MaxPromptLength = 96, Seed = settings.Seed, LoggingInterval = 5,
-            CheckpointDirectory = Path.Combine(output, "sft-run"), Progress = display.Progress, Log = display.Log,
+            CheckpointDirectory = Path.Combine(output, "sft-run"), ExistingCheckpoint = ExistingCheckpointAction.Restart,   // each run starts afresh
+            Progress = display.Progress, Log = display.Log,
         }).Fit(ml.Data.LoadFromCompletions(sftData)));
 
         // 4. DPO against the frozen SFT model: full fine-tuning, then LoRA (the reference is the SFT model with adapters off).
@@ -120,7 +122,7 @@ public static class QuickStartApp
             {
                 BaseModel = sft.Model, Lora = lora, Beta = 0.1, Epochs = demo ? 3 : 1, BatchSize = 8, LearningRate = learningRate,
                 MaxLength = 128, MaxPromptLength = 96, Seed = settings.Seed, LoggingInterval = 1,
-                CheckpointDirectory = runDir, Progress = display.Progress, Log = display.Log,
+                CheckpointDirectory = runDir, ExistingCheckpoint = ExistingCheckpointAction.Restart, Progress = display.Progress, Log = display.Log,
             }).Fit(pairsView));
             var evaluation = PreferenceEvaluator.Evaluate(aligned.Model, sft.Model, heldOut, beta: 0.1);
             answers[name] = aligned.Model.CreateGenerator().Generate(heldOutPrompts, generation);

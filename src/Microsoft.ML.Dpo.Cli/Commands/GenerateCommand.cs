@@ -56,6 +56,10 @@ internal static class GenerateCommand
                 TopP = result.GetValue(topP), RepetitionPenalty = result.GetValue(repetition), Seed = result.GetValue(seed),
                 StopAtEos = !result.GetValue(ignoreEos),
             };
+            int context = lm.Network.Config.MaxPositionEmbeddings, room = context - ids.Length;
+            if (room > 0 && options.MaxNewTokens > room)
+                stderr.WriteLine($"warning: --max-new-tokens {options.MaxNewTokens} does not fit the model's context of {context} positions " +
+                                 $"with this {ids.Length}-token prompt: at most {room} new tokens are generated.");
             int[] generated = lm.CreateGenerator().Generate([ids], options)[0];
             string? decoded = lm.Tokenizer?.Decode(generated);
             switch (result.GetValue(format))

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using Microsoft.ML.Dpo;
+using Microsoft.ML.Dpo.Checkpoints;
 using Microsoft.ML.Dpo.Modeling;
 using Microsoft.ML.Dpo.Tokenization;
 
@@ -18,7 +19,8 @@ internal static class InitCommand
             "or a Hugging Face tokenizer directory.", "gpt2");
         var seed = Cli.Option("--seed", "Seed of the weight initialisation.", 42);
         var output = Cli.Required("--output", "The model directory to create (config.json, model.safetensors, tokenizer files).");
-        var force = Cli.Option("--force", "Replace --output if it exists and is not empty.", false);
+        var force = Cli.Option("--force", "Replace --output even when it holds files mldpo did not write (never the current folder or a folder containing it). " +
+            "Without it an existing folder is replaced only when it is empty or mldpo wrote it.", false);
         var command = new Command("init", "Create a new randomly initialised model from a preset and save it as a Hugging Face directory.")
         {
             arch, preset, tokenizer, seed, output, force,
@@ -27,8 +29,9 @@ internal static class InitCommand
         {
             var (stdout, _) = Cli.Writers(result);
             string outputDir = result.GetValue(output)!;
-            if (Directory.Exists(outputDir) && Directory.EnumerateFileSystemEntries(outputDir).Any() && !result.GetValue(force))
-                throw new CliException($"'{outputDir}' exists and is not empty; choose another --output or pass --force to replace it.");
+            var overwrite = result.GetValue(force) ? OutputOverwrite.Always : OutputOverwrite.OwnOutputOnly;
+            string tokenizerArgument = result.GetValue(tokenizer)!;
+            OutputFolder.EnsureReplaceable(outputDir, overwrite, tokenizerArgument is "gpt2" or "bytes" ? null : tokenizerArgument);   // before any work
             string tokenizerName = result.GetValue(tokenizer)!;
             string? scratch = null;
             try
@@ -45,7 +48,7 @@ internal static class InitCommand
 
                 string a = result.GetValue(arch)!, p = result.GetValue(preset)!;
                 using var model = ModelPresets.CreateModel(a, p, tok, result.GetValue(seed));
-                model.Save(outputDir);
+                model.Save(outputDir, overwrite);
                 var c = model.Network.Config;
                 stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{a}/{p}: {ModelPresets.CountParameters(model.Network):N0} parameters (vocabulary {c.VocabSize:N0}, hidden {c.HiddenSize}, " +

@@ -1,4 +1,6 @@
 using Microsoft.ML.Dpo.Lora;
+using Microsoft.ML.Dpo.Checkpoints;
+using Microsoft.ML.Dpo.Training;
 using System.CommandLine;
 using Microsoft.ML;
 using Microsoft.ML.Dpo;
@@ -18,7 +20,10 @@ internal static class TrainCommands
     {
         public readonly Option<string> Model = Cli.Required("--model", "The starting model: a Hugging Face directory with tokenizer files.");
         public readonly Option<string> Data = Cli.Required("--data", "The training data: JSON Lines, JSON or Parquet, in any layout the loaders read (standard, conversational, ...).");
-        public readonly Option<string> Output = Cli.Required("--output", "The trained model's directory (Hugging Face format, plus metrics.jsonl), replaced atomically.");
+        public readonly Option<string> Output = Cli.Required("--output", "The trained model's directory (Hugging Face format, plus metrics.jsonl), written atomically. " +
+            "An existing folder is replaced only when it is empty or mldpo wrote it (see --force).");
+        public readonly Option<bool> Force = Cli.Option("--force", "Replace --output even when it holds files mldpo did not write (never the current folder, " +
+            "--model, --data, --reference or the checkpoint folder, nor a folder containing them).", false);
         public readonly Option<int> Epochs = Cli.Option("--epochs", "Passes over the data.", 1);
         public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs).", 4);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
@@ -30,6 +35,11 @@ internal static class TrainCommands
         public readonly Option<string?> CheckpointDir = Cli.Optional<string?>("--checkpoint-dir", "Folder for checkpoints and metrics (default: OUTPUT.checkpoints beside the output).");
         public readonly Option<int> CheckpointSteps = Cli.Option("--checkpoint-steps", "Steps between checkpoints (0: at the end and on Ctrl+C only).", 0);
         public readonly Option<bool> Resume = Cli.Option("--resume", "Continue from the checkpoint in the checkpoint folder (same data and options).", false);
+        public readonly Option<bool> Restart = Cli.Option("--restart", "Discard the checkpoint (and metrics) of an earlier run in the checkpoint folder and start afresh; " +
+            "without --resume or --restart an existing checkpoint stops the command.", false);
+        public readonly Option<string?> ChatTemplate = Cli.Optional<string?>("--chat-template", "The built-in chat template that renders conversational data: " +
+            string.Join(", ", Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names) + " (default: the model's own; a template mldpo does not recognise is refused).")
+            .AcceptOnlyFromAmong([.. Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names]);
         public readonly Option<bool> SkipInvalid = Cli.Option("--skip-invalid", "Skip malformed records and empty values (counted) instead of failing.", false);
         public readonly Option<string> Device = Cli.Option("--device", "auto, cpu, cuda or cuda:N.", "auto");
         public readonly Option<int?> LoraRank = Cli.Optional<int?>("--lora-rank", "Train LoRA adapters of this rank instead of all weights (the DPO reference is then the model with adapters off).");
@@ -38,22 +48,30 @@ internal static class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets })
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplate, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets })
                 command.Options.Add(option);
         }
 
-        /// <summary>Fills the shared trainer options; returns the checkpoint folder.</summary>
-        public string Apply(ParseResult result, LanguageModelTrainerOptions options, TrainingDisplay display, CancellationToken cancellation)
+        /// <summary>Whether --output may replace a folder holding files mldpo did not write.</summary>
+        public OutputOverwrite Overwrite(ParseResult result) => result.GetValue(Force) ? OutputOverwrite.Always : OutputOverwrite.OwnOutputOnly;
+
+        /// <summary>
+        /// Fills the shared trainer options; returns the checkpoint folder. Refuses, before anything is read or trained, an
+        /// --output that may not be replaced (<see cref="OutputFolder"/>: never one that is or contains the current folder, an input or the checkpoints).
+        /// </summary>
+        public string Apply(ParseResult result, LanguageModelTrainerOptions options, TrainingDisplay display, CancellationToken cancellation, string? reference = null)
         {
             string model = result.GetValue(Model)!, output = result.GetValue(Output)!;
+            string checkpoints = result.GetValue(CheckpointDir) ?? Path.TrimEndingDirectorySeparator(Path.GetFullPath(output)) + ".checkpoints";
+            OutputFolder.EnsureReplaceable(output, Overwrite(result), model, result.GetValue(Data), reference, checkpoints);
+            if (result.GetValue(Resume) && result.GetValue(Restart)) throw new CliException("Give --resume or --restart, not both.");
             if (!Directory.Exists(model))
                 throw new CliException(File.Exists(model)
                     ? $"'{model}' is a single-file (llama2.c) checkpoint without a tokenizer; training on text needs a Hugging Face directory with tokenizer files."
                     : $"Model directory '{model}' does not exist.");
             int context = CausalLMConfig.Load(Path.Combine(model, "config.json")).MaxPositionEmbeddings;
             int maxLength = result.GetValue(MaxLength) ?? Math.Min(512, context);
-            string checkpoints = result.GetValue(CheckpointDir) ?? Path.TrimEndingDirectorySeparator(Path.GetFullPath(output)) + ".checkpoints";
             options.BaseModelPath = model;
             options.Epochs = result.GetValue(Epochs);
             options.BatchSize = result.GetValue(BatchSize);
@@ -65,7 +83,8 @@ internal static class TrainCommands
             options.LoggingInterval = result.GetValue(LoggingSteps);
             options.CheckpointDirectory = checkpoints;
             options.CheckpointInterval = result.GetValue(CheckpointSteps);
-            options.Resume = result.GetValue(Resume);
+            options.ExistingCheckpoint = result.GetValue(Resume) ? ExistingCheckpointAction.Resume
+                : result.GetValue(Restart) ? ExistingCheckpointAction.Restart : ExistingCheckpointAction.Refuse;
             options.SkipInvalidRows = result.GetValue(SkipInvalid);
             options.Device = result.GetValue(Device)!;
             options.Log = display.Log;
@@ -90,17 +109,28 @@ internal static class TrainCommands
             return data;
         }
 
-        /// <summary>Renders conversational records with the model's own chat template when its tokenizer files carry one.</summary>
+        /// <summary>
+        /// Renders conversational records with the template --chat-template names, else the model's own (plain text when its
+        /// tokenizer files carry none, as in C#). A template mldpo does not recognise is refused at the first conversational record.
+        /// </summary>
         public Func<IReadOnlyList<(string Role, string Content)>, bool, string>? Renderer(ParseResult result)
         {
             string model = result.GetValue(Model)!;
+            string? name = result.GetValue(ChatTemplate);
             TextTokenizer tokenizer;
-            try { tokenizer = TextTokenizer.FromDirectory(model); }
+            try { tokenizer = TextTokenizer.FromDirectory(model, chatTemplateName: name); }
             catch (Exception e) when (e is FileNotFoundException or InvalidDataException) { return null; }
-            if (tokenizer.ChatTemplateSource is null) return null;
-            ChatTemplate template;
+            if (name is null && tokenizer.ChatTemplateSource is null) return null;
+            Microsoft.ML.Dpo.Tokenization.ChatTemplate template;
             try { template = tokenizer.ChatTemplate; }
-            catch (NotSupportedException) { return null; }
+            catch (NotSupportedException)
+            {
+                string data = result.GetValue(Data)!;
+                return (_, _) => throw new CliException(
+                    $"'{data}' holds conversations, but the chat template in '{Path.Combine(model, "tokenizer_config.json")}' is not one mldpo recognises; " +
+                    $"rather than train them in another format, mldpo stops. Pass --chat-template with one of {string.Join(", ", Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names)} " +
+                    "to choose the format the conversations are rendered in.");
+            }
             return (turns, generationPrompt) => template.Render(turns.Select(t => new ChatTurn(t.Role, t.Content)).ToList(), generationPrompt);
         }
     }
@@ -163,7 +193,7 @@ internal static class TrainCommands
                 Reference = referencePath is null ? ReferenceModelSource.FrozenCopyOfBase : ReferenceModelSource.Separate,
                 ReferenceModelPath = referencePath,
             };
-            string checkpoints = common.Apply(result, options, display, cancellation);
+            string checkpoints = common.Apply(result, options, display, cancellation, referencePath);
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
@@ -192,15 +222,13 @@ internal static class TrainCommands
         }
         using (transformer)
         {
-            transformer.ExportHuggingFace(output);                       // with LoRA: the merged weights
+            transformer.ExportHuggingFace(output, common.Overwrite(result));   // with LoRA: the merged weights; metrics.jsonl inside
             if (transformer.Model.Lora is not null)
             {
                 transformer.ExportAdapter(Path.Combine(output, "adapter"));   // and the adapter alone, in PEFT's format
                 stdout.WriteLine($"LoRA adapter written to {Path.Combine(output, "adapter")}");
             }
             var summary = transformer.TrainingSummary;
-            string? metrics = summary?.MetricsFile;
-            if (metrics is not null && File.Exists(metrics)) File.Copy(metrics, Path.Combine(output, "metrics.jsonl"), overwrite: true);
             if (transformer.DataReport is { } report) stdout.WriteLine($"Prepared: {report}");
             if (summary is not null)
                 stdout.WriteLine($"Trained {summary.Steps} steps; final " + string.Join(" ", summary.FinalMetrics.Select(kv => $"{kv.Key}={Cli.Format(kv.Value)}")));
