@@ -85,9 +85,15 @@ public sealed class AlignmentModelOperations
         }
     }
 
-    /// <summary>Loads a pipeline saved by <see cref="Save"/>; <paramref name="inputSchema"/> receives the schema it was saved with.</summary>
+    /// <summary>
+    /// Loads a pipeline saved by <see cref="Save"/> — or a stock ML.NET model zip (saved by <c>mlContext.Model.Save</c>), which
+    /// it hands to <c>mlContext.Model.Load</c>, so this one call loads either; <paramref name="inputSchema"/> receives the schema
+    /// it was saved with. (<c>mlContext.Model.Load</c> cannot read this library's zips and reports "Could not load legacy
+    /// format model"; ML.NET offers no public hook to improve that message.)
+    /// </summary>
     public ITransformer Load(string path, out DataViewSchema inputSchema)
     {
+        if (!IsAlignmentPipeline(path)) return context.Model.Load(path, out inputSchema);
         using var zip = ZipFile.OpenRead(path);
         var manifest = ReadEntry(zip, path, ManifestEntry, stream => JsonSerializer.Deserialize<Manifest>(stream, Json))
             ?? throw new InvalidDataException($"'{path}': empty manifest.");
@@ -122,6 +128,20 @@ public sealed class AlignmentModelOperations
             Directory.Delete(work, recursive: true);
         }
         return transformers.Count == 1 ? transformers[0] : new TransformerChain<ITransformer>(transformers.ToArray());
+    }
+
+    /// <summary>
+    /// True when <paramref name="path"/> is a zip written by <see cref="Save"/> (it holds this library's manifest), false for any
+    /// other file — e.g. a stock ML.NET model, which <c>mlContext.Model.Load</c> reads.
+    /// </summary>
+    public static bool IsAlignmentPipeline(string path)
+    {
+        try
+        {
+            using var zip = ZipFile.OpenRead(path);
+            return zip.GetEntry(ManifestEntry) is not null && zip.GetEntry(InputSchemaEntry) is not null;
+        }
+        catch (InvalidDataException) { return false; }     // not a zip
     }
 
     static IEnumerable<ITransformer> Flatten(ITransformer transformer) =>

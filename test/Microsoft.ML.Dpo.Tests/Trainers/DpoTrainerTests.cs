@@ -60,9 +60,12 @@ public sealed class DpoTrainerTests
             Assert.AreEqual(1, Directory.GetFiles(precomputeDir.Path, "reference_logps.*.bin").Length, "the reference log-probs are cached");
         }
 
-        // A repeated run reads the cache (same result) instead of recomputing.
+        // A repeated run (restarting: the checkpoint is discarded, the cache kept) reads the cache (same result) instead of recomputing.
         var lines = new List<string>();
-        var again = Losses(Options(o => { o.PrecomputeReferenceLogProbs = true; o.CheckpointDirectory = precomputeDir.Path; o.Log = lines.Add; }), out var againModel);
+        var again = Losses(Options(o =>
+        {
+            o.PrecomputeReferenceLogProbs = true; o.CheckpointDirectory = precomputeDir.Path; o.Log = lines.Add; o.ExistingCheckpoint = ExistingCheckpointAction.Restart;
+        }), out var againModel);
         againModel.Dispose();
         CollectionAssert.AreEqual(precomputed, again);
         Assert.IsTrue(lines.Any(l => l.Contains("read from")), string.Join("\n", lines));
