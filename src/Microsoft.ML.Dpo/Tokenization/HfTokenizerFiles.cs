@@ -158,10 +158,15 @@ internal sealed class HfTokenizerFiles
         try
         {
             node = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            if (node is JsonObject o) _ = o.Count;   // materializes the members: a duplicate key throws here
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e);
+            throw new InvalidDataException($"{path}: not valid JSON ({e.Message.ReplaceLineEndings(" ")})", e);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON (a key appears twice)", e);
         }
         return node as JsonObject ?? throw new InvalidDataException($"{path}: expected a JSON object at the top level, found {node?.GetValueKind().ToString() ?? "null"}.");
     }
