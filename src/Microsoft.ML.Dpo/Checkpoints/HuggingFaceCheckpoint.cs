@@ -36,7 +36,9 @@ public static class HuggingFaceCheckpoint
         var model = CausalLM.CreateCore(config, dtype, device, initialize: false);
         try
         {
-            var sources = MatchTensors(model, header.ToDictionary(kv => kv.Key, kv => kv.Value.Entry.Shape, StringComparer.Ordinal), directory);
+            var files = header.Values.Select(h => h.File).Distinct().ToList();
+            string weightsSource = files.Count == 1 ? files[0] : directory;
+            var sources = MatchTensors(model, header.ToDictionary(kv => kv.Key, kv => kv.Value.Entry.Shape, StringComparer.Ordinal), weightsSource, configPath);
             var tensors = Safetensors.LoadDirectory(directory);
             try
             {
@@ -63,7 +65,7 @@ public static class HuggingFaceCheckpoint
         var model = CausalLM.CreateCore(config, dtype, device, initialize: false);
         try
         {
-            var sources = MatchTensors(model, tensors.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal), sourceForErrors);
+            var sources = MatchTensors(model, tensors.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal), sourceForErrors, sourceForErrors);
             Copy(model, sources, tensors);
             return model;
         }
@@ -79,8 +81,9 @@ public static class HuggingFaceCheckpoint
     /// every parameter must be present with its exact shape, and every other tensor must be a known ignorable one.
     /// </summary>
     /// <exception cref="InvalidDataException">A tensor is missing, mis-shaped (both shapes named) or unexpected.</exception>
-    static Dictionary<string, string> MatchTensors(CausalLM model, IReadOnlyDictionary<string, long[]> shapes, string sourceForErrors)
+    static Dictionary<string, string> MatchTensors(CausalLM model, IReadOnlyDictionary<string, long[]> shapes, string sourceForErrors, string configSource)
     {
+        string by = configSource == sourceForErrors ? "" : $" (by '{configSource}')";
         var config = model.Config;
         var sources = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (name, p) in model.named_parameters())
@@ -90,15 +93,15 @@ public static class HuggingFaceCheckpoint
                     ? name["transformer.".Length..]      // original OpenAI gpt2 checkpoints omit the prefix
                     : null;
             if (key is null)
-                throw new InvalidDataException($"Checkpoint '{sourceForErrors}' lacks tensor '{name}' (expected shape [{string.Join(", ", p.shape)}]).");
+                throw new InvalidDataException($"Checkpoint '{sourceForErrors}' lacks tensor '{name}' (expected shape [{string.Join(", ", p.shape)}]{by}).");
             if (!shapes[key].SequenceEqual(p.shape))
-                throw new InvalidDataException($"Checkpoint '{sourceForErrors}': tensor '{name}' has shape [{string.Join(", ", shapes[key])}] but the model expects [{string.Join(", ", p.shape)}].");
+                throw new InvalidDataException($"Checkpoint '{sourceForErrors}': tensor '{name}' has shape [{string.Join(", ", shapes[key])}] but the model expects [{string.Join(", ", p.shape)}]{by}.");
             sources[name] = key;
         }
         var used = sources.Values.ToHashSet(StringComparer.Ordinal);
         var unexpected = shapes.Keys.Where(k => !used.Contains(k) && !IsIgnorable(k, config)).OrderBy(k => k, StringComparer.Ordinal).ToList();
         if (unexpected.Count > 0)
-            throw new InvalidDataException($"Checkpoint '{sourceForErrors}' has {unexpected.Count} tensor(s) this {config.ModelType} model does not use: {string.Join(", ", unexpected.Take(10))}{(unexpected.Count > 10 ? ", …" : "")}.");
+            throw new InvalidDataException($"Checkpoint '{sourceForErrors}' has {unexpected.Count} tensor(s) this {config.ModelType} model{by} does not use: {string.Join(", ", unexpected.Take(10))}{(unexpected.Count > 10 ? ", …" : "")}.");
         return sources;
     }
 

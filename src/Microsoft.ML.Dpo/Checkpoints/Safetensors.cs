@@ -58,10 +58,15 @@ public static class Safetensors
         try
         {
             document = JsonDocument.Parse(headerBytes);
+            Runtime.JsonText.ReadAllStrings(document.RootElement);
         }
         catch (JsonException e)
         {
             throw new InvalidDataException($"Safetensors file '{path}': the header is not valid JSON: {OneLine(e.Message)}", e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidDataException($"Safetensors file '{path}': the header holds a name or string that is not valid text ({OneLine(e.Message)}).", e);
         }
         using (document)
         {
@@ -306,6 +311,7 @@ public static class Safetensors
         try
         {
             using var document = JsonDocument.Parse(File.ReadAllBytes(index));
+            Runtime.JsonText.ReadAllStrings(document.RootElement);
             if (document.RootElement.ValueKind != JsonValueKind.Object
                 || !document.RootElement.TryGetProperty("weight_map", out var weightMap) || weightMap.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"Safetensors index '{index}' has no \"weight_map\" object.");
@@ -317,7 +323,7 @@ public static class Safetensors
                 if (!shards.Contains(shard, StringComparer.Ordinal)) shards.Add(shard);
             }
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
             throw new InvalidDataException($"Safetensors index '{index}' is malformed: {OneLine(e.Message)}", e);
         }

@@ -90,11 +90,16 @@ internal static class DataRecords
                 try
                 {
                     using var document = JsonDocument.Parse(line);
+                    Runtime.JsonText.ReadAllStrings(document.RootElement);
                     value = document.RootElement.Clone();
                 }
                 catch (JsonException e)
                 {
                     error = new RecordException(null, "invalid JSON", e.Message.ReplaceLineEndings(" "));
+                }
+                catch (InvalidOperationException e)
+                {
+                    error = new RecordException(null, "invalid JSON", "a name or string is not valid text: " + e.Message.ReplaceLineEndings(" "));
                 }
             }
             yield return new SourceRecord(number, value, error);
@@ -164,13 +169,18 @@ internal static class DataRecords
         using (var stream = File.OpenRead(path))
         {
             try { document = JsonDocument.Parse(stream); }
-            catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON array (line {e.LineNumber + 1}): {e.Message}", e); }
+            catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON array (line {e.LineNumber + 1}): {e.Message.ReplaceLineEndings(" ")}", e); }
         }
         using (document)
         {
             long number = 0;
             foreach (var element in document.RootElement.EnumerateArray())
-                yield return new SourceRecord(++number, element.Clone(), null);
+            {
+                RecordException? error = null;
+                try { Runtime.JsonText.ReadAllStrings(element); }
+                catch (InvalidOperationException e) { error = new RecordException(null, "invalid JSON", "a name or string is not valid text: " + e.Message.ReplaceLineEndings(" ")); }
+                yield return new SourceRecord(++number, error is null ? element.Clone() : default, error);
+            }
         }
     }
 

@@ -315,15 +315,15 @@ public sealed class LoraAdapters
             var unexpected = byName.Keys.Except(expected.Select(kv => kv.Key)).OrderBy(k => k, StringComparer.Ordinal).ToList();
             if (unexpected.Count > 0)
                 throw new InvalidDataException(
-                    $"Adapter '{directory}' has {unexpected.Count} tensor(s) that match no adapted projection of this model: {string.Join(", ", unexpected.Take(5).Select(u => PeftPrefix + u))}{(unexpected.Count > 5 ? ", …" : "")}.");
+                    $"Adapter '{file}' has {unexpected.Count} tensor(s) that match no adapted projection of this model: {string.Join(", ", unexpected.Take(5).Select(u => PeftPrefix + u))}{(unexpected.Count > 5 ? ", …" : "")}.");
             using var _ = torch.no_grad();
             foreach (var (name, p) in expected)
             {
                 if (!byName.TryGetValue(name, out var src))
-                    throw new InvalidDataException($"Adapter '{directory}' lacks tensor '{PeftPrefix + name}' (expected shape [{string.Join(", ", p.shape)}]).");
+                    throw new InvalidDataException($"Adapter '{file}' lacks tensor '{PeftPrefix + name}' (expected shape [{string.Join(", ", p.shape)}]).");
                 if (!src.shape.SequenceEqual(p.shape))
                     throw new InvalidDataException(
-                        $"Adapter '{directory}': tensor '{PeftPrefix + name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}] " +
+                        $"Adapter '{file}': tensor '{PeftPrefix + name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}] " +
                         $"(rank {Options.Rank}); the adapter was made for another base model or rank.");
                 p.copy_(src);
             }
@@ -348,11 +348,12 @@ public sealed class LoraAdapters
         try
         {
             config = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"'{path}' is not a JSON object.");
-            _ = config.Count;   // materializes the members: a duplicate key throws here
+            Runtime.JsonText.ReadAllStrings(config);   // a duplicate key or an invalid string throws here, not later
         }
-        catch (Exception e) when (e is JsonException or ArgumentException)
+        catch (Exception e) when (e is JsonException or ArgumentException or InvalidOperationException)
         {
-            throw new InvalidDataException($"'{path}' is malformed: {(e is JsonException ? e.Message.ReplaceLineEndings(" ") : "a key appears twice")}", e);
+            string why = e switch { JsonException => e.Message.ReplaceLineEndings(" "), ArgumentException => "a key appears twice", _ => "a name or string is not valid text" };
+            throw new InvalidDataException($"'{path}' is malformed: {why}", e);
         }
         string? peftType = StringField(config, "peft_type", path);
         if (peftType is not null && !string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
@@ -423,9 +424,16 @@ public sealed class LoraAdapters
         if (targets is { Count: 1 } && IsRegex(targets[0]))
         {
             // PEFT: a string target_modules is a regular expression matched against full module names.
-            var regex = new Regex("^(?:" + targets[0] + ")$", RegexOptions.CultureInvariant);
-            targets = baseModel.Network.ProjectionNames.Where(n => regex.IsMatch(n)).ToList();
-            if (targets.Count == 0) throw new InvalidDataException($"Adapter '{adapterDirectory}': target_modules '{options.TargetModules![0]}' matches no projection of the base model.");
+            try
+            {
+                var regex = new Regex("^(?:" + targets[0] + ")$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1));
+                targets = baseModel.Network.ProjectionNames.Where(n => regex.IsMatch(n)).ToList();
+            }
+            catch (Exception e) when (e is ArgumentException or RegexMatchTimeoutException)
+            {
+                throw new InvalidDataException($"Adapter '{Path.Combine(adapterDirectory, ConfigFileName)}': target_modules '{targets[0]}' is not a usable regular expression: {e.Message.ReplaceLineEndings(" ")}", e);
+            }
+            if (targets.Count == 0) throw new InvalidDataException($"Adapter '{Path.Combine(adapterDirectory, ConfigFileName)}': target_modules '{options.TargetModules![0]}' matches no projection of the base model.");
             options.TargetModules = targets;
         }
         string weightsFile = Path.Combine(adapterDirectory, WeightsFileName);
@@ -439,7 +447,7 @@ public sealed class LoraAdapters
         }
         catch (ArgumentException e)
         {
-            throw new InvalidDataException($"Adapter '{adapterDirectory}' does not fit this base model: {e.Message}", e);
+            throw new InvalidDataException($"Adapter '{Path.Combine(adapterDirectory, ConfigFileName)}' does not fit this base model: {e.Message.ReplaceLineEndings(" ")}", e);
         }
         try
         {

@@ -105,7 +105,7 @@ public sealed class CausalLMConfig
         {
             root = JsonNode.Parse(json) as JsonObject
                 ?? throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' is not a JSON object.");
-            _ = root.Count;   // materializes the members: a duplicate key throws here
+            Runtime.JsonText.ReadAllStrings(root);   // a duplicate key or an invalid string throws here, not later
         }
         catch (JsonException e)
         {
@@ -114,6 +114,10 @@ public sealed class CausalLMConfig
         catch (ArgumentException e)
         {
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' is not valid: a key appears twice.", e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' holds a name or string that is not valid text ({e.Message.ReplaceLineEndings(" ")}).", e);
         }
 
         var r = new Reader(root, sourceNameForErrors);

@@ -52,7 +52,7 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
         {
             state = JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(stateFile));
         }
-        catch (Exception e) when (e is JsonException or NotSupportedException or ArgumentException)
+        catch (Exception e) when (e is JsonException or NotSupportedException or ArgumentException or InvalidOperationException)
         {
             throw new InvalidDataException($"Checkpoint state '{stateFile}' is malformed or truncated ({e.Message.ReplaceLineEndings(" ")}). Delete the checkpoint folder to start afresh.", e);
         }
