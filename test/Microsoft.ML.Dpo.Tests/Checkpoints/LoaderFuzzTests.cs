@@ -320,7 +320,7 @@ public sealed class LoaderFuzzTests
     /// The process's peak resident memory since the last <see cref="Reset"/>: Linux's VmHWM, reset through <c>/proc/self/clear_refs</c>
     /// (value 5). Where that is unavailable, the resident size right after the load (VmRSS, or the working set) stands in.
     /// </summary>
-    sealed class PeakMemory
+    internal sealed class PeakMemory
     {
         readonly bool resettable = TryReset();
 

@@ -96,9 +96,14 @@ public sealed class SmallBadFileTests
         using var dir = new TempDirectory();
         string path = SaveTiny(dir);
         EditConfig(path, o => { o["hidden_size"] = 4096; o["intermediate_size"] = 100000; o["head_dim"] = 1024; });
+        var memory = new LoaderFuzzTests.PeakMemory();
+        long before = memory.Reset();
         var watch = Stopwatch.StartNew();
         var e = Assert.ThrowsExactly<InvalidDataException>(() => HuggingFaceCheckpoint.Load(path));
         watch.Stop();
+        long growth = memory.Peak() - before;
+        Console.WriteLine($"refused in {watch.ElapsedMilliseconds} ms, peak memory growth {growth:N0} bytes ({memory.Source})");
+        Assert.IsLessThan(64L << 20, growth, "nothing model-sized was allocated");
         // Only the size check before CausalLM.CreateCore says "does not match the weights": the model was never built.
         AssertOneLine(e, Path.Combine(path, "config.json"), "does not match the weights", "'model.embed_tokens.weight' is [101, 32]", "[101, 4096]");
         Assert.IsLessThan(5000L, watch.ElapsedMilliseconds, $"took {watch.ElapsedMilliseconds} ms");
@@ -144,9 +149,12 @@ public sealed class SmallBadFileTests
         foreach (long rank in new long[] { 2_000_000, 2147483647, 0, -3 })
         {
             File.WriteAllText(config, original.Replace("\"r\": 4", $"\"r\": {rank}"));
+            var memory = new LoaderFuzzTests.PeakMemory();
+            long before = memory.Reset();
             var watch = Stopwatch.StartNew();
             AssertOneLine(Assert.ThrowsExactly<InvalidDataException>(() => LoraAdapters.Load(model, adapterDir)), config, $"r = {rank}");
             Assert.IsLessThan(2000L, watch.ElapsedMilliseconds);
+            Assert.IsLessThan(64L << 20, memory.Peak() - before, $"rank {rank}: nothing rank-sized was allocated");
         }
         // A plausible rank that disagrees with the file: the header's shapes are compared before the adapters are created.
         File.WriteAllText(config, original.Replace("\"r\": 4", "\"r\": 16"));
@@ -162,8 +170,11 @@ public sealed class SmallBadFileTests
 
         // The C# path: a rank whose adapters would outgrow the model is refused before anything is allocated.
         using var other = new LanguageModel(CausalLM.Create(TinyModels.Llama()), null);
+        var applyMemory = new LoaderFuzzTests.PeakMemory();
+        long applyBefore = applyMemory.Reset();
         var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => LoraAdapters.Apply(other, new LoraOptions { Rank = 2_000_000 }));
         StringAssert.Contains(e.Message, "more than the model's");
+        Assert.IsLessThan(64L << 20, applyMemory.Peak() - applyBefore);
     }
 
     [TestMethod]
