@@ -44,9 +44,9 @@ internal static class Cli
                 return 130;
             }
             catch (Exception e) when (e is CliException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException
-                or ArgumentException or InvalidOperationException or NotSupportedException or TrainingDivergedException or IOException)
+                or ArgumentException or InvalidOperationException or NotSupportedException or FormatException or TrainingDivergedException or IOException)
             {
-                error.WriteLine($"mldpo {command.Name}: error: {e.Message}");
+                error.WriteLine($"mldpo {command.Name}: error: {e.Message.ReplaceLineEndings(" ")}");
                 return 1;
             }
         }));

@@ -28,44 +28,26 @@ public static class HuggingFaceCheckpoint
         if (!File.Exists(configPath))
             throw new FileNotFoundException($"Model directory '{directory}' has no config.json ('{configPath}' is missing).", configPath);
         var config = CausalLMConfig.Load(configPath);
-        var tensors = Safetensors.LoadDirectory(directory);
-        try
-        {
-            return Build(config, tensors, dtype, device, directory);
-        }
-        finally
-        {
-            foreach (var t in tensors.Values) t.Dispose();
-        }
-    }
-
-    /// <summary>Builds a model of <paramref name="config"/> from named tensors (Hugging Face names); the tensors stay the caller's.</summary>
-    internal static CausalLM Build(CausalLMConfig config, IReadOnlyDictionary<string, Tensor> tensors, ScalarType dtype, Device? device, string sourceForErrors)
-    {
+        // Names and shapes from the safetensors headers only: the configuration is checked against them before anything is
+        // allocated (a config.json that does not belong to the weights fails here, in milliseconds), then every parameter of the
+        // built model against its header entry, and only then is tensor data read.
+        var header = Safetensors.ReadDirectoryHeaders(directory);
+        CausalLMConfigLimits.CheckAgainstWeights(config, header.Select(kv => (kv.Key, kv.Value.Entry.Shape)), configPath, directory);
         var model = CausalLM.CreateCore(config, dtype, device, initialize: false);
         try
         {
-            var used = new HashSet<string>(StringComparer.Ordinal);
-            using (torch.no_grad())
+            var files = header.Values.Select(h => h.File).Distinct().ToList();
+            string weightsSource = files.Count == 1 ? files[0] : directory;
+            var sources = MatchTensors(model, header.ToDictionary(kv => kv.Key, kv => kv.Value.Entry.Shape, StringComparer.Ordinal), weightsSource, configPath);
+            var tensors = Safetensors.LoadDirectory(directory);
+            try
             {
-                foreach (var (name, p) in model.named_parameters())
-                {
-                    string? key = tensors.ContainsKey(name) ? name
-                        : config.IsGpt2 && name.StartsWith("transformer.", StringComparison.Ordinal) && tensors.ContainsKey(name["transformer.".Length..])
-                            ? name["transformer.".Length..]      // original OpenAI gpt2 checkpoints omit the prefix
-                            : null;
-                    if (key is null)
-                        throw new InvalidDataException($"Checkpoint '{sourceForErrors}' lacks tensor '{name}' (expected shape [{string.Join(", ", p.shape)}]).");
-                    var src = tensors[key];
-                    if (!src.shape.SequenceEqual(p.shape))
-                        throw new InvalidDataException($"Checkpoint '{sourceForErrors}': tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}].");
-                    p.copy_(src);
-                    used.Add(key);
-                }
+                Copy(model, sources, tensors);
             }
-            var unexpected = tensors.Keys.Where(k => !used.Contains(k) && !IsIgnorable(k, config)).OrderBy(k => k, StringComparer.Ordinal).ToList();
-            if (unexpected.Count > 0)
-                throw new InvalidDataException($"Checkpoint '{sourceForErrors}' has {unexpected.Count} tensor(s) this {config.ModelType} model does not use: {string.Join(", ", unexpected.Take(10))}{(unexpected.Count > 10 ? ", …" : "")}.");
+            finally
+            {
+                foreach (var t in tensors.Values) t.Dispose();
+            }
             return model;
         }
         catch
@@ -73,6 +55,61 @@ public static class HuggingFaceCheckpoint
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Builds a model of <paramref name="config"/> from named tensors (Hugging Face names); the tensors stay the caller's.</summary>
+    internal static CausalLM Build(CausalLMConfig config, IReadOnlyDictionary<string, Tensor> tensors, ScalarType dtype, Device? device, string sourceForErrors)
+    {
+        config.Validate(sourceForErrors);
+        CausalLMConfigLimits.CheckAgainstWeights(config, tensors.Select(kv => (kv.Key, kv.Value.shape)), sourceForErrors, sourceForErrors);
+        var model = CausalLM.CreateCore(config, dtype, device, initialize: false);
+        try
+        {
+            var sources = MatchTensors(model, tensors.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal), sourceForErrors, sourceForErrors);
+            Copy(model, sources, tensors);
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The checkpoint tensor that fills each parameter of <paramref name="model"/>, matched by name and shape only (no data is needed):
+    /// every parameter must be present with its exact shape, and every other tensor must be a known ignorable one.
+    /// </summary>
+    /// <exception cref="InvalidDataException">A tensor is missing, mis-shaped (both shapes named) or unexpected.</exception>
+    static Dictionary<string, string> MatchTensors(CausalLM model, IReadOnlyDictionary<string, long[]> shapes, string sourceForErrors, string configSource)
+    {
+        string by = configSource == sourceForErrors ? "" : $" (by '{configSource}')";
+        var config = model.Config;
+        var sources = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, p) in model.named_parameters())
+        {
+            string? key = shapes.ContainsKey(name) ? name
+                : config.IsGpt2 && name.StartsWith("transformer.", StringComparison.Ordinal) && shapes.ContainsKey(name["transformer.".Length..])
+                    ? name["transformer.".Length..]      // original OpenAI gpt2 checkpoints omit the prefix
+                    : null;
+            if (key is null)
+                throw new InvalidDataException($"Checkpoint '{sourceForErrors}' lacks tensor '{name}' (expected shape [{string.Join(", ", p.shape)}]{by}).");
+            if (!shapes[key].SequenceEqual(p.shape))
+                throw new InvalidDataException($"Checkpoint '{sourceForErrors}': tensor '{name}' has shape [{string.Join(", ", shapes[key])}] but the model expects [{string.Join(", ", p.shape)}]{by}.");
+            sources[name] = key;
+        }
+        var used = sources.Values.ToHashSet(StringComparer.Ordinal);
+        var unexpected = shapes.Keys.Where(k => !used.Contains(k) && !IsIgnorable(k, config)).OrderBy(k => k, StringComparer.Ordinal).ToList();
+        if (unexpected.Count > 0)
+            throw new InvalidDataException($"Checkpoint '{sourceForErrors}' has {unexpected.Count} tensor(s) this {config.ModelType} model{by} does not use: {string.Join(", ", unexpected.Take(10))}{(unexpected.Count > 10 ? ", …" : "")}.");
+        return sources;
+    }
+
+    static void Copy(CausalLM model, Dictionary<string, string> sources, IReadOnlyDictionary<string, Tensor> tensors)
+    {
+        using var noGrad = torch.no_grad();
+        foreach (var (name, p) in model.named_parameters())
+            p.copy_(tensors[sources[name]]);
     }
 
     static bool IsIgnorable(string name, CausalLMConfig config) =>

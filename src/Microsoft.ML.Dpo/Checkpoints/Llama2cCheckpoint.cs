@@ -28,7 +28,7 @@ public static class Llama2cCheckpoint
         var h = MemoryMarshal.Cast<byte, int>(bytes.AsSpan(0, 28)).ToArray();
         int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kvHeads = h[4], vocabSigned = h[5], seqLen = h[6];
         bool shared = vocabSigned > 0;
-        int vocab = Math.Abs(vocabSigned);
+        int vocab = vocabSigned == int.MinValue ? 0 : Math.Abs(vocabSigned);
         if (dim <= 0 || hidden <= 0 || layers <= 0 || heads <= 0 || kvHeads <= 0 || vocab == 0 || seqLen <= 0 || dim % heads != 0 || heads % kvHeads != 0)
             throw new InvalidDataException($"llama2.c checkpoint '{binPath}' has an invalid header: dim={dim}, hidden_dim={hidden}, n_layers={layers}, n_heads={heads}, n_kv_heads={kvHeads}, vocab_size={vocabSigned}, seq_len={seqLen}.");
         int headSize = dim / heads, kvDim = kvHeads * headSize;
@@ -51,8 +51,9 @@ public static class Llama2cCheckpoint
             ("freq_cis_imag", new long[] { seqLen, headSize / 2 }),
         };
         if (!shared) layout.Add(("wcls", new long[] { vocab, dim }));
-        long floats = layout.Sum(e => e.Shape.Aggregate(1L, (a, d) => a * d));
-        long expectedBytes = 28 + 4 * floats;
+        // Header ints multiply to at most 2^93: saturate instead of wrapping, so a corrupt header cannot match the file length.
+        long floats = layout.Aggregate(0L, (sum, e) => Saturating(sum, e.Shape.Aggregate(1L, (a, d) => d != 0 && a > long.MaxValue / d ? long.MaxValue : a * d)));
+        long expectedBytes = floats > (long.MaxValue - 28) / 4 ? long.MaxValue : 28 + 4 * floats;
         if (bytes.Length != expectedBytes)
             throw new InvalidDataException(
                 $"llama2.c checkpoint '{binPath}' is {bytes.Length} bytes but its header (dim={dim}, hidden_dim={hidden}, n_layers={layers}, n_heads={heads}, n_kv_heads={kvHeads}, vocab_size={vocabSigned}, seq_len={seqLen}) implies {expectedBytes}.");
@@ -103,6 +104,8 @@ public static class Llama2cCheckpoint
         }
         return HuggingFaceCheckpoint.Build(config, hf, dtype, device, binPath);
     }
+
+    static long Saturating(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
 
     /// <summary>
     /// Rows of a q or k projection <c>[heads·D, in]</c>, reordered from interleaved rotary pairs (x0,x1),(x2,x3)… to the

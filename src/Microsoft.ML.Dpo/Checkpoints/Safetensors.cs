@@ -47,48 +47,94 @@ public static class Safetensors
         ulong headerLength = BitConverter.ToUInt64(lenBytes);   // little-endian hosts only (checked on load)
         if (headerLength > (ulong)(fileLength - 8))
             throw new InvalidDataException($"Safetensors file '{path}' is truncated or corrupt: header length {headerLength} runs past the end of the file ({fileLength} bytes).");
+        if (headerLength > MaxHeaderBytes)
+            throw new InvalidDataException($"Safetensors file '{path}': the header is {headerLength} bytes, more than the format's limit of {MaxHeaderBytes}.");
         var headerBytes = new byte[headerLength];
         f.ReadExactly(headerBytes);
         dataStart = 8 + (long)headerLength;
         long dataLength = fileLength - dataStart;
 
-        JsonObject header;
+        JsonDocument document;
         try
         {
-            header = JsonNode.Parse(headerBytes) as JsonObject ?? throw new InvalidDataException($"Safetensors file '{path}': the header is not a JSON object.");
+            document = JsonDocument.Parse(headerBytes);
+            Runtime.JsonText.ReadAllStrings(document.RootElement);
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"Safetensors file '{path}': the header is not valid JSON: {e.Message}", e);
+            throw new InvalidDataException($"Safetensors file '{path}': the header is not valid JSON: {OneLine(e.Message)}", e);
         }
-
-        var entries = new List<Entry>();
-        foreach (var (name, node) in header)
+        catch (InvalidOperationException e)
         {
-            if (name == "__metadata__") continue;
-            try
-            {
-                var o = (JsonObject)node!;
-                string dtype = o["dtype"]!.GetValue<string>();
-                long[] shape = o["shape"]!.AsArray().Select(n => n!.GetValue<long>()).ToArray();
-                var offsets = o["data_offsets"]!.AsArray();
-                long begin = offsets[0]!.GetValue<long>(), end = offsets[1]!.GetValue<long>();
-                int elementSize = ElementSize(dtype)
-                    ?? throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' has unsupported dtype \"{dtype}\" (supported: F32, F16, BF16).");
-                if (begin < 0 || end < begin || end > dataLength)
-                    throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' data_offsets [{begin}, {end}] lie outside the data section ({dataLength} bytes); the file is truncated or corrupt.");
-                long expected = shape.Aggregate(1L, (a, d) => a * d) * elementSize;
-                if (end - begin != expected)
-                    throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' holds {end - begin} bytes but {dtype} [{string.Join(", ", shape)}] needs {expected}.");
-                entries.Add(new Entry(name, dtype, shape, begin, end));
-            }
-            catch (Exception e) when (e is InvalidOperationException or NullReferenceException or InvalidCastException or FormatException or ArgumentOutOfRangeException)
-            {
-                throw new InvalidDataException($"Safetensors file '{path}': the header entry of tensor '{name}' is malformed (needs dtype, shape, data_offsets).", e);
-            }
+            throw new InvalidDataException($"Safetensors file '{path}': the header holds a name or string that is not valid text ({OneLine(e.Message)}).", e);
         }
-        return entries;
+        using (document)
+        {
+            var header = document.RootElement;
+            if (header.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"Safetensors file '{path}': the header is not a JSON object.");
+            var entries = new List<Entry>();
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var property in header.EnumerateObject())
+            {
+                string name = property.Name;
+                if (!names.Add(name))
+                    throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' appears twice in the header.");
+                if (name == "__metadata__") continue;
+                entries.Add(ReadEntry(path, name, property.Value, dataLength));
+            }
+            return entries;
+        }
     }
+
+    /// <summary>The largest header the format allows (100 MB, as the reference implementation).</summary>
+    const ulong MaxHeaderBytes = 100_000_000;
+
+    /// <summary>One header entry, every number range-checked with checked arithmetic before anything is allocated.</summary>
+    static Entry ReadEntry(string path, string name, JsonElement o, long dataLength)
+    {
+        InvalidDataException Malformed(string what) =>
+            new($"Safetensors file '{path}': the header entry of tensor '{name}' is malformed: {what} (needs dtype, shape, data_offsets).");
+        if (o.ValueKind != JsonValueKind.Object) throw Malformed("not an object");
+        if (!o.TryGetProperty("dtype", out var dtypeElement) || dtypeElement.ValueKind != JsonValueKind.String) throw Malformed("\"dtype\" is missing or not a string");
+        string dtype = dtypeElement.GetString()!;
+        int elementSize = ElementSize(dtype)
+            ?? throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' has unsupported dtype \"{dtype}\" (supported: F32, F16, BF16).");
+        if (!o.TryGetProperty("shape", out var shapeElement) || shapeElement.ValueKind != JsonValueKind.Array) throw Malformed("\"shape\" is missing or not a list");
+        var shape = new long[shapeElement.GetArrayLength()];
+        int i = 0;
+        foreach (var d in shapeElement.EnumerateArray())
+        {
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long dim) || dim < 0)
+                throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' has shape {shapeElement.GetRawText()}; dimensions must be non-negative integers.");
+            shape[i++] = dim;
+        }
+        if (!o.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2
+            || !offsets[0].TryGetInt64Strict(out long begin) || !offsets[1].TryGetInt64Strict(out long end))
+            throw Malformed("\"data_offsets\" must be a list of two integers");
+        if (begin < 0 || end < begin || end > dataLength)
+            throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' data_offsets [{begin}, {end}] lie outside the data section ({dataLength} bytes); the file is truncated or corrupt.");
+        long expected;
+        try
+        {
+            expected = checked(shape.Aggregate(1L, (a, d) => checked(a * d)) * elementSize);
+        }
+        catch (OverflowException)
+        {
+            throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' has shape [{string.Join(", ", shape)}], whose size overflows 64 bits; the file is corrupt.");
+        }
+        if (end - begin != expected)
+            throw new InvalidDataException($"Safetensors file '{path}': tensor '{name}' holds {end - begin} bytes but {dtype} [{string.Join(", ", shape)}] needs {expected}.");
+        return new Entry(name, dtype, shape, begin, end);
+    }
+
+    static bool TryGetInt64Strict(this JsonElement e, out long value)
+    {
+        value = 0;
+        return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out value);
+    }
+
+    static string OneLine(string message) => message.ReplaceLineEndings(" ");
 
     static int? ElementSize(string dtype) => dtype switch
     {
@@ -206,41 +252,21 @@ public static class Safetensors
     /// <c>model.safetensors.index.json</c>. Tensors are converted to <paramref name="dtype"/> when given; the caller owns them.
     /// </summary>
     /// <exception cref="FileNotFoundException">Neither file exists, or a listed shard is missing.</exception>
-    /// <exception cref="InvalidDataException">A file is malformed (see <see cref="ReadHeader(string)"/>) or a tensor appears in two shards.</exception>
+    /// <exception cref="InvalidDataException">A file is malformed (see <see cref="ReadHeader(string)"/>), a shard lies outside the folder, or a tensor appears in two shards.</exception>
     public static Dictionary<string, Tensor> LoadDirectory(string directory, ScalarType? dtype = null)
     {
-        string single = Path.Combine(directory, SingleFileName);
-        string index = Path.Combine(directory, IndexFileName);
-        if (File.Exists(single)) return Load(single, dtype);
-        if (!File.Exists(index))
-            throw new FileNotFoundException($"No weights in '{directory}': neither '{SingleFileName}' nor '{IndexFileName}' exists.", single);
-
-        List<string> shards;
-        try
-        {
-            var weightMap = (JsonNode.Parse(File.ReadAllText(index))?["weight_map"] as JsonObject)
-                ?? throw new InvalidDataException($"Safetensors index '{index}' has no \"weight_map\" object.");
-            shards = weightMap.Select(kv => kv.Value!.GetValue<string>()).Distinct().ToList();
-        }
-        catch (Exception e) when (e is JsonException or InvalidOperationException)
-        {
-            throw new InvalidDataException($"Safetensors index '{index}' is malformed: {e.Message}", e);
-        }
-
+        var files = WeightFiles(directory);
         var all = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         try
         {
-            foreach (var shard in shards)
+            foreach (var file in files)
             {
-                string shardPath = Path.Combine(directory, shard);
-                if (!File.Exists(shardPath))
-                    throw new FileNotFoundException($"Shard '{shardPath}' listed in '{index}' does not exist.", shardPath);
-                foreach (var (name, t) in Load(shardPath, dtype))
+                foreach (var (name, t) in Load(file, dtype))
                 {
                     if (!all.TryAdd(name, t))
                     {
                         t.Dispose();
-                        throw new InvalidDataException($"Tensor '{name}' appears in more than one shard of '{directory}' (again in '{shardPath}').");
+                        throw new InvalidDataException($"Tensor '{name}' appears in more than one shard of '{directory}' (again in '{file}').");
                     }
                 }
             }
@@ -251,5 +277,71 @@ public static class Safetensors
             foreach (var t in all.Values) t.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The header entries of every tensor of the checkpoint in <paramref name="directory"/> (as <see cref="LoadDirectory"/> reads it),
+    /// by name, with the file each is in; no tensor data is read.
+    /// </summary>
+    /// <exception cref="FileNotFoundException">Neither weights file exists, or a listed shard is missing.</exception>
+    /// <exception cref="InvalidDataException">A header is malformed, a shard lies outside the folder, or a tensor appears in two shards.</exception>
+    public static IReadOnlyDictionary<string, (string File, Entry Entry)> ReadDirectoryHeaders(string directory)
+    {
+        var all = new Dictionary<string, (string, Entry)>(StringComparer.Ordinal);
+        foreach (var file in WeightFiles(directory))
+            foreach (var e in ReadHeader(file))
+                if (!all.TryAdd(e.Name, (file, e)))
+                    throw new InvalidDataException($"Tensor '{e.Name}' appears in more than one shard of '{directory}' (again in '{file}').");
+        return all;
+    }
+
+    /// <summary>
+    /// The weight files of <paramref name="directory"/>: <c>model.safetensors</c>, or the distinct shards of the index, each of which
+    /// must be a plain relative file name inside the folder (no absolute path, no <c>..</c>, no device).
+    /// </summary>
+    static List<string> WeightFiles(string directory)
+    {
+        string single = Path.Combine(directory, SingleFileName);
+        string index = Path.Combine(directory, IndexFileName);
+        if (File.Exists(single)) return [single];
+        if (!File.Exists(index))
+            throw new FileNotFoundException($"No weights in '{directory}': neither '{SingleFileName}' nor '{IndexFileName}' exists.", single);
+
+        var shards = new List<string>();
+        try
+        {
+            using var document = JsonDocument.Parse(File.ReadAllBytes(index));
+            Runtime.JsonText.ReadAllStrings(document.RootElement);
+            if (document.RootElement.ValueKind != JsonValueKind.Object
+                || !document.RootElement.TryGetProperty("weight_map", out var weightMap) || weightMap.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"Safetensors index '{index}' has no \"weight_map\" object.");
+            foreach (var entry in weightMap.EnumerateObject())
+            {
+                if (entry.Value.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"Safetensors index '{index}': the shard of tensor '{entry.Name}' must be a file name, got {entry.Value.GetRawText()}.");
+                string shard = entry.Value.GetString()!;
+                if (!shards.Contains(shard, StringComparer.Ordinal)) shards.Add(shard);
+            }
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        {
+            throw new InvalidDataException($"Safetensors index '{index}' is malformed: {OneLine(e.Message)}", e);
+        }
+
+        string root = Path.GetFullPath(directory);
+        var files = new List<string>(shards.Count);
+        foreach (var shard in shards)
+        {
+            string full = Path.GetFullPath(Path.Combine(root, shard));
+            bool inside = shard.Length > 0 && !Path.IsPathRooted(shard) && shard.IndexOf('\0') < 0
+                && full.StartsWith(root.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
+            if (!inside)
+                throw new InvalidDataException($"Safetensors index '{index}' names the shard '{shard}', which is not a file inside the model folder; shards must be relative names inside '{directory}'.");
+            string path = Path.Combine(directory, shard);
+            if (!File.Exists(path))
+                throw new FileNotFoundException($"Shard '{path}' listed in '{index}' does not exist.", path);
+            files.Add(path);
+        }
+        return files;
     }
 }

@@ -63,29 +63,104 @@ internal static class DataRecords
         return false;
     }
 
+    /// <summary>
+    /// The records of a JSON Lines file, read as bytes line by line (lines end at '\n'; a trailing '\r' and a UTF-8 byte order mark are
+    /// dropped). A line that is not valid UTF-8 is a malformed record naming the byte offset in the file, never silently replaced by U+FFFD.
+    /// </summary>
     static IEnumerable<SourceRecord> ReadJsonLines(string path)
     {
-        using var reader = new StreamReader(path, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);
         long number = 0;
-        string? line;
-        while ((line = reader.ReadLine()) is not null)
+        foreach (var (offset, bytes) in Lines(path))
         {
             number++;
-            if (string.IsNullOrWhiteSpace(line)) continue;
-            JsonElement value;
+            var line = bytes.AsMemory();
+            if (number == 1 && line.Span.StartsWith(Utf8Bom)) { line = line[Utf8Bom.Length..]; }
+            long lineStart = offset + (bytes.Length - line.Length);
+            if (IsBlank(line.Span)) continue;
+            JsonElement value = default;
             RecordException? error = null;
-            try
+            int invalid = InvalidUtf8At(line.Span);
+            if (invalid >= 0)
             {
-                using var document = JsonDocument.Parse(line);
-                value = document.RootElement.Clone();
+                error = new RecordException(null, "invalid UTF-8 (the file must be UTF-8)",
+                    string.Create(CultureInfo.InvariantCulture, $"byte 0x{line.Span[invalid]:X2} at byte offset {lineStart + invalid} of the file"));
             }
-            catch (JsonException e)
+            else
             {
-                value = default;
-                error = new RecordException(null, "invalid JSON", e.Message);
+                try
+                {
+                    using var document = JsonDocument.Parse(line);
+                    Runtime.JsonText.ReadAllStrings(document.RootElement);
+                    value = document.RootElement.Clone();
+                }
+                catch (JsonException e)
+                {
+                    error = new RecordException(null, "invalid JSON", e.Message.ReplaceLineEndings(" "));
+                }
+                catch (InvalidOperationException e)
+                {
+                    error = new RecordException(null, "invalid JSON", "a name or string is not valid text: " + e.Message.ReplaceLineEndings(" "));
+                }
             }
             yield return new SourceRecord(number, value, error);
         }
+    }
+
+    static ReadOnlySpan<byte> Utf8Bom => [0xEF, 0xBB, 0xBF];
+
+    static bool IsBlank(ReadOnlySpan<byte> line)
+    {
+        foreach (byte b in line)
+            if (b is not ((byte)' ' or (byte)'\t' or (byte)'\r' or (byte)'\n' or 0x0B or 0x0C)) return false;
+        return true;
+    }
+
+    /// <summary>The index of the first byte of <paramref name="bytes"/> that is not part of valid UTF-8, or -1.</summary>
+    internal static int InvalidUtf8At(ReadOnlySpan<byte> bytes)
+    {
+        if (System.Text.Unicode.Utf8.IsValid(bytes)) return -1;
+        int at = 0;
+        while (at < bytes.Length)
+        {
+            if (Rune.DecodeFromUtf8(bytes[at..], out _, out int consumed) != System.Buffers.OperationStatus.Done) return at;
+            at += consumed;
+        }
+        return -1;
+    }
+
+    /// <summary>The lines of a file as bytes with the byte offset of each line's start; '\n' ends a line and a '\r' before it is dropped.</summary>
+    static IEnumerable<(long Offset, byte[] Bytes)> Lines(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1);
+        var chunk = new byte[1 << 16];
+        var line = new MemoryStream();
+        long position = 0, lineStart = 0;
+        int read;
+        while ((read = stream.Read(chunk, 0, chunk.Length)) > 0)
+        {
+            int from = 0;
+            for (int i = 0; i < read; i++)
+            {
+                if (chunk[i] != (byte)'\n') continue;
+                line.Write(chunk, from, i - from);
+                yield return (lineStart, TakeLine(line));
+                from = i + 1;
+                lineStart = position + from;
+            }
+            line.Write(chunk, from, read - from);
+            position += read;
+        }
+        if (line.Length > 0) yield return (lineStart, TakeLine(line));
+    }
+
+    static byte[] TakeLine(MemoryStream line)
+    {
+        int length = (int)line.Length;
+        var buffer = line.GetBuffer();
+        if (length > 0 && buffer[length - 1] == (byte)'\r') length--;
+        var bytes = buffer.AsSpan(0, length).ToArray();
+        line.SetLength(0);
+        return bytes;
     }
 
     static IEnumerable<SourceRecord> ReadJsonArray(string path)
@@ -94,19 +169,24 @@ internal static class DataRecords
         using (var stream = File.OpenRead(path))
         {
             try { document = JsonDocument.Parse(stream); }
-            catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON array (line {e.LineNumber + 1}): {e.Message}", e); }
+            catch (JsonException e) { throw new InvalidDataException($"{path}: invalid JSON array (line {e.LineNumber + 1}): {e.Message.ReplaceLineEndings(" ")}", e); }
         }
         using (document)
         {
             long number = 0;
             foreach (var element in document.RootElement.EnumerateArray())
-                yield return new SourceRecord(++number, element.Clone(), null);
+            {
+                RecordException? error = null;
+                try { Runtime.JsonText.ReadAllStrings(element); }
+                catch (InvalidOperationException e) { error = new RecordException(null, "invalid JSON", "a name or string is not valid text: " + e.Message.ReplaceLineEndings(" ")); }
+                yield return new SourceRecord(++number, error is null ? element.Clone() : default, error);
+            }
         }
     }
 
     static IEnumerable<SourceRecord> ReadParquet(string path)
     {
-        int groups = Sync(async () =>
+        int groups = ReadParquetPart(path, "its footer", async () =>
         {
             using var stream = File.OpenRead(path);
             await using var reader = await ParquetReader.CreateAsync(stream).ConfigureAwait(false);
@@ -116,7 +196,7 @@ internal static class DataRecords
         for (int g = 0; g < groups; g++)
         {
             int group = g;
-            var rows = Sync(async () =>
+            var rows = ReadParquetPart(path, $"row group {group + 1} of {groups}", async () =>
             {
                 using var stream = File.OpenRead(path);
                 return (await ParquetSerializer.DeserializeUntypedAsync(stream, null, group).ConfigureAwait(false)).Data;
@@ -139,6 +219,22 @@ internal static class DataRecords
 
     // Parquet.Net is asynchronous only; run it off any synchronization context so a synchronous caller cannot deadlock.
     static T Sync<T>(Func<Task<T>> work) => Task.Run(work).GetAwaiter().GetResult();
+
+    /// <summary>
+    /// Runs a Parquet.Net read; whatever it throws on a file that is not Parquet, truncated or corrupt (its exception types vary:
+    /// IO, format, argument, index errors) becomes one <see cref="InvalidDataException"/> naming the file and the part read.
+    /// </summary>
+    static T ReadParquetPart<T>(string path, string part, Func<Task<T>> work)
+    {
+        try
+        {
+            return Sync(work);
+        }
+        catch (Exception e) when (e is not (OutOfMemoryException or OperationCanceledException or FileNotFoundException or UnauthorizedAccessException))
+        {
+            throw new InvalidDataException($"{path}: not a readable Parquet file (reading {part}): {e.Message.ReplaceLineEndings(" ")}", e);
+        }
+    }
 
     /// <summary>Converts an untyped Parquet value (structs as dictionaries, lists, maps, scalars) to JSON.</summary>
     internal static JsonNode? ToNode(object? value)

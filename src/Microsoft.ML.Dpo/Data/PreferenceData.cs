@@ -4,13 +4,13 @@ namespace Microsoft.ML.Dpo.Data;
 /// <param name="Prompt">The prompt (already rendered with a chat template when the data was conversational).</param>
 /// <param name="Chosen">The preferred completion.</param>
 /// <param name="Rejected">The dispreferred completion.</param>
-/// <param name="Row">The row index in the source data, for error messages.</param>
+/// <param name="Row">The record's 1-based line or row number in its source file, or its 1-based row in the data view, for error messages.</param>
 public sealed record PreferencePair(string Prompt, string Chosen, string Rejected, long Row = -1);
 
 /// <summary>One supervised example: a prompt and the completion to learn.</summary>
 /// <param name="Prompt">The prompt.</param>
 /// <param name="Completion">The target completion.</param>
-/// <param name="Row">The row index in the source data, for error messages.</param>
+/// <param name="Row">The record's 1-based line or row number in its source file, or its 1-based row in the data view, for error messages.</param>
 public sealed record CompletionExample(string Prompt, string Completion, long Row = -1);
 
 /// <summary>What data preparation skipped or changed, reported after reading and tokenizing a data set.</summary>
@@ -94,7 +94,7 @@ public static class ExampleReader
             catch (Exception e) when (e is System.Text.Json.JsonException or RecordException or ArgumentException)
             {
                 if (!skipInvalidRows)
-                    throw new InvalidDataException($"Row {row}: the conversation in column '{messagesColumn}' is malformed: {e.Message} Fix the data, or set SkipInvalidRows to skip such rows.", e);
+                    throw new InvalidDataException($"Row {row} of the input data (1-based): the conversation in column '{messagesColumn}' is malformed: {e.Message.ReplaceLineEndings(" ")} Fix the data, or set SkipInvalidRows to skip such rows.", e);
                 report.InvalidRowsSkipped++;
             }
         }
@@ -107,7 +107,7 @@ public static class ExampleReader
         {
             if (!string.IsNullOrEmpty(values[i])) continue;
             if (skip) return false;
-            throw new InvalidDataException($"Row {row}: the value of column '{columns[i].Name}' is empty. Fix the data, or set SkipInvalidRows to skip such rows.");
+            throw new InvalidDataException($"Row {row} of the input data (1-based): the value of column '{columns[i].Name}' is empty. Fix the data, or set SkipInvalidRows to skip such rows.");
         }
         return true;
     }

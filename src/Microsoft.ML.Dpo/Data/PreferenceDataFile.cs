@@ -29,7 +29,7 @@ public static class PreferenceDataFile
         Read(path, options, report, options.Layout, RecordLayouts.DetectPreference, layout => report.PreferenceLayout = layout, (record, row, layout) =>
         {
             if (layout == PreferenceLayout.ScoredCompletions) (scored ??= new()).Add(RecordLayouts.ReadScored(record, row));
-            else pairs.Add(RecordLayouts.ReadPair(record, row, layout, options));
+            else pairs.Add(NonEmpty(RecordLayouts.ReadPair(record, row, layout, options)));
         });
         if (scored is not null)
         {
@@ -79,7 +79,7 @@ public static class PreferenceDataFile
         report ??= new DataLoadReport();
         var examples = new List<CompletionExample>();
         Read(path, options, report, options.Layout, RecordLayouts.DetectCompletion, layout => report.CompletionLayout = layout,
-            (record, row, layout) => examples.Add(RecordLayouts.ReadCompletion(record, row, layout, options)));
+            (record, row, layout) => examples.Add(NonEmpty(RecordLayouts.ReadCompletion(record, row, layout, options))));
         report.ExamplesProduced = examples.Count;
         return examples;
     }
@@ -126,6 +126,27 @@ public static class PreferenceDataFile
             if (File.Exists(temp)) File.Delete(temp);
         }
         return count;
+    }
+
+    // The trainers refuse empty texts; refusing them here names the file and line (the trainers only know the data view's row).
+    static PreferencePair NonEmpty(PreferencePair p)
+    {
+        RequireText(p.Prompt, StandardColumns.Prompt);
+        RequireText(p.Chosen, StandardColumns.Chosen);
+        RequireText(p.Rejected, StandardColumns.Rejected);
+        return p;
+    }
+
+    static CompletionExample NonEmpty(CompletionExample e)
+    {
+        RequireText(e.Prompt, StandardColumns.Prompt);
+        RequireText(e.Completion, StandardColumns.Completion);
+        return e;
+    }
+
+    static void RequireText(string value, string field)
+    {
+        if (string.IsNullOrEmpty(value)) throw new RecordException(field, "empty");
     }
 
     /// <summary>

@@ -37,13 +37,13 @@ internal static class TextColumns
         }
     }
 
-    /// <summary>Reads the given text columns row by row; yields the row index and the values (null for missing values).</summary>
+    /// <summary>Reads the given text columns row by row; yields the 1-based row number and the values (null for missing values).</summary>
     public static IEnumerable<(long Row, string[] Values)> Read(IDataView data, DataViewSchema.Column[] columns, CancellationToken cancellation = default)
     {
         using var cursor = data.GetRowCursor(columns);
         var getters = columns.Select(c => cursor.GetGetter<ReadOnlyMemory<char>>(c)).ToArray();
         ReadOnlyMemory<char> value = default;
-        long row = 0;
+        long row = 1;
         while (cursor.MoveNext())
         {
             cancellation.ThrowIfCancellationRequested();

@@ -125,6 +125,7 @@ public sealed class LoraAdapters
         if (network.modules().Any(m => m is LoraLinear))
             throw new InvalidOperationException("This network already has LoRA adapters.");
         var targets = ResolveTargets(network, options.TargetModules);
+        CheckAdapterSize(network, targets, options.Rank);
         var previouslyTrainable = network.parameters().Where(p => p.requires_grad).ToList();
         var modules = new Dictionary<string, LoraLinear>(StringComparer.Ordinal);
         var generator = new Generator((ulong)(uint)options.Seed);
@@ -191,6 +192,69 @@ public sealed class LoraAdapters
 
     static string? ShortName(string slot) => slot.EndsWith("_proj", StringComparison.Ordinal) ? slot[..^"_proj".Length] : null;
 
+    /// <summary>The (in, out) features of the projection <paramref name="name"/>, from its weight's shape (GPT-2 Conv1D: <c>[in, out]</c>).</summary>
+    static (long In, long Out) Features(CausalLM network, string name)
+    {
+        var projection = network.GetProjection(name);
+        var weight = projection.named_parameters().FirstOrDefault(p => p.name == "weight").parameter
+            ?? throw new ArgumentException($"The projection '{name}' has no 'weight' parameter.");
+        return projection is Conv1D ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0]);
+    }
+
+    /// <summary>
+    /// Refuses, before anything is allocated, adapters with more parameters than the network itself (a rank far beyond any
+    /// projection's size, e.g. a corrupt <c>r</c>): r × (in + out) summed over the targets.
+    /// </summary>
+    static void CheckAdapterSize(CausalLM network, IReadOnlyList<string> targets, int rank)
+    {
+        long adapter = 0, model = network.parameters().Sum(p => p.numel());
+        foreach (string name in targets)
+        {
+            var (inFeatures, outFeatures) = Features(network, name);
+            adapter = adapter > long.MaxValue / 2 ? long.MaxValue : adapter + (long)rank * (inFeatures + outFeatures);
+        }
+        if (adapter > model)
+            throw new ArgumentOutOfRangeException(nameof(rank), rank,
+                $"LoRA rank {rank} on {targets.Count} projection(s) would create {adapter:N0} adapter parameters, more than the model's {model:N0}; use a rank below the projections' sizes.");
+    }
+
+    /// <summary>
+    /// Checks the names and shapes in the adapter file's header against the adapters <paramref name="targets"/> at rank
+    /// <paramref name="rank"/> would have — without reading tensor data or allocating the adapters.
+    /// </summary>
+    static void CheckAdapterHeader(CausalLM network, IReadOnlyList<string> targets, int rank, string file, string configPath)
+    {
+        var header = new Dictionary<string, long[]>(StringComparer.Ordinal);
+        foreach (var e in Safetensors.ReadHeader(file)) header[NormalizeName(e.Name)] = e.Shape;
+        var expected = new Dictionary<string, long[]>(StringComparer.Ordinal);
+        foreach (string name in targets)
+        {
+            var (inFeatures, outFeatures) = Features(network, name);
+            expected[name + ".lora_A.weight"] = [rank, inFeatures];
+            expected[name + ".lora_B.weight"] = [outFeatures, rank];
+        }
+        var unexpected = header.Keys.Except(expected.Keys).OrderBy(k => k, StringComparer.Ordinal).ToList();
+        if (unexpected.Count > 0)
+            throw new InvalidDataException(
+                $"Adapter '{file}' has {unexpected.Count} tensor(s) that match no adapted projection of this model: {string.Join(", ", unexpected.Take(5).Select(u => PeftPrefix + u))}{(unexpected.Count > 5 ? ", …" : "")}.");
+        foreach (var (name, shape) in expected)
+        {
+            if (!header.TryGetValue(name, out var stored))
+                throw new InvalidDataException($"Adapter '{file}' lacks tensor '{PeftPrefix + name}' (expected shape [{string.Join(", ", shape)}]).");
+            if (!stored.SequenceEqual(shape))
+                throw new InvalidDataException(
+                    $"Adapter '{file}': tensor '{PeftPrefix + name}' has shape [{string.Join(", ", stored)}] but rank {rank} (r in '{configPath}') on this base model needs " +
+                    $"[{string.Join(", ", shape)}]; the adapter was made for another base model or rank.");
+        }
+    }
+
+    static string NormalizeName(string key)
+    {
+        string name = key.StartsWith(PeftPrefix, StringComparison.Ordinal) ? key[PeftPrefix.Length..] : key;
+        return name.Replace(".lora_A.default.weight", ".lora_A.weight", StringComparison.Ordinal)
+                   .Replace(".lora_B.default.weight", ".lora_B.weight", StringComparison.Ordinal);
+    }
+
     /// <summary>The <c>target_modules</c> written to <c>adapter_config.json</c>: slot names when they select exactly the adapted set, else qualified names.</summary>
     IReadOnlyList<string> PeftTargetModules()
     {
@@ -249,26 +313,20 @@ public sealed class LoraAdapters
         try
         {
             var byName = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-            foreach (var (key, t) in tensors)
-            {
-                string name = key.StartsWith(PeftPrefix, StringComparison.Ordinal) ? key[PeftPrefix.Length..] : key;
-                name = name.Replace(".lora_A.default.weight", ".lora_A.weight", StringComparison.Ordinal)
-                           .Replace(".lora_B.default.weight", ".lora_B.weight", StringComparison.Ordinal);
-                byName[name] = t;
-            }
+            foreach (var (key, t) in tensors) byName[NormalizeName(key)] = t;
             var expected = NamedParameters;
             var unexpected = byName.Keys.Except(expected.Select(kv => kv.Key)).OrderBy(k => k, StringComparer.Ordinal).ToList();
             if (unexpected.Count > 0)
                 throw new InvalidDataException(
-                    $"Adapter '{directory}' has {unexpected.Count} tensor(s) that match no adapted projection of this model: {string.Join(", ", unexpected.Take(5).Select(u => PeftPrefix + u))}{(unexpected.Count > 5 ? ", …" : "")}.");
+                    $"Adapter '{file}' has {unexpected.Count} tensor(s) that match no adapted projection of this model: {string.Join(", ", unexpected.Take(5).Select(u => PeftPrefix + u))}{(unexpected.Count > 5 ? ", …" : "")}.");
             using var _ = torch.no_grad();
             foreach (var (name, p) in expected)
             {
                 if (!byName.TryGetValue(name, out var src))
-                    throw new InvalidDataException($"Adapter '{directory}' lacks tensor '{PeftPrefix + name}' (expected shape [{string.Join(", ", p.shape)}]).");
+                    throw new InvalidDataException($"Adapter '{file}' lacks tensor '{PeftPrefix + name}' (expected shape [{string.Join(", ", p.shape)}]).");
                 if (!src.shape.SequenceEqual(p.shape))
                     throw new InvalidDataException(
-                        $"Adapter '{directory}': tensor '{PeftPrefix + name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}] " +
+                        $"Adapter '{file}': tensor '{PeftPrefix + name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}] " +
                         $"(rank {Options.Rank}); the adapter was made for another base model or rank.");
                 p.copy_(src);
             }
@@ -293,12 +351,14 @@ public sealed class LoraAdapters
         try
         {
             config = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"'{path}' is not a JSON object.");
+            Runtime.JsonText.ReadAllStrings(config);   // a duplicate key or an invalid string throws here, not later
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or ArgumentException or InvalidOperationException)
         {
-            throw new InvalidDataException($"'{path}' is malformed: {e.Message}", e);
+            string why = e switch { JsonException => e.Message.ReplaceLineEndings(" "), ArgumentException => "a key appears twice", _ => "a name or string is not valid text" };
+            throw new InvalidDataException($"'{path}' is malformed: {why}", e);
         }
-        string? peftType = config["peft_type"]?.GetValue<string>();
+        string? peftType = StringField(config, "peft_type", path);
         if (peftType is not null && !string.Equals(peftType, "LORA", StringComparison.OrdinalIgnoreCase))
             throw new InvalidDataException($"'{path}': peft_type is '{peftType}'; only LORA adapters are supported.");
         void Unsupported(string key, string what)
@@ -312,7 +372,7 @@ public sealed class LoraAdapters
         Unsupported("rank_pattern", "per-module ranks");
         Unsupported("alpha_pattern", "per-module alphas");
         Unsupported("modules_to_save", "fully trained extra modules");
-        string bias = config["bias"]?.GetValue<string>() ?? "none";
+        string bias = StringField(config, "bias", path) ?? "none";
         if (bias != "none") throw new InvalidDataException($"'{path}': bias '{bias}' is not supported (only \"none\").");
         try
         {
@@ -322,18 +382,37 @@ public sealed class LoraAdapters
             List<string>? targets = config["target_modules"] switch
             {
                 null => null,
-                JsonArray a => a.Select(n => n!.GetValue<string>()).ToList(),
+                JsonArray a => a.Select(n => n is JsonValue jv && jv.GetValueKind() == JsonValueKind.String ? jv.GetValue<string>()
+                    : throw new InvalidDataException($"'{path}': target_modules must hold names (strings), found {n?.ToJsonString() ?? "null"}.")).ToList(),
                 JsonValue v => [v.GetValue<string>()],
                 _ => throw new InvalidDataException($"'{path}': target_modules must be a list or a string."),
             };
+            if (rank < 1 || rank > MaxRank)
+                throw new InvalidDataException($"'{path}': r = {rank} is out of range (1 to {MaxRank:N0}).");
+            if (!(alpha > 0) || double.IsInfinity(alpha))
+                throw new InvalidDataException($"'{path}': lora_alpha must be a positive number, got {alpha}.");
+            if (!(dropout >= 0 && dropout < 1))
+                throw new InvalidDataException($"'{path}': lora_dropout must be in [0, 1), got {dropout}.");
+            if (targets is not null && (targets.Count == 0 || targets.Any(string.IsNullOrWhiteSpace)))
+                throw new InvalidDataException($"'{path}': target_modules must be a non-empty list of names.");
             var options = new LoraOptions { Rank = rank, Alpha = alpha, Dropout = dropout, TargetModules = targets };
-            return (options, config["base_model_name_or_path"]?.GetValue<string>());
+            return (options, StringField(config, "base_model_name_or_path", path));
         }
-        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException)
         {
-            throw new InvalidDataException($"'{path}' has a value of the wrong type: {e.Message}", e);
+            throw new InvalidDataException($"'{path}' has a value of the wrong type: {e.Message.ReplaceLineEndings(" ")}", e);
         }
     }
+
+    /// <summary>The largest rank read from an adapter config (far above any published adapter; the header check bounds it further).</summary>
+    const int MaxRank = 1 << 16;
+
+    static string? StringField(JsonObject config, string key, string path) => config[key] switch
+    {
+        null => null,
+        JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
+        var other => throw new InvalidDataException($"'{path}': \"{key}\" must be a string, got {other.ToJsonString()}."),
+    };
 
     /// <summary>
     /// Applies the PEFT adapter in <paramref name="adapterDirectory"/> to <paramref name="baseModel"/> (modifying it in place)
@@ -348,19 +427,30 @@ public sealed class LoraAdapters
         if (targets is { Count: 1 } && IsRegex(targets[0]))
         {
             // PEFT: a string target_modules is a regular expression matched against full module names.
-            var regex = new Regex("^(?:" + targets[0] + ")$", RegexOptions.CultureInvariant);
-            targets = baseModel.Network.ProjectionNames.Where(n => regex.IsMatch(n)).ToList();
-            if (targets.Count == 0) throw new InvalidDataException($"Adapter '{adapterDirectory}': target_modules '{options.TargetModules![0]}' matches no projection of the base model.");
+            try
+            {
+                var regex = new Regex("^(?:" + targets[0] + ")$", RegexOptions.CultureInvariant, TimeSpan.FromSeconds(1));
+                targets = baseModel.Network.ProjectionNames.Where(n => regex.IsMatch(n)).ToList();
+            }
+            catch (Exception e) when (e is ArgumentException or RegexMatchTimeoutException)
+            {
+                throw new InvalidDataException($"Adapter '{Path.Combine(adapterDirectory, ConfigFileName)}': target_modules '{targets[0]}' is not a usable regular expression: {e.Message.ReplaceLineEndings(" ")}", e);
+            }
+            if (targets.Count == 0) throw new InvalidDataException($"Adapter '{Path.Combine(adapterDirectory, ConfigFileName)}': target_modules '{options.TargetModules![0]}' matches no projection of the base model.");
             options.TargetModules = targets;
         }
+        string weightsFile = Path.Combine(adapterDirectory, WeightsFileName);
+        if (!File.Exists(weightsFile)) throw new FileNotFoundException($"Adapter directory '{adapterDirectory}' has no {WeightsFileName}.", weightsFile);
         LoraAdapters adapters;
         try
         {
+            if (baseModel.Lora is null && !baseModel.Network.modules().Any(m => m is LoraLinear))
+                CheckAdapterHeader(baseModel.Network, ResolveTargets(baseModel.Network, targets), options.Rank, weightsFile, Path.Combine(adapterDirectory, ConfigFileName));
             adapters = Apply(baseModel, options);
         }
         catch (ArgumentException e)
         {
-            throw new InvalidDataException($"Adapter '{adapterDirectory}' does not fit this base model: {e.Message}", e);
+            throw new InvalidDataException($"Adapter '{Path.Combine(adapterDirectory, ConfigFileName)}' does not fit this base model: {e.Message.ReplaceLineEndings(" ")}", e);
         }
         try
         {

@@ -105,10 +105,19 @@ public sealed class CausalLMConfig
         {
             root = JsonNode.Parse(json) as JsonObject
                 ?? throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' is not a JSON object.");
+            Runtime.JsonText.ReadAllStrings(root);   // a duplicate key or an invalid string throws here, not later
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' is not valid JSON: {e.Message}", e);
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' is not valid JSON: {e.Message.ReplaceLineEndings(" ")}", e);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' is not valid: a key appears twice.", e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}' holds a name or string that is not valid text ({e.Message.ReplaceLineEndings(" ")}).", e);
         }
 
         var r = new Reader(root, sourceNameForErrors);
@@ -181,6 +190,7 @@ public sealed class CausalLMConfig
         Positive(VocabSize, "vocab_size"); Positive(HiddenSize, "hidden_size"); Positive(IntermediateSize, "intermediate_size");
         Positive(NumHiddenLayers, "num_hidden_layers"); Positive(NumAttentionHeads, "num_attention_heads");
         Positive(NumKeyValueHeads, "num_key_value_heads"); Positive(HeadDim, "head_dim"); Positive(MaxPositionEmbeddings, "max_position_embeddings");
+        CausalLMConfigLimits.CheckRanges(this, sourceNameForErrors);
         if (NumAttentionHeads % NumKeyValueHeads != 0)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': num_attention_heads ({NumAttentionHeads}) is not a multiple of num_key_value_heads ({NumKeyValueHeads}).");
         if (HeadDim % 2 != 0 && !IsGpt2)
@@ -337,7 +347,10 @@ public sealed class RopeScaling
         if (node is null) return null;
         if (node is not JsonObject o)
             throw new InvalidDataException($"Model configuration '{source}': \"rope_scaling\" must be an object or null.");
-        string? type = (o["rope_type"] ?? o["type"])?.GetValue<string>();
+        var typeNode = o["rope_type"] ?? o["type"];
+        if (typeNode is not null && (typeNode is not JsonValue tv || tv.GetValueKind() != JsonValueKind.String))
+            throw new InvalidDataException($"Model configuration '{source}': rope_scaling \"rope_type\" must be a string, got {typeNode.ToJsonString()}.");
+        string? type = typeNode?.GetValue<string>();
         if (type is null or "default") return null;
         if (type != "llama3")
             throw new InvalidDataException($"Model configuration '{source}': rope_scaling type \"{type}\" is not supported (supported: llama3).");
@@ -348,7 +361,8 @@ public sealed class RopeScaling
             Factor = D("factor", 8.0),
             LowFreqFactor = D("low_freq_factor", 1.0),
             HighFreqFactor = D("high_freq_factor", 4.0),
-            OriginalMaxPositionEmbeddings = (int)D("original_max_position_embeddings", 8192),
+            OriginalMaxPositionEmbeddings = D("original_max_position_embeddings", 8192) is var m && m >= 1 && m <= CausalLMConfigLimits.MaxPositions ? (int)m
+                : throw new InvalidDataException($"Model configuration '{source}': rope_scaling original_max_position_embeddings = {m} is out of range (1 to {CausalLMConfigLimits.MaxPositions})."),
         };
     }
 }

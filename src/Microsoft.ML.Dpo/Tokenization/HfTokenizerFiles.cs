@@ -158,10 +158,19 @@ internal sealed class HfTokenizerFiles
         try
         {
             node = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            Runtime.JsonText.ReadAllStrings(node);   // a duplicate key or an invalid string throws here, not later
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e);
+            throw new InvalidDataException($"{path}: not valid JSON ({e.Message.ReplaceLineEndings(" ")})", e);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON (a key appears twice)", e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidDataException($"{path}: a name or string is not valid text ({e.Message.ReplaceLineEndings(" ")})", e);
         }
         return node as JsonObject ?? throw new InvalidDataException($"{path}: expected a JSON object at the top level, found {node?.GetValueKind().ToString() ?? "null"}.");
     }

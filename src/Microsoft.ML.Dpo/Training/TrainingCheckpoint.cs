@@ -92,12 +92,32 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
         string path = Directory.Exists(Path) ? Path : Directory.Exists(previous) ? previous : "";
         if (path.Length == 0) return null;
         string stateFile = System.IO.Path.Combine(path, StateFile);
-        var state = JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(stateFile))
-            ?? throw new InvalidDataException($"Checkpoint state '{stateFile}' is empty.");
+        var state = ReadState(stateFile);
         if (state.Fingerprint != expectedFingerprint)
             throw new InvalidOperationException($"The checkpoint in '{path}' was written by a run with other data or options (fingerprint {state.Fingerprint}, this run {expectedFingerprint}). Use another CheckpointDirectory, or discard it with ExistingCheckpoint = Restart (mldpo: --restart).");
         loadWeights(path);
         optimizer.load_state_dict(System.IO.Path.Combine(path, OptimizerFile));
+        return state;
+    }
+
+    /// <summary>Reads <c>trainer_state.json</c>; a missing, truncated or malformed file is one error naming it.</summary>
+    internal static TrainingState ReadState(string stateFile)
+    {
+        if (!File.Exists(stateFile))
+            throw new FileNotFoundException($"Checkpoint state '{stateFile}' is missing; the checkpoint is incomplete. Delete the checkpoint folder to start afresh.", stateFile);
+        TrainingState? state;
+        try
+        {
+            state = JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(stateFile));
+        }
+        catch (Exception e) when (e is JsonException or NotSupportedException or ArgumentException or InvalidOperationException)
+        {
+            throw new InvalidDataException($"Checkpoint state '{stateFile}' is malformed or truncated ({e.Message.ReplaceLineEndings(" ")}). Delete the checkpoint folder to start afresh.", e);
+        }
+        if (state is null || state.Fingerprint is null)
+            throw new InvalidDataException($"Checkpoint state '{stateFile}' is empty or lacks its fields. Delete the checkpoint folder to start afresh.");
+        if (state.Step < 0 || state.Epoch < 0 || state.NextBatchInEpoch < 0 || state.TotalSteps < 0)
+            throw new InvalidDataException($"Checkpoint state '{stateFile}' has out-of-range values (step {state.Step}, epoch {state.Epoch}, batch {state.NextBatchInEpoch}, total steps {state.TotalSteps}).");
         return state;
     }
 }

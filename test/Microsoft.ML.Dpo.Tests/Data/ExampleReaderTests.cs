@@ -19,7 +19,7 @@ public sealed class ExampleReaderTests
             new Row { Prompt = "q2", Chosen = "same", Rejected = "same" },
             new Row { Prompt = "q3", Chosen = "yes", Rejected = "no" }), "Prompt", "Chosen", "Rejected", false, report);
         CollectionAssert.AreEqual(new[] { "q1", "q3" }, pairs.Select(p => p.Prompt).ToArray());
-        Assert.AreEqual(2L, pairs[1].Row);
+        Assert.AreEqual(3L, pairs[1].Row, "1-based row of the data view");
         Assert.AreEqual(3L, report.RowsRead);
         Assert.AreEqual(1L, report.IdenticalPairsSkipped);
     }
@@ -44,11 +44,11 @@ public sealed class ExampleReaderTests
     }
 
     [TestMethod]
-    public void EmptyValueFailsWithRowIndexUnlessSkipped()
+    public void EmptyValueFailsWithOneBasedRowUnlessSkipped()
     {
         var rows = new[] { new Row { Prompt = "q", Chosen = "a", Rejected = "b" }, new Row { Prompt = "q", Chosen = null, Rejected = "b" } };
         var e = Assert.ThrowsExactly<InvalidDataException>(() => ExampleReader.ReadPreferencePairs(Load(rows), "Prompt", "Chosen", "Rejected", false, new()));
-        StringAssert.Contains(e.Message, "Row 1");
+        StringAssert.Contains(e.Message, "Row 2 of the input data (1-based)");
         StringAssert.Contains(e.Message, "'Chosen'");
 
         var report = new DataPreparationReport();
