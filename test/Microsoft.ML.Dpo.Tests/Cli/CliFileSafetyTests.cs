@@ -102,6 +102,16 @@ public sealed class CliFileSafetyTests
         Assert.AreEqual(1, data.Code);
         StringAssert.Contains(data.Error, "contains an input of this run");
         File.Move(dir.Combine("data", "sft.jsonl"), dir.Combine("sft.jsonl"));
+
+        // The checkpoint folder and a DPO reference are inputs too.
+        var checkpointInside = RunIn(dir.Path, Sft("base", "sft.jsonl", "out", "--checkpoint-dir", "out/ckpt", "--force"));
+        Assert.AreEqual(1, checkpointInside.Code);
+        StringAssert.Contains(checkpointInside.Error, "contains an input of this run");
+        CopyFolder(dir.Combine("base"), dir.Combine("ref"));
+        var overReference = RunIn(dir.Path, "dpo", "--model", "base", "--reference", "ref", "--data", "sft.jsonl", "--output", "ref", "--force");
+        Assert.AreEqual(1, overReference.Code);
+        StringAssert.Contains(overReference.Error, "'ref' is an input of this run");
+        Assert.IsTrue(File.Exists(dir.Combine("ref", "model.safetensors")));
         AssertProjectIntact(dir);
         Assert.IsFalse(Directory.Exists(dir.Combine(".base.old")));
     }
