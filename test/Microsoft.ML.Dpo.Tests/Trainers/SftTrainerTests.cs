@@ -50,7 +50,7 @@ public sealed class SftTrainerTests
         };
         var options = new SftTrainer.Options { BaseModel = baseModel, MaxSteps = 1, MessagesColumnName = "messages" };
         var e = Assert.ThrowsExactly<InvalidDataException>(() => ml.Alignment().Trainers.Sft(options).Fit(ml.Data.LoadFromEnumerable(rows)));
-        StringAssert.Contains(e.Message, "Row 1");
+        StringAssert.Contains(e.Message, "Row 2 of the input data (1-based)");   // the second row
         StringAssert.Contains(e.Message, "'messages'");
 
         options.SkipInvalidRows = true;
