@@ -374,16 +374,22 @@ public sealed class CausalLMConfig
                 o["final_logit_softcapping"] = FinalLogitSoftcapping;
                 o["sliding_window"] = SlidingWindow;
             }
-            if (ModelType == "gemma3_text")
+            if (ModelType is "gemma2" or "gemma3_text")
             {
-                o["rope_local_base_freq"] = RopeLocalBaseFreq ?? 10000.0;
-                var byPattern = SlidingWindowPattern is int pattern
-                    ? Enumerable.Range(0, NumHiddenLayers).Select(i => (i + 1) % pattern != 0 ? "sliding_attention" : "full_attention").ToArray() : null;
-                if (byPattern is not null && LayerTypes is not null && byPattern.SequenceEqual(LayerTypes)) o["sliding_window_pattern"] = SlidingWindowPattern;
-                else if (LayerTypes is not null) o["layer_types"] = new JsonArray(LayerTypes.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
+                // The layer kinds: as the default pattern when they follow it (what transformers 4.47 / 4.51 read), else layer_types.
+                var kinds = Enumerable.Range(0, NumHiddenLayers).Select(i => IsSlidingLayer(i) ? "sliding_attention" : "full_attention").ToArray();
+                int? pattern = ModelType == "gemma2" ? 2 : SlidingWindowPattern;
+                var byPattern = pattern is int p
+                    ? Enumerable.Range(0, NumHiddenLayers).Select(i => (i + 1) % p != 0 ? "sliding_attention" : "full_attention").ToArray() : null;
+                if (ModelType == "gemma3_text") o["rope_local_base_freq"] = RopeLocalBaseFreq ?? 10000.0;
+                if (byPattern is not null && byPattern.SequenceEqual(kinds))
+                {
+                    if (ModelType == "gemma3_text") o["sliding_window_pattern"] = pattern;
+                }
+                else
+                    o["layer_types"] = new JsonArray(kinds.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
             }
-            else if (ModelType is "gemma2" or "qwen3" && LayerTypes is not null
-                && !(ModelType == "gemma2" && LayerTypes.Select((l, i) => l == (i % 2 == 0 ? "sliding_attention" : "full_attention")).All(b => b)))
+            else if (ModelType == "qwen3" && LayerTypes is not null)
                 o["layer_types"] = new JsonArray(LayerTypes.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
             if (ModelType == "qwen3")
             {
