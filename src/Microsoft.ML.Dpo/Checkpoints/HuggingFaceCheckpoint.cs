@@ -10,7 +10,8 @@ public static class HuggingFaceCheckpoint
 {
     /// <summary>
     /// Loads the model in <paramref name="directory"/> (<c>config.json</c>, and <c>model.safetensors</c> or a sharded
-    /// <c>model.safetensors.index.json</c>). Every parameter must be present with its exact shape; unexpected tensors are an
+    /// <c>model.safetensors.index.json</c>; without those, PyTorch pickle weights: <c>pytorch_model.bin</c> or
+    /// <c>pytorch_model.bin.index.json</c> with its shards, read through TorchSharp.PyBridge). Every parameter must be present with its exact shape; unexpected tensors are an
     /// error too, except known ignorable ones (rotary <c>inv_freq</c>, gpt2 <c>attn.bias</c>/<c>attn.masked_bias</c>, a
     /// tied model's duplicate <c>lm_head.weight</c>). The model is fully built before it is returned.
     /// </summary>
@@ -28,7 +29,9 @@ public static class HuggingFaceCheckpoint
         if (!File.Exists(configPath))
             throw new FileNotFoundException($"Model directory '{directory}' has no config.json ('{configPath}' is missing).", configPath);
         var config = CausalLMConfig.Load(configPath);
-        var tensors = Safetensors.LoadDirectory(directory);
+        // Safetensors first; a directory with only PyTorch pickle weights (pytorch_model.bin or its shards) reads those.
+        bool safetensors = File.Exists(Path.Combine(directory, Safetensors.SingleFileName)) || File.Exists(Path.Combine(directory, Safetensors.IndexFileName));
+        var tensors = !safetensors && PyTorchPickle.IsPresent(directory) ? PyTorchPickle.LoadDirectory(directory) : Safetensors.LoadDirectory(directory);
         try
         {
             return Build(config, tensors, dtype, device, directory);
