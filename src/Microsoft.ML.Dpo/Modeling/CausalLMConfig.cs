@@ -81,7 +81,10 @@ public sealed class CausalLMConfig
     /// <summary>Gemma 2 / 3: attention scores are scaled by <c>query_pre_attn_scalar^-0.5</c> instead of <c>head_dim^-0.5</c>. Null: head_dim.</summary>
     public double? QueryPreAttnScalar { get; set; }
 
-    /// <summary>Gemma 2 / 3: attention scores become <c>cap · tanh(score / cap)</c> before the mask (<c>attn_logit_softcapping</c>). Null: off.</summary>
+    /// <summary>
+    /// Gemma 2: attention scores become <c>cap · tanh(score / cap)</c> before the mask (<c>attn_logit_softcapping</c>). Null: off.
+    /// Gemma 3 keeps the field but, as in transformers, does not apply it.
+    /// </summary>
     public double? AttnLogitSoftcapping { get; set; }
 
     /// <summary>Gemma 2 / 3: output logits become <c>cap · tanh(logit / cap)</c> (<c>final_logit_softcapping</c>). Null: off.</summary>

@@ -73,7 +73,8 @@ internal sealed class SelfAttention : nn.Module, IProjectionOwner
         }
         _scale = Math.Pow(c.QueryPreAttnScalar ?? c.HeadDim, -0.5);
         _defaultScale = c.QueryPreAttnScalar is null || c.QueryPreAttnScalar == c.HeadDim;
-        _softcap = c.AttnLogitSoftcapping;
+        // transformers' Gemma 3 reads attn_logit_softcapping but never passes it to its attention: it has no effect there.
+        _softcap = c.ModelType == "gemma3_text" ? null : c.AttnLogitSoftcapping;
         RegisterComponents();
     }
 
