@@ -29,9 +29,28 @@ public static class HuggingFaceCheckpoint
         if (!File.Exists(configPath))
             throw new FileNotFoundException($"Model directory '{directory}' has no config.json ('{configPath}' is missing).", configPath);
         var config = CausalLMConfig.Load(configPath);
-        // Safetensors first; a directory with only PyTorch pickle weights (pytorch_model.bin or its shards) reads those.
-        bool safetensors = File.Exists(Path.Combine(directory, Safetensors.SingleFileName)) || File.Exists(Path.Combine(directory, Safetensors.IndexFileName));
-        var tensors = !safetensors && PyTorchPickle.IsPresent(directory) ? PyTorchPickle.LoadDirectory(directory) : Safetensors.LoadDirectory(directory);
+        if (HasOnlyPyTorchPickles(directory))
+            return LoadPyTorchPickles(config, directory, dtype, device);
+        var tensors = Safetensors.LoadDirectory(directory);
+        try
+        {
+            return Build(config, tensors, dtype, device, directory);
+        }
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>Whether <paramref name="directory"/> has PyTorch pickle weights and no safetensors (which win when both exist).</summary>
+    static bool HasOnlyPyTorchPickles(string directory) =>
+        !File.Exists(Path.Combine(directory, Safetensors.SingleFileName)) && !File.Exists(Path.Combine(directory, Safetensors.IndexFileName))
+        && PyTorchPickle.IsPresent(directory);
+
+    /// <summary>A model from <c>pytorch_model.bin</c> (or its shards), read whole through TorchSharp.PyBridge, then built and checked as any other.</summary>
+    static CausalLM LoadPyTorchPickles(CausalLMConfig config, string directory, ScalarType dtype, Device? device)
+    {
+        var tensors = PyTorchPickle.LoadDirectory(directory);
         try
         {
             return Build(config, tensors, dtype, device, directory);

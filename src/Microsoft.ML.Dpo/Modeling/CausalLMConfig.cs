@@ -300,8 +300,6 @@ public sealed class CausalLMConfig
             if (bad >= 0)
                 throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': \"layer_types\"[{bad}] is \"{LayerTypes[bad]}\" (supported: sliding_attention, full_attention).");
         }
-        if (SlidingWindow is int w && w <= 0)
-            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': sliding_window must be positive, got {w}.");
         if (RopeScaling is { RopeType: "longrope" } lr)
         {
             if (lr.ShortFactor is null || lr.LongFactor is null || lr.ShortFactor.Count != HeadDim / 2 || lr.LongFactor.Count != HeadDim / 2)
@@ -558,9 +556,10 @@ public sealed class RopeScaling
         if (node is null) return null;
         if (node is not JsonObject o)
             throw new InvalidDataException($"Model configuration '{source}': \"rope_scaling\" must be an object or null.");
-        string? type;
-        try { type = (o["rope_type"] ?? o["type"])?.GetValue<string>(); }
-        catch (InvalidOperationException) { throw new InvalidDataException($"Model configuration '{source}': rope_scaling \"type\" must be a string."); }
+        var typeNode = o["rope_type"] ?? o["type"];
+        if (typeNode is not null && (typeNode is not JsonValue tv || tv.GetValueKind() != JsonValueKind.String))
+            throw new InvalidDataException($"Model configuration '{source}': rope_scaling \"rope_type\" must be a string, got {typeNode.ToJsonString()}.");
+        string? type = typeNode?.GetValue<string>();
         if (type is null or "default") return null;
         if (modelType == "phi3" && type is "su" or "yarn") type = "longrope";
         string supported = modelType == "phi3" ? "longrope (su, yarn)" : "llama3, linear";
