@@ -44,7 +44,7 @@ internal static class TrainCommands
         public readonly Option<string> Device = Cli.Option("--device", "auto, cpu, cuda or cuda:N.", "auto");
         public readonly Option<int?> LoraRank = Cli.Optional<int?>("--lora-rank", "Train LoRA adapters of this rank instead of all weights (the DPO reference is then the model with adapters off).");
         public readonly Option<double?> LoraAlpha = Cli.Optional<double?>("--lora-alpha", "LoRA scaling numerator (scale = alpha / rank; default 2 x rank).");
-        public readonly Option<string?> LoraTargets = Cli.Optional<string?>("--lora-targets", "Comma-separated projections to adapt: q,k,v,o,gate,up,down (Llama), c_attn,c_proj,c_fc (GPT-2), or all-linear (default: q,v / c_attn).");
+        public readonly Option<string?> LoraTargets = Cli.Optional<string?>("--lora-targets", "Comma-separated projections to adapt: q,k,v,o,gate,up,down (Llama, Qwen, Gemma, OLMo 2), qkv,o,gate_up,down (Phi-3), c_attn,c_proj,c_fc (GPT-2), or all-linear (default: q,v / qkv / c_attn).");
 
         public void AddTo(Command command)
         {

@@ -10,7 +10,8 @@ public static class HuggingFaceCheckpoint
 {
     /// <summary>
     /// Loads the model in <paramref name="directory"/> (<c>config.json</c>, and <c>model.safetensors</c> or a sharded
-    /// <c>model.safetensors.index.json</c>). Every parameter must be present with its exact shape; unexpected tensors are an
+    /// <c>model.safetensors.index.json</c>; without those, PyTorch pickle weights: <c>pytorch_model.bin</c> or
+    /// <c>pytorch_model.bin.index.json</c> with its shards, read through TorchSharp.PyBridge). Every parameter must be present with its exact shape; unexpected tensors are an
     /// error too, except known ignorable ones (rotary <c>inv_freq</c>, gpt2 <c>attn.bias</c>/<c>attn.masked_bias</c>, a
     /// tied model's duplicate <c>lm_head.weight</c>). The model is fully built before it is returned.
     /// </summary>
@@ -28,6 +29,8 @@ public static class HuggingFaceCheckpoint
         if (!File.Exists(configPath))
             throw new FileNotFoundException($"Model directory '{directory}' has no config.json ('{configPath}' is missing).", configPath);
         var config = CausalLMConfig.Load(configPath);
+        if (HasOnlyPyTorchPickles(directory))
+            return LoadPyTorchPickles(config, directory, dtype, device);
         // Names and shapes from the safetensors headers only: the configuration is checked against them before anything is
         // allocated (a config.json that does not belong to the weights fails here, in milliseconds), then every parameter of the
         // built model against its header entry, and only then is tensor data read.
@@ -54,6 +57,25 @@ public static class HuggingFaceCheckpoint
         {
             model.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>Whether <paramref name="directory"/> has PyTorch pickle weights and no safetensors (which win when both exist).</summary>
+    static bool HasOnlyPyTorchPickles(string directory) =>
+        !File.Exists(Path.Combine(directory, Safetensors.SingleFileName)) && !File.Exists(Path.Combine(directory, Safetensors.IndexFileName))
+        && PyTorchPickle.IsPresent(directory);
+
+    /// <summary>A model from <c>pytorch_model.bin</c> (or its shards), read whole through TorchSharp.PyBridge, then built and checked as any other.</summary>
+    static CausalLM LoadPyTorchPickles(CausalLMConfig config, string directory, ScalarType dtype, Device? device)
+    {
+        var tensors = PyTorchPickle.LoadDirectory(directory);
+        try
+        {
+            return Build(config, tensors, dtype, device, directory);
+        }
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();
         }
     }
 

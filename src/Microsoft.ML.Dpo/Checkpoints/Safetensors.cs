@@ -328,20 +328,30 @@ public static class Safetensors
             throw new InvalidDataException($"Safetensors index '{index}' is malformed: {OneLine(e.Message)}", e);
         }
 
-        string root = Path.GetFullPath(directory);
         var files = new List<string>(shards.Count);
         foreach (var shard in shards)
         {
-            string full = Path.GetFullPath(Path.Combine(root, shard));
-            bool inside = shard.Length > 0 && !Path.IsPathRooted(shard) && shard.IndexOf('\0') < 0
-                && full.StartsWith(root.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
-            if (!inside)
-                throw new InvalidDataException($"Safetensors index '{index}' names the shard '{shard}', which is not a file inside the model folder; shards must be relative names inside '{directory}'.");
-            string path = Path.Combine(directory, shard);
+            string path = ShardPath(directory, index, shard);
             if (!File.Exists(path))
                 throw new FileNotFoundException($"Shard '{path}' listed in '{index}' does not exist.", path);
             files.Add(path);
         }
         return files;
+    }
+
+    /// <summary>
+    /// The path of a shard named by a checkpoint index (safetensors or PyTorch): it must be a plain relative name inside
+    /// <paramref name="directory"/> (no absolute path, no <c>..</c> out of the folder, no NUL).
+    /// </summary>
+    /// <exception cref="InvalidDataException">The name points outside the model folder.</exception>
+    internal static string ShardPath(string directory, string index, string shard)
+    {
+        string root = Path.GetFullPath(directory);
+        string full = Path.GetFullPath(Path.Combine(root, shard));
+        bool inside = shard.Length > 0 && !Path.IsPathRooted(shard) && shard.IndexOf('\0') < 0
+            && full.StartsWith(root.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
+        if (!inside)
+            throw new InvalidDataException($"Checkpoint index '{index}' names the shard '{shard}', which is not a file inside the model folder; shards must be relative names inside '{directory}'.");
+        return Path.Combine(directory, shard);
     }
 }

@@ -162,7 +162,7 @@ public sealed class LoraAdapters
     {
         ArgumentNullException.ThrowIfNull(network);
         var projections = network.ProjectionNames;
-        targets ??= network.Config.IsGpt2 ? ["c_attn"] : ["q_proj", "v_proj"];
+        targets ??= network.Config.ModelType switch { "gpt2" => ["c_attn"], "phi3" => ["qkv_proj"], _ => ["q_proj", "v_proj"] };
         var selected = new HashSet<string>(StringComparer.Ordinal);
         foreach (string raw in targets)
         {
@@ -188,7 +188,7 @@ public sealed class LoraAdapters
     }
 
     static string ExpandShortName(string name, bool gpt2) =>
-        !gpt2 && name is "q" or "k" or "v" or "o" or "gate" or "up" or "down" ? name + "_proj" : name;
+        !gpt2 && name is "q" or "k" or "v" or "o" or "gate" or "up" or "down" or "qkv" or "gate_up" ? name + "_proj" : name;
 
     static string? ShortName(string slot) => slot.EndsWith("_proj", StringComparison.Ordinal) ? slot[..^"_proj".Length] : null;
 

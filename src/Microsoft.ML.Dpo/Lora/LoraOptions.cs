@@ -17,9 +17,10 @@ public sealed class LoraOptions
 
     /// <summary>
     /// The projections to adapt, by short name (Llama: <c>q</c>, <c>k</c>, <c>v</c>, <c>o</c>, <c>gate</c>, <c>up</c>,
-    /// <c>down</c>; GPT-2: <c>c_attn</c>, <c>c_proj</c>, <c>c_fc</c>), Hugging Face name (<c>q_proj</c>, …), any dotted
+    /// <c>down</c>, the same for Qwen3, Gemma and OLMo 2; Phi-3's fused <c>qkv</c>, <c>o</c>, <c>gate_up</c>, <c>down</c>; GPT-2:
+    /// <c>c_attn</c>, <c>c_proj</c>, <c>c_fc</c>), Hugging Face name (<c>q_proj</c>, <c>qkv_proj</c>, …), any dotted
     /// suffix of a projection's qualified name (<c>mlp.c_proj</c>), or <c>all-linear</c>. Null (the default) means
-    /// q and v for Llama models and c_attn for GPT-2, as PEFT does.
+    /// q and v (Phi-3: qkv_proj) for the rotary models and c_attn for GPT-2, as PEFT does.
     /// </summary>
     public IReadOnlyList<string>? TargetModules { get; set; }
 

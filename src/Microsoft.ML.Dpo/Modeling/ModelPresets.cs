@@ -5,7 +5,10 @@ namespace Microsoft.ML.Dpo.Modeling;
 
 /// <summary>
 /// Named model sizes for training from scratch (<c>mldpo init</c>): <c>tiny</c>, <c>small</c> and <c>medium</c>, in the
-/// <c>llama</c> and <c>gpt2</c> architectures. Embedding and output head are tied, so the vocabulary costs one
+/// <c>llama</c> and <c>gpt2</c> architectures, and in the llama shape (same widths, heads and context) for <c>qwen3</c>,
+/// <c>gemma</c>, <c>gemma2</c>, <c>gemma3_text</c>, <c>phi3</c> and <c>olmo2</c> with each architecture's own features (Gemma 2 and 3:
+/// sliding window of a quarter of the context on alternating layers, Gemma 2's soft-caps 50 and 30; Gemma 3: one global
+/// layer in min(6, layers); OLMo 2: as many key/value heads as query heads). Embedding and output head are tied, so the vocabulary costs one
 /// <c>vocab × hidden</c> matrix. Parameter counts with GPT-2's 50,257-token vocabulary (computed by
 /// <see cref="CountParameters"/>; with a 257-id byte-level vocabulary the embedding shrinks to 257 × hidden):
 /// <list type="table">
@@ -21,8 +24,8 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// </summary>
 public static class ModelPresets
 {
-    /// <summary>The architectures presets exist for: "llama" and "gpt2".</summary>
-    public static IReadOnlyList<string> Architectures { get; } = ["llama", "gpt2"];
+    /// <summary>The architectures presets exist for: "llama", "gpt2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2".</summary>
+    public static IReadOnlyList<string> Architectures { get; } = ["llama", "gpt2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"];
 
     /// <summary>The preset names, smallest first: "tiny", "small", "medium".</summary>
     public static IReadOnlyList<string> Names { get; } = ["tiny", "small", "medium"];
@@ -38,7 +41,7 @@ public static class ModelPresets
     };
 
     /// <summary>The configuration of a preset.</summary>
-    /// <param name="architecture">"llama" or "gpt2".</param>
+    /// <param name="architecture">One of <see cref="Architectures"/>.</param>
     /// <param name="preset">"tiny", "small" or "medium".</param>
     /// <param name="vocabSize">Rows of the embedding: the tokenizer's <see cref="TextTokenizer.VocabularySize"/>.</param>
     /// <param name="bosTokenId">The beginning-of-sequence id.</param>
@@ -66,6 +69,7 @@ public static class ModelPresets
                 NumAttentionHeads = s.Heads, NumKeyValueHeads = s.Heads, HeadDim = s.Hidden / s.Heads, LayerNormEpsilon = 1e-5,
                 AttentionBias = true, MlpBias = true,
             },
+            "qwen3" or "gemma" or "gemma2" or "gemma3_text" or "phi3" or "olmo2" => DecoderPreset(architecture, s),
             _ => throw new ArgumentException($"Unknown architecture '{architecture}'; architectures: {string.Join(", ", Architectures)}.", nameof(architecture)),
         };
         config.VocabSize = vocabSize;
@@ -77,11 +81,34 @@ public static class ModelPresets
         return config;
     }
 
+    static CausalLMConfig DecoderPreset(string architecture, Shape s)
+    {
+        int headDim = s.Hidden / s.Heads;
+        var c = new CausalLMConfig
+        {
+            ModelType = architecture, HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
+            NumAttentionHeads = s.Heads, NumKeyValueHeads = architecture == "olmo2" ? s.Heads : s.KeyValueHeads, HeadDim = headDim,
+            RmsNormEps = architecture is "phi3" or "olmo2" ? 1e-5 : 1e-6,
+        };
+        if (architecture is "gemma" or "gemma2" or "gemma3_text") c.HiddenActivation = "gelu_pytorch_tanh";
+        if (architecture is "gemma2" or "gemma3_text")
+        {
+            c.QueryPreAttnScalar = headDim;
+            c.SlidingWindow = s.Context / 4;
+            int pattern = architecture == "gemma2" ? 2 : Math.Min(6, s.Layers);
+            c.LayerTypes = Enumerable.Range(0, s.Layers).Select(i => (i + 1) % pattern != 0 ? "sliding_attention" : "full_attention").ToArray();
+        }
+        if (architecture == "gemma2") (c.AttnLogitSoftcapping, c.FinalLogitSoftcapping) = (50.0, 30.0);
+        if (architecture == "gemma3_text") (c.RopeTheta, c.RopeLocalBaseFreq, c.SlidingWindowPattern) = (1e6, 1e4, Math.Min(6, s.Layers));
+        if (architecture == "phi3") c.OriginalMaxPositionEmbeddings = s.Context;
+        return c;
+    }
+
     /// <summary>
     /// A new randomly initialised model of a preset over <paramref name="tokenizer"/> (vocabulary size, BOS and EOS taken from it;
     /// a tokenizer without BOS uses its EOS as BOS). Save it with <see cref="LanguageModel.Save"/>.
     /// </summary>
-    /// <param name="architecture">"llama" or "gpt2".</param>
+    /// <param name="architecture">One of <see cref="Architectures"/>.</param>
     /// <param name="preset">"tiny", "small" or "medium".</param>
     /// <param name="tokenizer">The tokenizer, e.g. <see cref="TextTokenizer.Gpt2"/> or <see cref="TextTokenizer.CreateByteLevel"/>.</param>
     /// <param name="seed">Seeds TorchSharp's generator (<c>torch.manual_seed</c>) before initialisation: the same seed gives the same weights.</param>

@@ -27,6 +27,24 @@ public sealed class CliTests
         File.WriteAllLines(path, records.Select(r => JsonSerializer.Serialize(r)));
 
     [TestMethod]
+    [DataRow("qwen3")]
+    [DataRow("gemma")]
+    [DataRow("gemma2")]
+    [DataRow("gemma3_text")]
+    [DataRow("phi3")]
+    [DataRow("olmo2")]
+    public void InitWritesEveryNewArchitecture(string arch)
+    {
+        using var dir = new TempDirectory();
+        var init = Run("init", "--arch", arch, "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("base"));
+        Assert.AreEqual(0, init.Code, init.Error);
+        using var model = LanguageModel.Load(dir.Combine("base"));
+        Assert.AreEqual(arch, model.Network.Config.ModelType);
+        var generated = Run("generate", "--model", dir.Combine("base"), "--prompt", "Hi", "--max-new-tokens", "3", "--ignore-eos");
+        Assert.AreEqual(0, generated.Code, generated.Error);
+    }
+
+    [TestMethod]
     public void LoraDpoWritesMergedModelAndAdapter_AndMergeReproducesIt()
     {
         using var dir = new TempDirectory();

@@ -27,6 +27,31 @@ public sealed class CausalLMTests
         return names.OrderBy(n => n, StringComparer.Ordinal).ToArray();
     }
 
+    /// <summary>The Hugging Face parameter names of the rotary decoders added with issue 12, per architecture.</summary>
+    static string[] ExpectedDecoderNames(CausalLMConfig c)
+    {
+        var names = new List<string> { "model.embed_tokens.weight", "model.norm.weight" };
+        string[] attention = c.ModelType == "phi3" ? ["qkv_proj", "o_proj"] : ["q_proj", "k_proj", "v_proj", "o_proj"];
+        string[] mlp = c.ModelType == "phi3" ? ["gate_up_proj", "down_proj"] : ["gate_proj", "up_proj", "down_proj"];
+        string[] norms = c.ModelType switch
+        {
+            "olmo2" => ["post_attention_layernorm", "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"],
+            "gemma2" => ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"],
+            "gemma3_text" => ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"],
+            "qwen3" => ["input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm"],
+            _ => ["input_layernorm", "post_attention_layernorm"],
+        };
+        for (int i = 0; i < c.NumHiddenLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            names.AddRange(attention.Select(a => p + $"self_attn.{a}.weight"));
+            names.AddRange(mlp.Select(m => p + $"mlp.{m}.weight"));
+            names.AddRange(norms.Select(n => p + n + ".weight"));
+        }
+        if (!c.TieWordEmbeddings) names.Add("lm_head.weight");
+        return names.OrderBy(n => n, StringComparer.Ordinal).ToArray();
+    }
+
     static string[] ExpectedGpt2Names(CausalLMConfig c)
     {
         var names = new List<string> { "transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias" };
@@ -48,7 +73,12 @@ public sealed class CausalLMTests
         var config = TinyModels.ByName(configName);
         torch.manual_seed(1);
         using var model = CausalLM.Create(config);
-        var expected = config.IsGpt2 ? ExpectedGpt2Names(config) : ExpectedLlamaNames(config);
+        var expected = config.ModelType switch
+        {
+            "gpt2" => ExpectedGpt2Names(config),
+            "llama" or "mistral" or "qwen2" => ExpectedLlamaNames(config),
+            _ => ExpectedDecoderNames(config),
+        };
 
         var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         CollectionAssert.AreEqual(expected, parameters.Keys.OrderBy(n => n, StringComparer.Ordinal).ToArray());
