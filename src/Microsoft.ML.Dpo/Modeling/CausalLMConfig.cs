@@ -7,14 +7,15 @@ namespace Microsoft.ML.Dpo.Modeling;
 
 /// <summary>
 /// The shape of a causal language model, read from and written to a Hugging Face <c>config.json</c>.
-/// One class serves the Llama family (<c>llama</c>, <c>mistral</c>, <c>qwen2</c>) and <c>gpt2</c>.
+/// One class serves the Llama family (<c>llama</c>, <c>mistral</c>, <c>qwen2</c>), its sparse mixture-of-experts variants
+/// (<c>mixtral</c>, <c>qwen3_moe</c>) and <c>gpt2</c>.
 /// </summary>
 public sealed class CausalLMConfig
 {
     /// <summary>The model types this library can build.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = new[] { "llama", "mistral", "qwen2", "gpt2" };
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = new[] { "llama", "mistral", "qwen2", "mixtral", "qwen3_moe", "gpt2" };
 
-    /// <summary>Hugging Face <c>model_type</c>: "llama", "mistral", "qwen2" or "gpt2".</summary>
+    /// <summary>Hugging Face <c>model_type</c>: "llama", "mistral", "qwen2", "mixtral", "qwen3_moe" or "gpt2".</summary>
     public string ModelType { get; set; } = "llama";
 
     /// <summary>Vocabulary size (rows of the token embedding and of the output head).</summary>
@@ -79,6 +80,50 @@ public sealed class CausalLMConfig
 
     /// <summary>Padding token id, when the config names one.</summary>
     public int? PadTokenId { get; set; }
+
+    /// <summary>
+    /// Routed experts per sparse MoE layer (<c>num_local_experts</c> for mixtral, <c>num_experts</c> for qwen3_moe); 0 for a dense model.
+    /// </summary>
+    public int NumExperts { get; set; }
+
+    /// <summary>Experts each token is routed to (<c>num_experts_per_tok</c>, the top-k of the router).</summary>
+    public int NumExpertsPerToken { get; set; }
+
+    /// <summary>
+    /// Width of one expert's SwiGLU MLP for qwen3_moe (<c>moe_intermediate_size</c>); mixtral's experts use
+    /// <see cref="IntermediateSize"/>, and qwen3_moe's dense layers (<see cref="MlpOnlyLayers"/>) use <see cref="IntermediateSize"/>.
+    /// </summary>
+    public int MoeIntermediateSize { get; set; }
+
+    /// <summary>Renormalise the top-k routing weights to sum to 1 (<c>norm_topk_prob</c>; mixtral always does).</summary>
+    public bool NormTopKProb { get; set; }
+
+    /// <summary>qwen3_moe: every <c>decoder_sparse_step</c>-th layer (layer i with (i + 1) % step == 0) is a sparse MoE layer. Default 1.</summary>
+    public int DecoderSparseStep { get; set; } = 1;
+
+    /// <summary>qwen3_moe: layers that use a dense MLP (<see cref="IntermediateSize"/>) instead of the MoE block (<c>mlp_only_layers</c>).</summary>
+    public IReadOnlyList<int> MlpOnlyLayers { get; set; } = Array.Empty<int>();
+
+    /// <summary>
+    /// The coefficient of the load-balancing auxiliary loss (<c>router_aux_loss_coef</c>, default 0.001), used by the trainers
+    /// when they train an MoE model (see <see cref="Training.TrainingOptions"/>).
+    /// </summary>
+    public double RouterAuxLossCoef { get; set; } = 0.001;
+
+    /// <summary><c>output_router_logits</c> as the config gives it (kept for the round trip; the trainers add the auxiliary loss to an MoE either way).</summary>
+    public bool OutputRouterLogits { get; set; }
+
+    /// <summary>mixtral: multiplicative router jitter in training, hidden states × U(1 − j, 1 + j) before routing (<c>router_jitter_noise</c>). Default 0.</summary>
+    public double RouterJitterNoise { get; set; }
+
+    /// <summary>True when the model has sparse mixture-of-experts layers (<see cref="NumExperts"/> &gt; 0).</summary>
+    public bool IsMixtureOfExperts => NumExperts > 0;
+
+    /// <summary>Whether layer <paramref name="layer"/> is a sparse MoE layer (Hugging Face's rule: not in <c>mlp_only_layers</c>, and (layer + 1) % <c>decoder_sparse_step</c> == 0).</summary>
+    internal bool IsSparseLayer(int layer) => NumExperts > 0 && !MlpOnlyLayers.Contains(layer) && (layer + 1) % DecoderSparseStep == 0;
+
+    /// <summary>The width of one expert's MLP: mixtral <c>intermediate_size</c>, qwen3_moe <c>moe_intermediate_size</c>.</summary>
+    internal int ExpertIntermediateSize => ModelType == "mixtral" ? IntermediateSize : MoeIntermediateSize;
 
     /// <summary>True for <c>gpt2</c>, false for the Llama family.</summary>
     public bool IsGpt2 => ModelType == "gpt2";
@@ -151,14 +196,16 @@ public sealed class CausalLMConfig
             c.RmsNormEps = r.Double("rms_norm_eps") ?? 1e-6;
             c.RopeTheta = r.Double("rope_theta") ?? 10000.0;
             c.TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? false;
-            c.AttentionBias = r.Bool("attention_bias") ?? (modelType == "qwen2");
-            c.MlpBias = r.Bool("mlp_bias") ?? false;
+            // Mixtral's attention and experts never have biases (transformers ignores these fields for it).
+            c.AttentionBias = modelType != "mixtral" && (r.Bool("attention_bias") ?? (modelType == "qwen2"));
+            c.MlpBias = modelType is not ("mixtral" or "qwen3_moe") && (r.Bool("mlp_bias") ?? false);
             string act = r.String("hidden_act") ?? "silu";
             if (act != "silu")
                 throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': hidden_act \"{act}\" is not supported (silu).");
             c.RopeScaling = Modeling.RopeScaling.FromJson(root["rope_scaling"], sourceNameForErrors);
-            bool windowed = modelType == "mistral" || (modelType == "qwen2" && (r.Bool("use_sliding_window") ?? false));
+            bool windowed = modelType is "mistral" or "mixtral" || (modelType == "qwen2" && (r.Bool("use_sliding_window") ?? false));
             c.SlidingWindow = windowed ? r.Int("sliding_window") : null;
+            if (modelType is "mixtral" or "qwen3_moe") ReadMixtureOfExperts(c, r, root, sourceNameForErrors);
             c.BosTokenId = r.Int("bos_token_id") ?? 1;
             c.EosTokenIds = r.IntOrList("eos_token_id") ?? new[] { 2 };
         }
@@ -166,6 +213,37 @@ public sealed class CausalLMConfig
         c.PadTokenId = r.Int("pad_token_id");
         c.Validate(sourceNameForErrors);
         return c;
+    }
+
+    /// <summary>The sparse-MoE fields of mixtral and qwen3_moe; fields that change the computation and are not implemented are errors.</summary>
+    static void ReadMixtureOfExperts(CausalLMConfig c, Reader r, JsonObject root, string source)
+    {
+        InvalidDataException Unsupported(string what) => new($"Model configuration '{source}': {what} is not supported.");
+        c.NumExpertsPerToken = r.Int("num_experts_per_tok") ?? (c.ModelType == "mixtral" ? 2 : 8);
+        c.RouterAuxLossCoef = r.Double("router_aux_loss_coef") ?? 0.001;
+        c.OutputRouterLogits = r.Bool("output_router_logits") ?? false;
+        if (c.ModelType == "mixtral")
+        {
+            if (c.RopeScaling is not null) throw Unsupported("\"rope_scaling\" for mixtral (transformers 4.47 ignores it, later versions apply it)");
+            c.NumExperts = r.Int("num_local_experts") ?? 8;
+            c.NormTopKProb = true;
+            c.RouterJitterNoise = r.Double("router_jitter_noise") ?? 0.0;
+            if (!(c.RouterJitterNoise >= 0 && c.RouterJitterNoise < 1))
+                throw new InvalidDataException($"Model configuration '{source}': \"router_jitter_noise\" must be in [0, 1), got {c.RouterJitterNoise}.");
+            return;
+        }
+        // qwen3_moe
+        c.NumExperts = r.Int("num_experts") ?? 128;
+        c.MoeIntermediateSize = r.Int("moe_intermediate_size") ?? 768;
+        c.NormTopKProb = r.Bool("norm_topk_prob") ?? false;
+        c.DecoderSparseStep = r.Int("decoder_sparse_step") ?? 1;
+        if (c.DecoderSparseStep <= 0) throw new InvalidDataException($"Model configuration '{source}': \"decoder_sparse_step\" must be positive, got {c.DecoderSparseStep}.");
+        c.MlpOnlyLayers = r.IntOrList("mlp_only_layers") ?? Array.Empty<int>();
+        if (root["mlp_only_layers"] is JsonValue) throw new InvalidDataException($"Model configuration '{source}': \"mlp_only_layers\" must be a list of layer indices.");
+        // Qwen3MoeConfig keeps sliding_window only when use_sliding_window is true, and then applies it only from layer
+        // max_window_layers on; that per-layer window is not implemented.
+        if ((r.Bool("use_sliding_window") ?? false) && root["sliding_window"] is not null)
+            throw Unsupported("\"use_sliding_window\": true (per-layer sliding windows from \"max_window_layers\" on)");
     }
 
     /// <summary>Checks the sizes for consistency.</summary>
@@ -185,6 +263,18 @@ public sealed class CausalLMConfig
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': num_attention_heads ({NumAttentionHeads}) is not a multiple of num_key_value_heads ({NumKeyValueHeads}).");
         if (HeadDim % 2 != 0 && !IsGpt2)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': head_dim ({HeadDim}) must be even for rotary embeddings.");
+        if (ModelType is "mixtral" or "qwen3_moe")
+        {
+            Positive(NumExperts, ModelType == "mixtral" ? "num_local_experts" : "num_experts");
+            Positive(NumExpertsPerToken, "num_experts_per_tok");
+            if (NumExpertsPerToken > NumExperts)
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': num_experts_per_tok ({NumExpertsPerToken}) exceeds the number of experts ({NumExperts}).");
+            if (ModelType == "qwen3_moe") Positive(MoeIntermediateSize, "moe_intermediate_size");
+            if (MlpOnlyLayers.Any(l => l < 0 || l >= NumHiddenLayers))
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': mlp_only_layers [{string.Join(", ", MlpOnlyLayers)}] names a layer outside 0..{NumHiddenLayers - 1}.");
+        }
+        else if (NumExperts != 0)
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': model_type \"{ModelType}\" has no experts (NumExperts = {NumExperts}); use mixtral or qwen3_moe.");
         if (IsGpt2 && HeadDim * NumAttentionHeads != HiddenSize)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': n_embd ({HiddenSize}) is not a multiple of n_head ({NumAttentionHeads}).");
     }
@@ -216,6 +306,8 @@ public sealed class CausalLMConfig
             {
                 "mistral" => "MistralForCausalLM",
                 "qwen2" => "Qwen2ForCausalLM",
+                "mixtral" => "MixtralForCausalLM",
+                "qwen3_moe" => "Qwen3MoeForCausalLM",
                 _ => "LlamaForCausalLM",
             });
             o["model_type"] = ModelType;
@@ -232,13 +324,35 @@ public sealed class CausalLMConfig
             o["rope_scaling"] = RopeScaling?.ToJsonNode();
             o["hidden_act"] = "silu";
             o["tie_word_embeddings"] = TieWordEmbeddings;
-            o["attention_bias"] = AttentionBias;
-            o["mlp_bias"] = MlpBias;
-            if (ModelType == "mistral") o["sliding_window"] = SlidingWindow;
+            if (ModelType != "mixtral") o["attention_bias"] = AttentionBias;
+            if (ModelType is not ("mixtral" or "qwen3_moe")) o["mlp_bias"] = MlpBias;
+            if (ModelType is "mistral" or "mixtral") o["sliding_window"] = SlidingWindow;
             else if (ModelType == "qwen2")
             {
                 o["use_sliding_window"] = SlidingWindow.HasValue;
                 if (SlidingWindow.HasValue) o["sliding_window"] = SlidingWindow;
+            }
+            if (ModelType == "mixtral")
+            {
+                o["num_local_experts"] = NumExperts;
+                o["num_experts_per_tok"] = NumExpertsPerToken;
+                o["router_jitter_noise"] = RouterJitterNoise;
+            }
+            else if (ModelType == "qwen3_moe")
+            {
+                o["num_experts"] = NumExperts;
+                o["num_experts_per_tok"] = NumExpertsPerToken;
+                o["moe_intermediate_size"] = MoeIntermediateSize;
+                o["norm_topk_prob"] = NormTopKProb;
+                o["decoder_sparse_step"] = DecoderSparseStep;
+                o["mlp_only_layers"] = new JsonArray(MlpOnlyLayers.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
+                o["use_sliding_window"] = false;
+                o["sliding_window"] = null;
+            }
+            if (IsMixtureOfExperts)
+            {
+                o["router_aux_loss_coef"] = RouterAuxLossCoef;
+                o["output_router_logits"] = OutputRouterLogits;
             }
         }
         o["bos_token_id"] = BosTokenId;
@@ -253,6 +367,7 @@ public sealed class CausalLMConfig
     {
         var c = (CausalLMConfig)MemberwiseClone();
         c.EosTokenIds = EosTokenIds.ToArray();
+        c.MlpOnlyLayers = MlpOnlyLayers.ToArray();
         c.RopeScaling = RopeScaling?.Clone();
         return c;
     }
