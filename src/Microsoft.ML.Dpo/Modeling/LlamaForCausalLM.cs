@@ -108,6 +108,11 @@ public sealed class LlamaForCausalLM : CausalLM
         nn.Module<Tensor, Tensor> k_proj;   // [Hkv·D, hidden]
         nn.Module<Tensor, Tensor> v_proj;   // [Hkv·D, hidden]
         nn.Module<Tensor, Tensor> o_proj;   // [hidden, H·D]
+        // qwen3_moe only: per-head RMSNorm of queries and keys over head_dim, before rotary (Qwen3MoeAttention).
+        // MERGE NOTE: the same idea as the qwen3 attention (per-head q/k norm) on the dense-architectures branch; at merge
+        // qwen3_moe should use that attention module and these two fields go away.
+        readonly RMSNorm? q_norm;           // [D]
+        readonly RMSNorm? k_norm;           // [D]
         readonly int _layer, _heads, _kvHeads, _headDim;
 
         public LlamaAttention(CausalLMConfig c, int layer) : base(nameof(LlamaAttention))
@@ -117,6 +122,11 @@ public sealed class LlamaForCausalLM : CausalLM
             k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.AttentionBias);
             v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.AttentionBias);
             o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, hasBias: c.OutputProjectionBias);
+            if (c.ModelType == "qwen3_moe")
+            {
+                q_norm = new RMSNorm(_headDim, c.RmsNormEps);
+                k_norm = new RMSNorm(_headDim, c.RmsNormEps);
+            }
             RegisterComponents();
         }
 
@@ -124,8 +134,11 @@ public sealed class LlamaForCausalLM : CausalLM
         {
             using var scope = torch.NewDisposeScope();
             long b = x.shape[0], t = x.shape[1];
-            var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);      // [B, H, T, D]
-            var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
+            var q = q_proj.forward(x).view(b, t, _heads, _headDim);                      // [B, T, H, D]
+            var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim);                    // [B, T, Hkv, D]
+            if (q_norm is not null) (q, k) = (q_norm.forward(q), k_norm!.forward(k));
+            q = q.transpose(1, 2);                                                         // [B, H, T, D]
+            k = k.transpose(1, 2);                                                         // [B, Hkv, T, D]
             var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
             q = RotaryEmbedding.Apply(q, cos, sin);
             k = RotaryEmbedding.Apply(k, cos, sin);
