@@ -161,6 +161,7 @@ public sealed class LoraAdapters
     {
         ArgumentNullException.ThrowIfNull(network);
         var projections = network.ProjectionNames;
+        var routers = network.RouterNames;      // MoE routers: adapted only when named ("router", or their own names)
         targets ??= network.Config.IsGpt2 ? ["c_attn"] : ["q_proj", "v_proj"];
         var selected = new HashSet<string>(StringComparer.Ordinal);
         foreach (string raw in targets)
@@ -168,7 +169,12 @@ public sealed class LoraAdapters
             string target = raw.Trim();
             if (target is "all-linear" or "all")
             {
-                selected.UnionWith(projections);
+                selected.UnionWith(projections.Except(routers));
+                continue;
+            }
+            if (target == "router" && routers.Count > 0)
+            {
+                selected.UnionWith(routers);
                 continue;
             }
             string full = ExpandShortName(target, network.Config.IsGpt2);

@@ -21,8 +21,12 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// </summary>
 public static class ModelPresets
 {
-    /// <summary>The architectures presets exist for: "llama" and "gpt2".</summary>
-    public static IReadOnlyList<string> Architectures { get; } = ["llama", "gpt2"];
+    /// <summary>
+    /// The architectures presets exist for: "llama", "gpt2", and the sparse mixtures of experts "mixtral" (Mistral attention,
+    /// 8 experts of the llama MLP width, top-2) and "qwen3_moe" (per-head q/k norms, 8 experts of half the llama MLP width,
+    /// top-2 with renormalised weights, every layer sparse).
+    /// </summary>
+    public static IReadOnlyList<string> Architectures { get; } = ["llama", "gpt2", "mixtral", "qwen3_moe"];
 
     /// <summary>The preset names, smallest first: "tiny", "small", "medium".</summary>
     public static IReadOnlyList<string> Names { get; } = ["tiny", "small", "medium"];
@@ -38,7 +42,7 @@ public static class ModelPresets
     };
 
     /// <summary>The configuration of a preset.</summary>
-    /// <param name="architecture">"llama" or "gpt2".</param>
+    /// <param name="architecture">"llama", "gpt2", "mixtral" or "qwen3_moe".</param>
     /// <param name="preset">"tiny", "small" or "medium".</param>
     /// <param name="vocabSize">Rows of the embedding: the tokenizer's <see cref="TextTokenizer.VocabularySize"/>.</param>
     /// <param name="bosTokenId">The beginning-of-sequence id.</param>
@@ -59,6 +63,18 @@ public static class ModelPresets
             {
                 ModelType = "llama", HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
                 NumAttentionHeads = s.Heads, NumKeyValueHeads = s.KeyValueHeads, HeadDim = s.Hidden / s.Heads, RmsNormEps = 1e-5,
+            },
+            "mixtral" => new CausalLMConfig
+            {
+                ModelType = "mixtral", HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
+                NumAttentionHeads = s.Heads, NumKeyValueHeads = s.KeyValueHeads, HeadDim = s.Hidden / s.Heads, RmsNormEps = 1e-5,
+                RopeTheta = 1e6, NumExperts = 8, NumExpertsPerToken = 2, NormTopKProb = true,
+            },
+            "qwen3_moe" => new CausalLMConfig
+            {
+                ModelType = "qwen3_moe", HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
+                NumAttentionHeads = s.Heads, NumKeyValueHeads = s.KeyValueHeads, HeadDim = s.Hidden / s.Heads, RmsNormEps = 1e-6,
+                RopeTheta = 1e6, NumExperts = 8, NumExpertsPerToken = 2, MoeIntermediateSize = s.LlamaMlp / 2, NormTopKProb = true,
             },
             "gpt2" => new CausalLMConfig
             {
@@ -81,7 +97,7 @@ public static class ModelPresets
     /// A new randomly initialised model of a preset over <paramref name="tokenizer"/> (vocabulary size, BOS and EOS taken from it;
     /// a tokenizer without BOS uses its EOS as BOS). Save it with <see cref="LanguageModel.Save"/>.
     /// </summary>
-    /// <param name="architecture">"llama" or "gpt2".</param>
+    /// <param name="architecture">"llama", "gpt2", "mixtral" or "qwen3_moe".</param>
     /// <param name="preset">"tiny", "small" or "medium".</param>
     /// <param name="tokenizer">The tokenizer, e.g. <see cref="TextTokenizer.Gpt2"/> or <see cref="TextTokenizer.CreateByteLevel"/>.</param>
     /// <param name="seed">Seeds TorchSharp's generator (<c>torch.manual_seed</c>) before initialisation: the same seed gives the same weights.</param>
