@@ -260,6 +260,26 @@ public sealed class MoeModelTests
         Assert.IsFalse(model.named_parameters().Any(p => p.name.Contains("lora")));
     }
 
+    [TestMethod]
+    [DataRow("mixtral")]
+    [DataRow("qwen3_moe")]
+    public void CliInitCreatesThePresetAndItGenerates(string arch)
+    {
+        using var dir = new TempDirectory();
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.AreEqual(0, MlDpo.Commands.CliApp.Run(["init", "--arch", arch, "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("m")], output, error), error.ToString());
+        StringAssert.Contains(output.ToString(), arch + "/tiny");
+        using (var model = LanguageModel.Load(dir.Combine("m"), device: "cpu"))
+        {
+            Assert.AreEqual(arch, model.Network.Config.ModelType);
+            Assert.AreEqual(8, model.Network.Config.NumExperts);
+            Assert.AreEqual(2, model.Network.Config.NumExpertsPerToken);
+            Assert.AreEqual(2 * 8, model.Network.ProjectionNames.Count(n => n.Contains(".experts.") && n.EndsWith(arch == "mixtral" ? ".w1" : ".gate_proj", StringComparison.Ordinal)));
+        }
+        Assert.AreEqual(0, MlDpo.Commands.CliApp.Run(["generate", "--model", dir.Combine("m"), "--prompt", "Hi", "--max-new-tokens", "4", "--ignore-eos"], output, error), error.ToString());
+    }
+
     sealed class RowCounter : nn.Module<Tensor, Tensor>
     {
 #pragma warning disable IDE1006
