@@ -109,7 +109,7 @@ public abstract class CausalLM : nn.Module
 
     /// <summary>
     /// A new model of <paramref name="config"/> with random weights as Hugging Face initialises them (linear and embedding
-    /// weights ~ N(0, 0.02), biases 0, norm weights 1), deterministic under <c>torch.manual_seed</c>.
+    /// weights ~ N(0, 0.02), biases 0, norm weights 1, Gemma's (1 + w) norm weights 0), deterministic under <c>torch.manual_seed</c>.
     /// </summary>
     /// <param name="config">The architecture.</param>
     /// <param name="dtype">Parameter dtype: Float32 (default), BFloat16 or Float16.</param>
@@ -126,7 +126,16 @@ public abstract class CausalLM : nn.Module
         // TorchSharp's built-in modules create their parameters in the caller's dispose scope, which would free them
         // when that scope ends; build (and convert) inside a scope of our own and detach everything it caught.
         using var scope = torch.NewDisposeScope();
-        CausalLM model = config.IsGpt2 ? new Gpt2LMHeadModel(config.Clone()) : new LlamaForCausalLM(config.Clone());
+        CausalLM model = config.ModelType switch
+        {
+            "gpt2" => new Gpt2LMHeadModel(config.Clone()),
+            "qwen3" => new Qwen3ForCausalLM(config.Clone()),
+            "gemma" => new GemmaForCausalLM(config.Clone()),
+            "gemma2" or "gemma3_text" => new Gemma2ForCausalLM(config.Clone()),
+            "phi3" => new Phi3ForCausalLM(config.Clone()),
+            "olmo2" => new Olmo2ForCausalLM(config.Clone()),
+            _ => new LlamaForCausalLM(config.Clone()),
+        };
         scope.Detach(scope.DisposablesView.ToArray());
         try
         {
@@ -153,6 +162,8 @@ public abstract class CausalLM : nn.Module
             else if (name.EndsWith("bias", StringComparison.Ordinal)) p.zero_();
             else p.fill_(1.0);                                          // norm weights
         }
+        foreach (var m in modules())
+            if (m is GemmaRMSNorm gemmaNorm) gemmaNorm.ResetWeight();     // (1 + w) norms start at w = 0
     }
 
     /// <summary>
@@ -161,7 +172,7 @@ public abstract class CausalLM : nn.Module
     /// attend to its own position, so rows of padding queries are never fully masked (no NaN); real tokens never attend to padding.
     /// With a sliding window W, a query also ignores keys W or more positions back (counted in cache slots, as Hugging Face does).
     /// </summary>
-    private protected static (Tensor Positions, Tensor Mask) PrepareInputs(Tensor inputIds, Tensor? attentionMask, long past, int? slidingWindow = null)
+    internal static (Tensor Positions, Tensor Mask) PrepareInputs(Tensor inputIds, Tensor? attentionMask, long past, int? slidingWindow = null)
     {
         if (inputIds.dim() != 2)
             throw new ArgumentException($"inputIds must be [B, T], got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
@@ -192,7 +203,7 @@ public abstract class CausalLM : nn.Module
     }
 
     /// <summary>Scaled dot-product attention of q <c>[B, H, T, D]</c> over k, v <c>[B, Hkv, S, D]</c> (GQA by repeating kv heads); softmax in float32.</summary>
-    private protected static Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor mask)
+    internal static Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor mask)
     {
         long h = q.shape[1], hkv = k.shape[1];
         if (hkv != h)

@@ -7,15 +7,16 @@ namespace Microsoft.ML.Dpo.Modeling;
 
 /// <summary>
 /// The shape of a causal language model, read from and written to a Hugging Face <c>config.json</c>.
-/// One class serves the Llama family (<c>llama</c>, <c>mistral</c>, <c>qwen2</c>), its sparse mixture-of-experts variants
-/// (<c>mixtral</c>, <c>qwen3_moe</c>) and <c>gpt2</c>.
+/// One class serves every architecture: the Llama family (<c>llama</c>, <c>mistral</c>, <c>qwen2</c>), <c>qwen3</c>,
+/// <c>gemma</c>, <c>gemma2</c>, <c>gemma3_text</c>, <c>phi3</c>, <c>olmo2</c>, the sparse mixtures of experts <c>mixtral</c> and
+/// <c>qwen3_moe</c>, and <c>gpt2</c>; fields that only some use say so.
 /// </summary>
 public sealed class CausalLMConfig
 {
     /// <summary>The model types this library can build.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = new[] { "llama", "mistral", "qwen2", "mixtral", "qwen3_moe", "gpt2" };
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = new[] { "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "mixtral", "qwen3_moe", "gpt2" };
 
-    /// <summary>Hugging Face <c>model_type</c>: "llama", "mistral", "qwen2", "mixtral", "qwen3_moe" or "gpt2".</summary>
+    /// <summary>Hugging Face <c>model_type</c>: one of <see cref="SupportedModelTypes"/>.</summary>
     public string ModelType { get; set; } = "llama";
 
     /// <summary>Vocabulary size (rows of the token embedding and of the output head).</summary>
@@ -51,7 +52,7 @@ public sealed class CausalLMConfig
     /// <summary>RoPE base (<c>rope_theta</c>).</summary>
     public double RopeTheta { get; set; } = 10000.0;
 
-    /// <summary>Optional RoPE scaling; only the "llama3" type is supported.</summary>
+    /// <summary>Optional RoPE scaling: "llama3" or "linear" (Llama family, Qwen3, OLMo 2, Gemma), "longrope" (Phi-3).</summary>
     public RopeScaling? RopeScaling { get; set; }
 
     /// <summary>Whether the output head shares the token embedding matrix.</summary>
@@ -71,6 +72,41 @@ public sealed class CausalLMConfig
     /// attends to itself and the previous <c>SlidingWindow − 1</c> positions. Null: full causal attention.
     /// </summary>
     public int? SlidingWindow { get; set; }
+
+    /// <summary>
+    /// The MLP activation: "silu" (SwiGLU) for most; Gemma's GeGLU uses "gelu_pytorch_tanh" (<c>hidden_activation</c>).
+    /// Supported: silu, gelu_pytorch_tanh, gelu_new (the same tanh approximation), gelu (exact erf).
+    /// </summary>
+    public string HiddenActivation { get; set; } = "silu";
+
+    /// <summary>Gemma 2 / 3: attention scores are scaled by <c>query_pre_attn_scalar^-0.5</c> instead of <c>head_dim^-0.5</c>. Null: head_dim.</summary>
+    public double? QueryPreAttnScalar { get; set; }
+
+    /// <summary>Gemma 2 / 3: attention scores become <c>cap · tanh(score / cap)</c> before the mask (<c>attn_logit_softcapping</c>). Null: off.</summary>
+    public double? AttnLogitSoftcapping { get; set; }
+
+    /// <summary>Gemma 2 / 3: output logits become <c>cap · tanh(logit / cap)</c> (<c>final_logit_softcapping</c>). Null: off.</summary>
+    public double? FinalLogitSoftcapping { get; set; }
+
+    /// <summary>
+    /// Per-layer attention kind, "sliding_attention" (uses <see cref="SlidingWindow"/>) or "full_attention", for models
+    /// that mix them (Gemma 2: even layers slide; Gemma 3: <c>sliding_window_pattern</c> or <c>layer_types</c>). Null: every
+    /// layer slides when <see cref="SlidingWindow"/> is set.
+    /// </summary>
+    public IReadOnlyList<string>? LayerTypes { get; set; }
+
+    /// <summary>Gemma 3: the RoPE base of the sliding (local) layers (<c>rope_local_base_freq</c>); global layers use <see cref="RopeTheta"/> and <see cref="RopeScaling"/>.</summary>
+    public double? RopeLocalBaseFreq { get; set; }
+
+    /// <summary>Gemma 3 as written by transformers 4.51: layer i slides unless (i + 1) % pattern == 0 (kept to write it back).</summary>
+    public int? SlidingWindowPattern { get; set; }
+
+    /// <summary>Phi-3: <c>original_max_position_embeddings</c> (with longrope, the length that switches short to long factors).</summary>
+    public int? OriginalMaxPositionEmbeddings { get; set; }
+
+    /// <summary>Whether layer <paramref name="layer"/> uses the sliding window.</summary>
+    public bool IsSlidingLayer(int layer) =>
+        SlidingWindow.HasValue && (LayerTypes is null || LayerTypes[layer] == "sliding_attention");
 
     /// <summary>Beginning-of-sequence token id.</summary>
     public int BosTokenId { get; set; } = 1;
@@ -192,27 +228,95 @@ public sealed class CausalLMConfig
             c.NumHiddenLayers = r.RequiredInt("num_hidden_layers");
             c.NumAttentionHeads = r.RequiredInt("num_attention_heads");
             c.NumKeyValueHeads = r.Int("num_key_value_heads") ?? c.NumAttentionHeads;
-            c.MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? 2048;
-            c.RmsNormEps = r.Double("rms_norm_eps") ?? 1e-6;
-            c.RopeTheta = r.Double("rope_theta") ?? 10000.0;
-            c.TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? false;
-            // Mixtral's attention and experts never have biases (transformers ignores these fields for it).
-            c.AttentionBias = modelType != "mixtral" && (r.Bool("attention_bias") ?? (modelType == "qwen2"));
-            c.MlpBias = modelType is not ("mixtral" or "qwen3_moe") && (r.Bool("mlp_bias") ?? false);
-            string act = r.String("hidden_act") ?? "silu";
-            if (act != "silu")
-                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': hidden_act \"{act}\" is not supported (silu).");
-            c.RopeScaling = Modeling.RopeScaling.FromJson(root["rope_scaling"], sourceNameForErrors);
-            bool windowed = modelType is "mistral" or "mixtral" || (modelType == "qwen2" && (r.Bool("use_sliding_window") ?? false));
-            c.SlidingWindow = windowed ? r.Int("sliding_window") : null;
-            if (modelType is "mixtral" or "qwen3_moe") ReadMixtureOfExperts(c, r, root, sourceNameForErrors);
-            c.BosTokenId = r.Int("bos_token_id") ?? 1;
-            c.EosTokenIds = r.IntOrList("eos_token_id") ?? new[] { 2 };
+            ReadDecoderFields(c, r, root, sourceNameForErrors);
         }
-        c.HeadDim = r.Int("head_dim") ?? (c.NumAttentionHeads > 0 ? c.HiddenSize / c.NumAttentionHeads : 0);
+        c.HeadDim = r.Int("head_dim") ?? (c.IsGemmaFamily ? 256 : modelType == "qwen3" ? 128 : c.NumAttentionHeads > 0 ? c.HiddenSize / c.NumAttentionHeads : 0);
+        if (modelType is "olmo2" or "phi3" && c.NumAttentionHeads > 0 && c.HeadDim * c.NumAttentionHeads != c.HiddenSize)
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': \"head_dim\" ({c.HeadDim}) other than hidden_size / num_attention_heads is not supported for {modelType}.");
         c.PadTokenId = r.Int("pad_token_id");
         c.Validate(sourceNameForErrors);
         return c;
+    }
+
+    /// <summary>Gemma, Gemma 2 and Gemma 3 text: (1 + w) RMSNorm, embeddings × √hidden, GeGLU.</summary>
+    internal bool IsGemmaFamily => ModelType is "gemma" or "gemma2" or "gemma3_text";
+
+    /// <summary>The fields of the rotary decoders (everything but gpt2), with each architecture's Hugging Face defaults for absent keys.</summary>
+    static void ReadDecoderFields(CausalLMConfig c, Reader r, JsonObject root, string source)
+    {
+        string t = c.ModelType;
+        bool gemma = c.IsGemmaFamily, gemma23 = t is "gemma2" or "gemma3_text";
+        c.MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? t switch { "mixtral" => 4096 * 32, "qwen3_moe" => 32768, _ => 2048 };
+        c.RmsNormEps = r.Double("rms_norm_eps") ?? (t is "phi3" or "olmo2" or "mixtral" ? 1e-5 : 1e-6);
+        c.RopeTheta = r.Double("rope_theta") ?? (t is "gemma3_text" or "mixtral" ? 1_000_000.0 : 10000.0);
+        c.TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? gemma;
+        // Mixtral's attention never has biases, nor do the MoE experts: transformers ignores these fields for them.
+        c.AttentionBias = t is not ("phi3" or "mixtral") && (r.Bool("attention_bias") ?? (t == "qwen2"));
+        c.MlpBias = t is not ("mixtral" or "qwen3_moe") && (r.Bool("mlp_bias") ?? false);
+        if (c.MlpBias && t is not ("llama" or "mistral" or "qwen2"))
+            throw new InvalidDataException($"Model configuration '{source}': \"mlp_bias\" true is not supported for {t}.");
+
+        // Gemma reads hidden_activation (gelu_pytorch_tanh when null) and ignores the legacy hidden_act; the others read hidden_act.
+        string activationKey = gemma ? "hidden_activation" : "hidden_act";
+        string act = r.String(activationKey) ?? (gemma ? "gelu_pytorch_tanh" : "silu");
+        if (act is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu") || (t is "llama" or "mistral" or "qwen2" or "mixtral" or "qwen3_moe" && act != "silu"))
+            throw new InvalidDataException($"Model configuration '{source}': {activationKey} \"{act}\" is not supported for {t} (supported: {(t is "llama" or "mistral" or "qwen2" or "mixtral" or "qwen3_moe" ? "silu" : "silu, gelu_pytorch_tanh, gelu_new, gelu")}).");
+        c.HiddenActivation = act;
+
+        if (r.Double("partial_rotary_factor") is double prf && prf != 1.0)
+            throw new InvalidDataException($"Model configuration '{source}': \"partial_rotary_factor\" {prf} is not supported (rotary over the whole head only).");
+        c.OriginalMaxPositionEmbeddings = t == "phi3" ? r.Int("original_max_position_embeddings") ?? 4096 : null;
+        c.RopeScaling = Modeling.RopeScaling.FromJson(root["rope_scaling"], source, t, c.OriginalMaxPositionEmbeddings);
+        if (c.RopeScaling is { RopeType: "longrope" } lr && c.OriginalMaxPositionEmbeddings is int original)
+            lr.OriginalMaxPositionEmbeddings = original;
+
+        // Soft-capping and the query scale change the computation: only Gemma 2 and 3 implement them.
+        if (gemma23)
+        {
+            c.QueryPreAttnScalar = r.DoubleOr("query_pre_attn_scalar", 256);
+            c.AttnLogitSoftcapping = r.DoubleOr("attn_logit_softcapping", t == "gemma2" ? 50.0 : null);
+            c.FinalLogitSoftcapping = r.DoubleOr("final_logit_softcapping", t == "gemma2" ? 30.0 : null);
+        }
+        else
+        {
+            foreach (var key in new[] { "attn_logit_softcapping", "final_logit_softcapping" })
+                if (r.Double(key) is double cap)
+                    throw new InvalidDataException($"Model configuration '{source}': \"{key}\" ({cap}) is not supported for {t} (only gemma2 and gemma3_text soft-cap).");
+        }
+
+        // Sliding windows: which key turns them on, and which layers use them.
+        c.SlidingWindow = t switch
+        {
+            "mistral" or "phi3" or "mixtral" => r.Int("sliding_window"),
+            "qwen2" => r.Bool("use_sliding_window") ?? false ? r.Int("sliding_window") : null,
+            "qwen3" => r.IntOr("sliding_window", 4096),     // transformers 4.51 masks with it whenever it is set
+            "gemma2" or "gemma3_text" => r.IntOr("sliding_window", 4096),
+            _ => null,
+        };
+        if (t is "gemma2" or "gemma3_text" or "qwen3")
+            c.LayerTypes = r.StringList("layer_types");
+        if (t == "gemma3_text")
+        {
+            c.RopeLocalBaseFreq = r.Double("rope_local_base_freq") ?? 10000.0;
+            if (c.LayerTypes is null)
+            {
+                int pattern = r.Int("sliding_window_pattern") ?? 6;
+                if (pattern <= 0) throw new InvalidDataException($"Model configuration '{source}': \"sliding_window_pattern\" must be positive, got {pattern}.");
+                c.SlidingWindowPattern = pattern;
+                c.LayerTypes = Enumerable.Range(0, c.NumHiddenLayers).Select(i => (i + 1) % pattern != 0 ? "sliding_attention" : "full_attention").ToArray();
+            }
+        }
+        else if (t == "gemma2" && c.LayerTypes is null)
+            c.LayerTypes = Enumerable.Range(0, c.NumHiddenLayers).Select(i => i % 2 == 0 ? "sliding_attention" : "full_attention").ToArray();
+        else if (t == "qwen3" && c.LayerTypes is not null && c.LayerTypes.All(l => l == "full_attention"))
+            c.LayerTypes = null;
+        if (c.LayerTypes is not null && c.SlidingWindow is null && c.LayerTypes.Contains("sliding_attention"))
+            throw new InvalidDataException($"Model configuration '{source}': \"layer_types\" names sliding_attention layers but \"sliding_window\" is null.");
+        if (t == "qwen3" && c.LayerTypes is not null && c.SlidingWindow is null) c.LayerTypes = null;
+
+        c.BosTokenId = r.Int("bos_token_id") ?? (gemma ? 2 : 1);
+        c.EosTokenIds = r.IntOrList("eos_token_id") ?? new[] { gemma ? 1 : 2 };
+        if (t is "mixtral" or "qwen3_moe") ReadMixtureOfExperts(c, r, root, source);
     }
 
     /// <summary>The sparse-MoE fields of mixtral and qwen3_moe; fields that change the computation and are not implemented are errors.</summary>
@@ -275,6 +379,28 @@ public sealed class CausalLMConfig
         }
         else if (NumExperts != 0)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': model_type \"{ModelType}\" has no experts (NumExperts = {NumExperts}); use mixtral or qwen3_moe.");
+        if (LayerTypes is not null)
+        {
+            if (LayerTypes.Count != NumHiddenLayers)
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': \"layer_types\" has {LayerTypes.Count} entries for {NumHiddenLayers} layers.");
+            int bad = LayerTypes.ToList().FindIndex(l => l is not ("sliding_attention" or "full_attention"));
+            if (bad >= 0)
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': \"layer_types\"[{bad}] is \"{LayerTypes[bad]}\" (supported: sliding_attention, full_attention).");
+        }
+        if (SlidingWindow is int w && w <= 0)
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': sliding_window must be positive, got {w}.");
+        if (RopeScaling is { RopeType: "longrope" } lr)
+        {
+            if (lr.ShortFactor is null || lr.LongFactor is null || lr.ShortFactor.Count != HeadDim / 2 || lr.LongFactor.Count != HeadDim / 2)
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': rope_scaling short_factor and long_factor must each have head_dim / 2 = {HeadDim / 2} entries, got {lr.ShortFactor?.Count ?? 0} and {lr.LongFactor?.Count ?? 0}.");
+            if (lr.OriginalMaxPositionEmbeddings <= 0)
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': original_max_position_embeddings must be positive, got {lr.OriginalMaxPositionEmbeddings}.");
+        }
+        if (RopeScaling is { RopeType: "linear", Factor: <= 0 })
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': rope_scaling linear factor must be positive, got {RopeScaling.Factor}.");
+        foreach (var (value, name) in new[] { (QueryPreAttnScalar, "query_pre_attn_scalar"), (AttnLogitSoftcapping, "attn_logit_softcapping"), (FinalLogitSoftcapping, "final_logit_softcapping") })
+            if (value is double v && !(v > 0))
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': {name} must be positive or null, got {v}.");
         if (IsGpt2 && HeadDim * NumAttentionHeads != HiddenSize)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': n_embd ({HiddenSize}) is not a multiple of n_head ({NumAttentionHeads}).");
     }
@@ -308,6 +434,12 @@ public sealed class CausalLMConfig
                 "qwen2" => "Qwen2ForCausalLM",
                 "mixtral" => "MixtralForCausalLM",
                 "qwen3_moe" => "Qwen3MoeForCausalLM",
+                "qwen3" => "Qwen3ForCausalLM",
+                "gemma" => "GemmaForCausalLM",
+                "gemma2" => "Gemma2ForCausalLM",
+                "gemma3_text" => "Gemma3ForCausalLM",
+                "phi3" => "Phi3ForCausalLM",
+                "olmo2" => "Olmo2ForCausalLM",
                 _ => "LlamaForCausalLM",
             });
             o["model_type"] = ModelType;
@@ -322,10 +454,39 @@ public sealed class CausalLMConfig
             o["rms_norm_eps"] = RmsNormEps;
             o["rope_theta"] = RopeTheta;
             o["rope_scaling"] = RopeScaling?.ToJsonNode();
-            o["hidden_act"] = "silu";
+            o["hidden_act"] = HiddenActivation;
             o["tie_word_embeddings"] = TieWordEmbeddings;
-            if (ModelType != "mixtral") o["attention_bias"] = AttentionBias;
-            if (ModelType is not ("mixtral" or "qwen3_moe")) o["mlp_bias"] = MlpBias;
+            if (ModelType is not ("phi3" or "mixtral")) o["attention_bias"] = AttentionBias;
+            if (ModelType is "llama" or "mistral" or "qwen2") o["mlp_bias"] = MlpBias;
+            if (IsGemmaFamily) o["hidden_activation"] = HiddenActivation;
+            if (ModelType is "gemma2" or "gemma3_text")
+            {
+                o["query_pre_attn_scalar"] = QueryPreAttnScalar;
+                o["attn_logit_softcapping"] = AttnLogitSoftcapping;
+                o["final_logit_softcapping"] = FinalLogitSoftcapping;
+                o["sliding_window"] = SlidingWindow;
+            }
+            if (ModelType == "gemma3_text")
+            {
+                o["rope_local_base_freq"] = RopeLocalBaseFreq ?? 10000.0;
+                var byPattern = SlidingWindowPattern is int pattern
+                    ? Enumerable.Range(0, NumHiddenLayers).Select(i => (i + 1) % pattern != 0 ? "sliding_attention" : "full_attention").ToArray() : null;
+                if (byPattern is not null && LayerTypes is not null && byPattern.SequenceEqual(LayerTypes)) o["sliding_window_pattern"] = SlidingWindowPattern;
+                else if (LayerTypes is not null) o["layer_types"] = new JsonArray(LayerTypes.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
+            }
+            else if (ModelType is "gemma2" or "qwen3" && LayerTypes is not null
+                && !(ModelType == "gemma2" && LayerTypes.Select((l, i) => l == (i % 2 == 0 ? "sliding_attention" : "full_attention")).All(b => b)))
+                o["layer_types"] = new JsonArray(LayerTypes.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
+            if (ModelType == "qwen3")
+            {
+                o["sliding_window"] = SlidingWindow;
+                o["use_sliding_window"] = SlidingWindow.HasValue;
+            }
+            if (ModelType == "phi3")
+            {
+                o["original_max_position_embeddings"] = OriginalMaxPositionEmbeddings ?? RopeScaling?.OriginalMaxPositionEmbeddings ?? MaxPositionEmbeddings;
+                o["sliding_window"] = SlidingWindow;
+            }
             if (ModelType is "mistral" or "mixtral") o["sliding_window"] = SlidingWindow;
             else if (ModelType == "qwen2")
             {
@@ -369,6 +530,7 @@ public sealed class CausalLMConfig
         c.EosTokenIds = EosTokenIds.ToArray();
         c.MlpOnlyLayers = MlpOnlyLayers.ToArray();
         c.RopeScaling = RopeScaling?.Clone();
+        c.LayerTypes = LayerTypes?.ToArray();
         return c;
     }
 
@@ -401,6 +563,18 @@ public sealed class CausalLMConfig
             _ => throw Bad(key, "a number"),
         };
 
+        /// <summary>The number, null when the key holds null, <paramref name="absent"/> when the key is missing (Hugging Face class defaults).</summary>
+        public double? DoubleOr(string key, double? absent) => root.ContainsKey(key) ? Double(key) : absent;
+
+        public int? IntOr(string key, int? absent) => root.ContainsKey(key) ? Int(key) : absent;
+
+        public string[]? StringList(string key) => root[key] switch
+        {
+            null => null,
+            JsonArray a when a.All(n => n is JsonValue v && v.TryGetValue(out string? _)) => a.Select(n => n!.GetValue<string>()).ToArray(),
+            _ => throw Bad(key, "a list of strings"),
+        };
+
         public bool? Bool(string key) => root[key] switch
         {
             null => null,
@@ -418,52 +592,124 @@ public sealed class CausalLMConfig
     }
 }
 
-/// <summary>RoPE frequency scaling ("llama3" type: Llama 3.1 and later).</summary>
+/// <summary>
+/// RoPE frequency scaling: <c>llama3</c> (Llama 3.1 and later), <c>linear</c> (frequencies ÷ <see cref="Factor"/>: Gemma 3's
+/// global layers) or <c>longrope</c> (Phi-3; older configs call it <c>su</c> or <c>yarn</c>, which Phi-3 reads as longrope).
+/// </summary>
 public sealed class RopeScaling
 {
-    /// <summary>The scaling type; only "llama3" is supported.</summary>
+    /// <summary>The scaling type: "llama3", "linear" or "longrope".</summary>
     public string RopeType { get; set; } = "llama3";
 
-    /// <summary>Overall scale factor for low frequencies.</summary>
+    /// <summary>llama3: overall scale factor for low frequencies; linear: the divisor of every frequency.</summary>
     public double Factor { get; set; } = 8.0;
 
-    /// <summary>Wavelength threshold factor below which frequencies are scaled fully.</summary>
+    /// <summary>Wavelength threshold factor below which frequencies are scaled fully (llama3).</summary>
     public double LowFreqFactor { get; set; } = 1.0;
 
-    /// <summary>Wavelength threshold factor above which frequencies are left unscaled.</summary>
+    /// <summary>Wavelength threshold factor above which frequencies are left unscaled (llama3).</summary>
     public double HighFreqFactor { get; set; } = 4.0;
 
-    /// <summary>The context length of the original (unscaled) model.</summary>
+    /// <summary>
+    /// The context length of the original (unscaled) model (llama3: from <c>rope_scaling</c>; longrope: the config's
+    /// top-level <c>original_max_position_embeddings</c>, which decides between the short and long factors).
+    /// </summary>
     public int OriginalMaxPositionEmbeddings { get; set; } = 8192;
 
-    internal RopeScaling Clone() => (RopeScaling)MemberwiseClone();
+    /// <summary>longrope: per-frequency divisors (head_dim / 2 of them) used while every position is within the original context.</summary>
+    public IReadOnlyList<double>? ShortFactor { get; set; }
 
-    internal JsonNode ToJsonNode() => new JsonObject
+    /// <summary>longrope: per-frequency divisors used once a position reaches beyond the original context.</summary>
+    public IReadOnlyList<double>? LongFactor { get; set; }
+
+    /// <summary>longrope: the cos/sin multiplier when the config gives it; null means √(1 + ln(max/original) / ln(original)).</summary>
+    public double? AttentionFactor { get; set; }
+
+    internal RopeScaling Clone()
     {
-        ["rope_type"] = RopeType,
-        ["factor"] = Factor,
-        ["low_freq_factor"] = LowFreqFactor,
-        ["high_freq_factor"] = HighFreqFactor,
-        ["original_max_position_embeddings"] = OriginalMaxPositionEmbeddings,
-    };
+        var c = (RopeScaling)MemberwiseClone();
+        c.ShortFactor = ShortFactor?.ToArray();
+        c.LongFactor = LongFactor?.ToArray();
+        return c;
+    }
 
-    internal static RopeScaling? FromJson(JsonNode? node, string source)
+    internal JsonNode ToJsonNode()
+    {
+        static JsonArray Numbers(IReadOnlyList<double> v) => new(v.Select(d => (JsonNode?)JsonValue.Create(d)).ToArray());
+        switch (RopeType)
+        {
+            case "linear":
+                // Both keys: transformers 4.47 models read "type", later ones "rope_type".
+                return new JsonObject { ["type"] = "linear", ["rope_type"] = "linear", ["factor"] = Factor };
+            case "longrope":
+                // Phi-3 in transformers 4.47 accepts exactly these three keys.
+                var o = new JsonObject { ["type"] = "longrope", ["short_factor"] = Numbers(ShortFactor!), ["long_factor"] = Numbers(LongFactor!) };
+                if (AttentionFactor is double a) o["attention_factor"] = a;
+                return o;
+            default:
+                return new JsonObject
+                {
+                    ["rope_type"] = RopeType,
+                    ["factor"] = Factor,
+                    ["low_freq_factor"] = LowFreqFactor,
+                    ["high_freq_factor"] = HighFreqFactor,
+                    ["original_max_position_embeddings"] = OriginalMaxPositionEmbeddings,
+                };
+        }
+    }
+
+    /// <summary>Reads <c>rope_scaling</c>; <paramref name="modelType"/> decides the aliases (Phi-3 reads su and yarn as longrope).</summary>
+    internal static RopeScaling? FromJson(JsonNode? node, string source, string modelType = "llama", int? originalMaxPositionEmbeddings = null)
     {
         if (node is null) return null;
         if (node is not JsonObject o)
             throw new InvalidDataException($"Model configuration '{source}': \"rope_scaling\" must be an object or null.");
-        string? type = (o["rope_type"] ?? o["type"])?.GetValue<string>();
+        string? type;
+        try { type = (o["rope_type"] ?? o["type"])?.GetValue<string>(); }
+        catch (InvalidOperationException) { throw new InvalidDataException($"Model configuration '{source}': rope_scaling \"type\" must be a string."); }
         if (type is null or "default") return null;
-        if (type != "llama3")
-            throw new InvalidDataException($"Model configuration '{source}': rope_scaling type \"{type}\" is not supported (supported: llama3).");
-        double D(string k, double def) => o[k] is JsonValue v && v.TryGetValue(out double d) ? d : def;
-        return new RopeScaling
+        if (modelType == "phi3" && type is "su" or "yarn") type = "longrope";
+        string supported = modelType == "phi3" ? "longrope (su, yarn)" : "llama3, linear";
+        bool ok = modelType == "phi3" ? type == "longrope" : type is "llama3" or "linear";
+        if (!ok)
+            throw new InvalidDataException($"Model configuration '{source}': rope_scaling type \"{type}\" is not supported for {modelType} (supported: {supported}).");
+        double D(string k, double def) => o[k] switch
         {
-            RopeType = type,
-            Factor = D("factor", 8.0),
-            LowFreqFactor = D("low_freq_factor", 1.0),
-            HighFreqFactor = D("high_freq_factor", 4.0),
-            OriginalMaxPositionEmbeddings = (int)D("original_max_position_embeddings", 8192),
+            null => def,
+            JsonValue v when v.TryGetValue(out double d) => d,
+            var other => throw new InvalidDataException($"Model configuration '{source}': rope_scaling \"{k}\" must be a number, got {other.ToJsonString()}."),
         };
+        double[] List(string k)
+        {
+            if (o[k] is JsonArray a && a.All(n => n is JsonValue v && v.TryGetValue(out double _)))
+                return a.Select(n => n!.GetValue<double>()).ToArray();
+            throw new InvalidDataException($"Model configuration '{source}': rope_scaling \"{k}\" must be a list of numbers, got {o[k]?.ToJsonString() ?? "nothing"}.");
+        }
+        switch (type)
+        {
+            case "linear":
+                if (o["factor"] is null) throw new InvalidDataException($"Model configuration '{source}': rope_scaling type \"linear\" lacks \"factor\".");
+                return new RopeScaling { RopeType = type, Factor = D("factor", 1.0) };
+            case "longrope":
+                foreach (var key in o.Select(kv => kv.Key))
+                    if (key is not ("type" or "rope_type" or "short_factor" or "long_factor" or "attention_factor" or "original_max_position_embeddings"))
+                        throw new InvalidDataException($"Model configuration '{source}': rope_scaling field \"{key}\" is not supported for longrope.");
+                int original = o["original_max_position_embeddings"] is null ? originalMaxPositionEmbeddings ?? 4096 : (int)D("original_max_position_embeddings", 0);
+                return new RopeScaling
+                {
+                    RopeType = type, ShortFactor = List("short_factor"), LongFactor = List("long_factor"),
+                    AttentionFactor = o["attention_factor"] is null ? null : D("attention_factor", 1.0),
+                    OriginalMaxPositionEmbeddings = original,
+                };
+            default:
+                return new RopeScaling
+                {
+                    RopeType = type,
+                    Factor = D("factor", 8.0),
+                    LowFreqFactor = D("low_freq_factor", 1.0),
+                    HighFreqFactor = D("high_freq_factor", 4.0),
+                    OriginalMaxPositionEmbeddings = (int)D("original_max_position_embeddings", 8192),
+                };
+        }
     }
 }

@@ -74,11 +74,31 @@ public sealed class KvCache : IDisposable
     /// <summary>Called by the model once every layer has appended <paramref name="newTokens"/> positions.</summary>
     internal void Advance(int newTokens) => Length += newTokens;
 
+    /// <summary>
+    /// State a model keeps beside its keys and values (Phi-3 longrope: the token ids seen, to recompute every key when the
+    /// rotary factors switch). Disposed with the cache when disposable.
+    /// </summary>
+    internal object? ModelState { get; set; }
+
+    /// <summary>Empties the cache (frees the tensors) so the model can refill it from position 0; it stays usable.</summary>
+    internal void Clear()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            _keys[i]?.Dispose(); _keys[i] = null;
+            _values[i]?.Dispose(); _values[i] = null;
+        }
+        Length = 0;
+    }
+
     /// <summary>Frees every held tensor; the cache is empty and unusable afterwards.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        (ModelState as IDisposable)?.Dispose();
+        ModelState = null;
         for (int i = 0; i < _keys.Length; i++)
         {
             _keys[i]?.Dispose(); _keys[i] = null;

@@ -85,3 +85,38 @@ internal sealed class Conv1D : nn.Module<Tensor, Tensor>
         return y.view(x.shape.Take(x.shape.Length - 1).Append(weight.shape[1]).ToArray()).MoveToOuterDisposeScope();
     }
 }
+
+/// <summary>
+/// Gemma's RMSNorm: y = x / sqrt(mean(x²) + eps) · (1 + weight), all in float32, then cast; the weight starts at zero
+/// (Gemma, Gemma 2, Gemma 3 and their q/k norms).
+/// </summary>
+internal sealed class GemmaRMSNorm : nn.Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006 // Hugging Face names
+    readonly Parameter weight;   // [H]
+#pragma warning restore IDE1006
+    readonly double _eps;
+
+    public GemmaRMSNorm(long size, double eps) : base(nameof(GemmaRMSNorm))
+    {
+        weight = new Parameter(torch.zeros(size).DetachFromDisposeScope());
+        _eps = eps;
+        RegisterComponents();
+    }
+
+    /// <summary>Hugging Face initialises the (1 + w) gain at w = 0.</summary>
+    internal void ResetWeight()
+    {
+        using var noGrad = torch.no_grad();
+        weight.zero_();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        var wide = Precision.Wide(x.dtype);
+        var xf = x.to(wide);                                                     // [.., H]
+        var normed = xf.mul(xf.pow(2).mean(new long[] { -1 }, keepdim: true).add(_eps).rsqrt());
+        return normed.mul(weight.to(wide).add(1.0)).to(x.dtype).MoveToOuterDisposeScope();
+    }
+}
