@@ -130,6 +130,7 @@ public abstract class CausalLM : nn.Module
         {
             "gpt2" => new Gpt2LMHeadModel(config.Clone()),
             "qwen3" => new Qwen3ForCausalLM(config.Clone()),
+            "qwen3_moe" => new Qwen3MoeForCausalLM(config.Clone()),
             "gemma" => new GemmaForCausalLM(config.Clone()),
             "gemma2" or "gemma3_text" => new Gemma2ForCausalLM(config.Clone()),
             "phi3" => new Phi3ForCausalLM(config.Clone()),

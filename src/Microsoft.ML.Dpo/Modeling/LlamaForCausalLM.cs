@@ -11,7 +11,7 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// [RMSNorm → grouped-query attention with rotary positions (half-split layout) → residual, RMSNorm → SwiGLU MLP → residual],
 /// final RMSNorm, output head (tied to the embedding or separate). Parameter names follow <c>LlamaForCausalLM</c>.
 /// Mixtral is Mistral with the MLP replaced by a sparse mixture of experts (<see cref="SparseMoeBlock"/>, registered as
-/// <c>block_sparse_moe</c>); Qwen3-MoE puts the same block under <c>mlp</c> in its sparse layers.
+/// <c>block_sparse_moe</c>).
 /// </summary>
 public sealed class LlamaForCausalLM : CausalLM
 {
@@ -76,7 +76,7 @@ public sealed class LlamaForCausalLM : CausalLM
     sealed class LlamaDecoderLayer : nn.Module
     {
         readonly LlamaAttention self_attn;
-        readonly nn.Module? mlp;                             // the SwiGLU MLP (LlamaMlp), or qwen3_moe's sparse MoE block
+        readonly LlamaMlp? mlp;                              // the SwiGLU MLP
         readonly SparseMoeBlock? block_sparse_moe;           // mixtral's sparse MoE block (then mlp is null)
         readonly RMSNorm input_layernorm;
         readonly RMSNorm post_attention_layernorm;
@@ -84,9 +84,8 @@ public sealed class LlamaForCausalLM : CausalLM
         public LlamaDecoderLayer(CausalLMConfig c, int index, RouterLogitsSink? routerSink) : base(nameof(LlamaDecoderLayer))
         {
             self_attn = new LlamaAttention(c, index);
-            if (!c.IsSparseLayer(index)) mlp = new LlamaMlp(c);
-            else if (c.ModelType == "mixtral") block_sparse_moe = new SparseMoeBlock(c, routerSink!);
-            else mlp = new SparseMoeBlock(c, routerSink!);
+            if (c.IsSparseLayer(index)) block_sparse_moe = new SparseMoeBlock(c, routerSink!);
+            else mlp = new LlamaMlp(c);
             input_layernorm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
             post_attention_layernorm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
             RegisterComponents();
@@ -97,7 +96,7 @@ public sealed class LlamaForCausalLM : CausalLM
             using var scope = torch.NewDisposeScope();
             x = x + self_attn.forward(input_layernorm.forward(x), cos, sin, mask, cache);   // [B, T, H]
             var h = post_attention_layernorm.forward(x);
-            x = x + (mlp switch { LlamaMlp dense => dense.forward(h), SparseMoeBlock sparse => sparse.forward(h), _ => block_sparse_moe!.forward(h) });
+            x = x + (block_sparse_moe is not null ? block_sparse_moe.forward(h) : mlp!.forward(h));
             return x.MoveToOuterDisposeScope();
         }
     }
@@ -108,11 +107,6 @@ public sealed class LlamaForCausalLM : CausalLM
         nn.Module<Tensor, Tensor> k_proj;   // [Hkv·D, hidden]
         nn.Module<Tensor, Tensor> v_proj;   // [Hkv·D, hidden]
         nn.Module<Tensor, Tensor> o_proj;   // [hidden, H·D]
-        // qwen3_moe only: per-head RMSNorm of queries and keys over head_dim, before rotary (Qwen3MoeAttention).
-        // MERGE NOTE: the same idea as the qwen3 attention (per-head q/k norm) on the dense-architectures branch; at merge
-        // qwen3_moe should use that attention module and these two fields go away.
-        readonly RMSNorm? q_norm;           // [D]
-        readonly RMSNorm? k_norm;           // [D]
         readonly int _layer, _heads, _kvHeads, _headDim;
 
         public LlamaAttention(CausalLMConfig c, int layer) : base(nameof(LlamaAttention))
@@ -122,11 +116,6 @@ public sealed class LlamaForCausalLM : CausalLM
             k_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.AttentionBias);
             v_proj = nn.Linear(c.HiddenSize, _kvHeads * _headDim, hasBias: c.AttentionBias);
             o_proj = nn.Linear(_heads * _headDim, c.HiddenSize, hasBias: c.OutputProjectionBias);
-            if (c.ModelType == "qwen3_moe")
-            {
-                q_norm = new RMSNorm(_headDim, c.RmsNormEps);
-                k_norm = new RMSNorm(_headDim, c.RmsNormEps);
-            }
             RegisterComponents();
         }
 
@@ -134,11 +123,8 @@ public sealed class LlamaForCausalLM : CausalLM
         {
             using var scope = torch.NewDisposeScope();
             long b = x.shape[0], t = x.shape[1];
-            var q = q_proj.forward(x).view(b, t, _heads, _headDim);                      // [B, T, H, D]
-            var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim);                    // [B, T, Hkv, D]
-            if (q_norm is not null) (q, k) = (q_norm.forward(q), k_norm!.forward(k));
-            q = q.transpose(1, 2);                                                         // [B, H, T, D]
-            k = k.transpose(1, 2);                                                         // [B, Hkv, T, D]
+            var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);      // [B, H, T, D]
+            var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
             var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
             q = RotaryEmbedding.Apply(q, cos, sin);
             k = RotaryEmbedding.Apply(k, cos, sin);
