@@ -9,11 +9,14 @@ var suites = new IBenchmarkSuite[]
 {
     new GenerationSuite(),
     new DpoSuite(),
+    new MoeSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
 // Internal: one DPO step variant in a fresh process, for its peak memory (DpoSuite starts it).
 if (args.Length == 2 && args[0] == "dpo-variant") return DpoSuite.RunVariantAndReportPeak(args[1]);
+// Internal: one DPO step on the MoE benchmark model or its dense twin, for its peak memory (MoeSuite starts it).
+if (args.Length == 2 && args[0] == "moe-dpo-step") return MoeSuite.RunDpoStepAndReportPeak(args[1]);
 
 BenchmarkOptions options;
 List<string> chosen;

@@ -44,12 +44,15 @@ internal static class TrainCommands
         public readonly Option<string> Device = Cli.Option("--device", "auto, cpu, cuda or cuda:N.", "auto");
         public readonly Option<int?> LoraRank = Cli.Optional<int?>("--lora-rank", "Train LoRA adapters of this rank instead of all weights (the DPO reference is then the model with adapters off).");
         public readonly Option<double?> LoraAlpha = Cli.Optional<double?>("--lora-alpha", "LoRA scaling numerator (scale = alpha / rank; default 2 x rank).");
-        public readonly Option<string?> LoraTargets = Cli.Optional<string?>("--lora-targets", "Comma-separated projections to adapt: q,k,v,o,gate,up,down (Llama, Qwen, Gemma, OLMo 2), qkv,o,gate_up,down (Phi-3), c_attn,c_proj,c_fc (GPT-2), or all-linear (default: q,v / qkv / c_attn).");
+        public readonly Option<string?> LoraTargets = Cli.Optional<string?>("--lora-targets", "Comma-separated projections to adapt: q,k,v,o,gate,up,down (Llama, Qwen, Gemma, OLMo 2), qkv,o,gate_up,down (Phi-3), c_attn,c_proj,c_fc (GPT-2), or all-linear (default: q,v / qkv / c_attn); " +
+            "MoE experts: w1,w2,w3 (Mixtral) or gate,up,down (Qwen3-MoE); routers only when 'router' is listed.");
+        public readonly Option<double?> RouterAuxLossCoef = Cli.Optional<double?>("--router-aux-loss-coef", "MoE models: weight of the load-balancing loss added to the objective (default: the config's router_aux_loss_coef, 0.001; 0 turns it off).");
+        public readonly Option<double> RouterZLossCoef = Cli.Option("--router-z-loss-coef", "MoE models: weight of the router z-loss (default 0: off).", 0.0);
 
         public void AddTo(Command command)
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplate, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets })
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplate, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
 
@@ -90,6 +93,8 @@ internal static class TrainCommands
             options.Log = display.Log;
             options.Progress = display.Progress;
             options.CancellationToken = cancellation;
+            options.RouterAuxLossCoefficient = result.GetValue(RouterAuxLossCoef);
+            options.RouterZLossCoefficient = result.GetValue(RouterZLossCoef);
             if (result.GetValue(LoraRank) is int rank)
                 options.Lora = new LoraOptions
                 {

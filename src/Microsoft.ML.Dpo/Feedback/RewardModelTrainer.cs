@@ -64,7 +64,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
             head = ScoreHead.Create(model.Network);
             string fingerprint = FineTuningRun.Fingerprint(model, FineTuningRun.Summary(options) + ";reward-model",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
-            var objective = new RewardObjective(model.Network, head, model.PadTokenId);
+            var objective = FineTuningRun.WithRouterLosses(new RewardObjective(model.Network, head, model.PadTokenId), model.Network, options);
             var trainable = FineTuningRun.Trainable(model).Concat(head.parameters().Where(p => p.requires_grad)).ToList();
             model.Network.train();
             var summary = new TrainingLoop<TokenizedPreference>(options, trainable, objective, Checkpoint(model, head), fingerprint, log).Run(examples);

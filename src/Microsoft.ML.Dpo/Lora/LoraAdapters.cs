@@ -162,6 +162,7 @@ public sealed class LoraAdapters
     {
         ArgumentNullException.ThrowIfNull(network);
         var projections = network.ProjectionNames;
+        var routers = network.RouterNames;      // MoE routers: adapted only when named ("router", or their own names)
         targets ??= network.Config.ModelType switch { "gpt2" => ["c_attn"], "phi3" => ["qkv_proj"], _ => ["q_proj", "v_proj"] };
         var selected = new HashSet<string>(StringComparer.Ordinal);
         foreach (string raw in targets)
@@ -169,7 +170,12 @@ public sealed class LoraAdapters
             string target = raw.Trim();
             if (target is "all-linear" or "all")
             {
-                selected.UnionWith(projections);
+                selected.UnionWith(projections.Except(routers));
+                continue;
+            }
+            if (target == "router" && routers.Count > 0)
+            {
+                selected.UnionWith(routers);
                 continue;
             }
             string full = ExpandShortName(target, network.Config.IsGpt2);

@@ -20,7 +20,10 @@ public sealed class LoraOptions
     /// <c>down</c>, the same for Qwen3, Gemma and OLMo 2; Phi-3's fused <c>qkv</c>, <c>o</c>, <c>gate_up</c>, <c>down</c>; GPT-2:
     /// <c>c_attn</c>, <c>c_proj</c>, <c>c_fc</c>), Hugging Face name (<c>q_proj</c>, <c>qkv_proj</c>, …), any dotted
     /// suffix of a projection's qualified name (<c>mlp.c_proj</c>), or <c>all-linear</c>. Null (the default) means
-    /// q and v (Phi-3: qkv_proj) for the rotary models and c_attn for GPT-2, as PEFT does.
+    /// q and v (Phi-3: qkv_proj) for the rotary models and c_attn for GPT-2, as PEFT does. Mixture-of-experts models add the experts' projections
+    /// (Mixtral <c>w1</c>, <c>w2</c>, <c>w3</c>; Qwen3-MoE <c>gate</c>, <c>up</c>, <c>down</c>, which are also its dense MLP's names);
+    /// their routers stay frozen — <c>all-linear</c> leaves them out — unless <c>router</c> (or a router's own name, such as
+    /// <c>block_sparse_moe.gate</c>) is listed, which puts an adapter on every router.
     /// </summary>
     public IReadOnlyList<string>? TargetModules { get; set; }
 

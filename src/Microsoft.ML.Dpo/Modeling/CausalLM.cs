@@ -57,6 +57,22 @@ public abstract class CausalLM : nn.Module
         named_modules().Where(m => m.module is IProjectionOwner)
             .SelectMany(m => ((IProjectionOwner)m.module).ProjectionSlots.Select(s => m.name + "." + s)).ToList();
 
+    /// <summary>
+    /// The qualified names of the routers of the sparse MoE layers (e.g. <c>model.layers.0.block_sparse_moe.gate</c>), a subset
+    /// of <see cref="ProjectionNames"/>; empty for a dense model. LoRA adapts a router only when a target names it.
+    /// </summary>
+    public IReadOnlyList<string> RouterNames =>
+        named_modules().Where(m => m.module is SparseMoeBlock).Select(m => m.name + "." + SparseMoeBlock.RouterSlot).ToList();
+
+    /// <summary>Where this network's MoE layers put their router logits; null for a dense model.</summary>
+    private protected virtual RouterLogitsSink? RouterSink => null;
+
+    /// <summary>Records the router logits of every forward pass until disposed (for the load-balancing loss); null for a dense model.</summary>
+    internal RouterLogitsRecording? RecordRouterLogits() => RouterSink?.Start();
+
+    /// <summary>Forward passes inside the returned scope are not recorded (a reference pass through the same network).</summary>
+    internal IDisposable? PauseRouterRecording() => RouterSink?.Pause();
+
     /// <summary>The projection module registered under the qualified <paramref name="name"/> (see <see cref="ProjectionNames"/>).</summary>
     /// <exception cref="ArgumentException">No projection has that name.</exception>
     public nn.Module<Tensor, Tensor> GetProjection(string name)
@@ -114,6 +130,7 @@ public abstract class CausalLM : nn.Module
         {
             "gpt2" => new Gpt2LMHeadModel(config.Clone()),
             "qwen3" => new Qwen3ForCausalLM(config.Clone()),
+            "qwen3_moe" => new Qwen3MoeForCausalLM(config.Clone()),
             "gemma" => new GemmaForCausalLM(config.Clone()),
             "gemma2" or "gemma3_text" => new Gemma2ForCausalLM(config.Clone()),
             "phi3" => new Phi3ForCausalLM(config.Clone()),

@@ -8,12 +8,13 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// <summary>
 /// The shape of a causal language model, read from and written to a Hugging Face <c>config.json</c>.
 /// One class serves every architecture: the Llama family (<c>llama</c>, <c>mistral</c>, <c>qwen2</c>), <c>qwen3</c>,
-/// <c>gemma</c>, <c>gemma2</c>, <c>gemma3_text</c>, <c>phi3</c>, <c>olmo2</c> and <c>gpt2</c>; fields that only some use say so.
+/// <c>gemma</c>, <c>gemma2</c>, <c>gemma3_text</c>, <c>phi3</c>, <c>olmo2</c>, the sparse mixtures of experts <c>mixtral</c> and
+/// <c>qwen3_moe</c>, and <c>gpt2</c>; fields that only some use say so.
 /// </summary>
 public sealed class CausalLMConfig
 {
     /// <summary>The model types this library can build.</summary>
-    public static IReadOnlyList<string> SupportedModelTypes { get; } = new[] { "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2" };
+    public static IReadOnlyList<string> SupportedModelTypes { get; } = new[] { "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "mixtral", "qwen3_moe", "gpt2" };
 
     /// <summary>Hugging Face <c>model_type</c>: one of <see cref="SupportedModelTypes"/>.</summary>
     public string ModelType { get; set; } = "llama";
@@ -81,10 +82,7 @@ public sealed class CausalLMConfig
     /// <summary>Gemma 2 / 3: attention scores are scaled by <c>query_pre_attn_scalar^-0.5</c> instead of <c>head_dim^-0.5</c>. Null: head_dim.</summary>
     public double? QueryPreAttnScalar { get; set; }
 
-    /// <summary>
-    /// Gemma 2: attention scores become <c>cap · tanh(score / cap)</c> before the mask (<c>attn_logit_softcapping</c>). Null: off.
-    /// Gemma 3 keeps the field but, as in transformers, does not apply it.
-    /// </summary>
+    /// <summary>Gemma 2 / 3: attention scores become <c>cap · tanh(score / cap)</c> before the mask (<c>attn_logit_softcapping</c>). Null: off.</summary>
     public double? AttnLogitSoftcapping { get; set; }
 
     /// <summary>Gemma 2 / 3: output logits become <c>cap · tanh(logit / cap)</c> (<c>final_logit_softcapping</c>). Null: off.</summary>
@@ -118,6 +116,50 @@ public sealed class CausalLMConfig
 
     /// <summary>Padding token id, when the config names one.</summary>
     public int? PadTokenId { get; set; }
+
+    /// <summary>
+    /// Routed experts per sparse MoE layer (<c>num_local_experts</c> for mixtral, <c>num_experts</c> for qwen3_moe); 0 for a dense model.
+    /// </summary>
+    public int NumExperts { get; set; }
+
+    /// <summary>Experts each token is routed to (<c>num_experts_per_tok</c>, the top-k of the router).</summary>
+    public int NumExpertsPerToken { get; set; }
+
+    /// <summary>
+    /// Width of one expert's SwiGLU MLP for qwen3_moe (<c>moe_intermediate_size</c>); mixtral's experts use
+    /// <see cref="IntermediateSize"/>, and qwen3_moe's dense layers (<see cref="MlpOnlyLayers"/>) use <see cref="IntermediateSize"/>.
+    /// </summary>
+    public int MoeIntermediateSize { get; set; }
+
+    /// <summary>Renormalise the top-k routing weights to sum to 1 (<c>norm_topk_prob</c>; mixtral always does).</summary>
+    public bool NormTopKProb { get; set; }
+
+    /// <summary>qwen3_moe: every <c>decoder_sparse_step</c>-th layer (layer i with (i + 1) % step == 0) is a sparse MoE layer. Default 1.</summary>
+    public int DecoderSparseStep { get; set; } = 1;
+
+    /// <summary>qwen3_moe: layers that use a dense MLP (<see cref="IntermediateSize"/>) instead of the MoE block (<c>mlp_only_layers</c>).</summary>
+    public IReadOnlyList<int> MlpOnlyLayers { get; set; } = Array.Empty<int>();
+
+    /// <summary>
+    /// The coefficient of the load-balancing auxiliary loss (<c>router_aux_loss_coef</c>, default 0.001), used by the trainers
+    /// when they train an MoE model (see <see cref="Training.TrainingOptions"/>).
+    /// </summary>
+    public double RouterAuxLossCoef { get; set; } = 0.001;
+
+    /// <summary><c>output_router_logits</c> as the config gives it (kept for the round trip; the trainers add the auxiliary loss to an MoE either way).</summary>
+    public bool OutputRouterLogits { get; set; }
+
+    /// <summary>mixtral: multiplicative router jitter in training, hidden states × U(1 − j, 1 + j) before routing (<c>router_jitter_noise</c>). Default 0.</summary>
+    public double RouterJitterNoise { get; set; }
+
+    /// <summary>True when the model has sparse mixture-of-experts layers (<see cref="NumExperts"/> &gt; 0).</summary>
+    public bool IsMixtureOfExperts => NumExperts > 0;
+
+    /// <summary>Whether layer <paramref name="layer"/> is a sparse MoE layer (Hugging Face's rule: not in <c>mlp_only_layers</c>, and (layer + 1) % <c>decoder_sparse_step</c> == 0).</summary>
+    internal bool IsSparseLayer(int layer) => NumExperts > 0 && !MlpOnlyLayers.Contains(layer) && (layer + 1) % DecoderSparseStep == 0;
+
+    /// <summary>The width of one expert's MLP: mixtral <c>intermediate_size</c>, qwen3_moe <c>moe_intermediate_size</c>.</summary>
+    internal int ExpertIntermediateSize => ModelType == "mixtral" ? IntermediateSize : MoeIntermediateSize;
 
     /// <summary>True for <c>gpt2</c>, false for the Llama family.</summary>
     public bool IsGpt2 => ModelType == "gpt2";
@@ -213,20 +255,21 @@ public sealed class CausalLMConfig
     {
         string t = c.ModelType;
         bool gemma = c.IsGemmaFamily, gemma23 = t is "gemma2" or "gemma3_text";
-        c.MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? 2048;
-        c.RmsNormEps = r.Double("rms_norm_eps") ?? (t is "phi3" or "olmo2" ? 1e-5 : 1e-6);
-        c.RopeTheta = r.Double("rope_theta") ?? (t == "gemma3_text" ? 1_000_000.0 : 10000.0);
+        c.MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? t switch { "mixtral" => 4096 * 32, "qwen3_moe" => 32768, _ => 2048 };
+        c.RmsNormEps = r.Double("rms_norm_eps") ?? (t is "phi3" or "olmo2" or "mixtral" ? 1e-5 : 1e-6);
+        c.RopeTheta = r.Double("rope_theta") ?? (t is "gemma3_text" or "mixtral" ? 1_000_000.0 : 10000.0);
         c.TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? gemma;
-        c.AttentionBias = t != "phi3" && (r.Bool("attention_bias") ?? (t == "qwen2"));
-        c.MlpBias = r.Bool("mlp_bias") ?? false;
+        // Mixtral's attention never has biases, nor do the MoE experts: transformers ignores these fields for them.
+        c.AttentionBias = t is not ("phi3" or "mixtral") && (r.Bool("attention_bias") ?? (t == "qwen2"));
+        c.MlpBias = t is not ("mixtral" or "qwen3_moe") && (r.Bool("mlp_bias") ?? false);
         if (c.MlpBias && t is not ("llama" or "mistral" or "qwen2"))
             throw new InvalidDataException($"Model configuration '{source}': \"mlp_bias\" true is not supported for {t}.");
 
         // Gemma reads hidden_activation (gelu_pytorch_tanh when null) and ignores the legacy hidden_act; the others read hidden_act.
         string activationKey = gemma ? "hidden_activation" : "hidden_act";
         string act = r.String(activationKey) ?? (gemma ? "gelu_pytorch_tanh" : "silu");
-        if (act is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu") || (t is "llama" or "mistral" or "qwen2" && act != "silu"))
-            throw new InvalidDataException($"Model configuration '{source}': {activationKey} \"{act}\" is not supported for {t} (supported: {(t is "llama" or "mistral" or "qwen2" ? "silu" : "silu, gelu_pytorch_tanh, gelu_new, gelu")}).");
+        if (act is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu") || (t is "llama" or "mistral" or "qwen2" or "mixtral" or "qwen3_moe" && act != "silu"))
+            throw new InvalidDataException($"Model configuration '{source}': {activationKey} \"{act}\" is not supported for {t} (supported: {(t is "llama" or "mistral" or "qwen2" or "mixtral" or "qwen3_moe" ? "silu" : "silu, gelu_pytorch_tanh, gelu_new, gelu")}).");
         c.HiddenActivation = act;
 
         if (r.Double("partial_rotary_factor") is double prf && prf != 1.0)
@@ -253,7 +296,7 @@ public sealed class CausalLMConfig
         // Sliding windows: which key turns them on, and which layers use them.
         c.SlidingWindow = t switch
         {
-            "mistral" or "phi3" => r.Int("sliding_window"),
+            "mistral" or "phi3" or "mixtral" => r.Int("sliding_window"),
             "qwen2" => r.Bool("use_sliding_window") ?? false ? r.Int("sliding_window") : null,
             "qwen3" => r.IntOr("sliding_window", 4096),     // transformers 4.51 masks with it whenever it is set
             "gemma2" or "gemma3_text" => r.IntOr("sliding_window", 4096),
@@ -282,6 +325,38 @@ public sealed class CausalLMConfig
 
         c.BosTokenId = r.Int("bos_token_id") ?? (gemma ? 2 : 1);
         c.EosTokenIds = r.IntOrList("eos_token_id") ?? new[] { gemma ? 1 : 2 };
+        if (t is "mixtral" or "qwen3_moe") ReadMixtureOfExperts(c, r, root, source);
+    }
+
+    /// <summary>The sparse-MoE fields of mixtral and qwen3_moe; fields that change the computation and are not implemented are errors.</summary>
+    static void ReadMixtureOfExperts(CausalLMConfig c, Reader r, JsonObject root, string source)
+    {
+        InvalidDataException Unsupported(string what) => new($"Model configuration '{source}': {what} is not supported.");
+        c.NumExpertsPerToken = r.Int("num_experts_per_tok") ?? (c.ModelType == "mixtral" ? 2 : 8);
+        c.RouterAuxLossCoef = r.Double("router_aux_loss_coef") ?? 0.001;
+        c.OutputRouterLogits = r.Bool("output_router_logits") ?? false;
+        if (c.ModelType == "mixtral")
+        {
+            if (c.RopeScaling is not null) throw Unsupported("\"rope_scaling\" for mixtral (transformers 4.47 ignores it, later versions apply it)");
+            c.NumExperts = r.Int("num_local_experts") ?? 8;
+            c.NormTopKProb = true;
+            c.RouterJitterNoise = r.Double("router_jitter_noise") ?? 0.0;
+            if (!(c.RouterJitterNoise >= 0 && c.RouterJitterNoise < 1))
+                throw new InvalidDataException($"Model configuration '{source}': \"router_jitter_noise\" must be in [0, 1), got {c.RouterJitterNoise}.");
+            return;
+        }
+        // qwen3_moe
+        c.NumExperts = r.Int("num_experts") ?? 128;
+        c.MoeIntermediateSize = r.Int("moe_intermediate_size") ?? 768;
+        c.NormTopKProb = r.Bool("norm_topk_prob") ?? false;
+        c.DecoderSparseStep = r.Int("decoder_sparse_step") ?? 1;
+        if (c.DecoderSparseStep <= 0) throw new InvalidDataException($"Model configuration '{source}': \"decoder_sparse_step\" must be positive, got {c.DecoderSparseStep}.");
+        c.MlpOnlyLayers = r.IntOrList("mlp_only_layers") ?? Array.Empty<int>();
+        if (root["mlp_only_layers"] is JsonValue) throw new InvalidDataException($"Model configuration '{source}': \"mlp_only_layers\" must be a list of layer indices.");
+        // Qwen3MoeConfig keeps sliding_window only when use_sliding_window is true, and then applies it only from layer
+        // max_window_layers on; that per-layer window is not implemented.
+        if ((r.Bool("use_sliding_window") ?? false) && root["sliding_window"] is not null)
+            throw Unsupported("\"use_sliding_window\": true (per-layer sliding windows from \"max_window_layers\" on)");
     }
 
     /// <summary>Checks the sizes for consistency.</summary>
@@ -302,6 +377,18 @@ public sealed class CausalLMConfig
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': num_attention_heads ({NumAttentionHeads}) is not a multiple of num_key_value_heads ({NumKeyValueHeads}).");
         if (HeadDim % 2 != 0 && !IsGpt2)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': head_dim ({HeadDim}) must be even for rotary embeddings.");
+        if (ModelType is "mixtral" or "qwen3_moe")
+        {
+            Positive(NumExperts, ModelType == "mixtral" ? "num_local_experts" : "num_experts");
+            Positive(NumExpertsPerToken, "num_experts_per_tok");
+            if (NumExpertsPerToken > NumExperts)
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': num_experts_per_tok ({NumExpertsPerToken}) exceeds the number of experts ({NumExperts}).");
+            if (ModelType == "qwen3_moe") Positive(MoeIntermediateSize, "moe_intermediate_size");
+            if (MlpOnlyLayers.Any(l => l < 0 || l >= NumHiddenLayers))
+                throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': mlp_only_layers [{string.Join(", ", MlpOnlyLayers)}] names a layer outside 0..{NumHiddenLayers - 1}.");
+        }
+        else if (NumExperts != 0)
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': model_type \"{ModelType}\" has no experts (NumExperts = {NumExperts}); use mixtral or qwen3_moe.");
         if (LayerTypes is not null)
         {
             if (LayerTypes.Count != NumHiddenLayers)
@@ -310,6 +397,8 @@ public sealed class CausalLMConfig
             if (bad >= 0)
                 throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': \"layer_types\"[{bad}] is \"{LayerTypes[bad]}\" (supported: sliding_attention, full_attention).");
         }
+        if (SlidingWindow is int w && w <= 0)
+            throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': sliding_window must be positive, got {w}.");
         if (RopeScaling is { RopeType: "longrope" } lr)
         {
             if (lr.ShortFactor is null || lr.LongFactor is null || lr.ShortFactor.Count != HeadDim / 2 || lr.LongFactor.Count != HeadDim / 2)
@@ -353,6 +442,8 @@ public sealed class CausalLMConfig
             {
                 "mistral" => "MistralForCausalLM",
                 "qwen2" => "Qwen2ForCausalLM",
+                "mixtral" => "MixtralForCausalLM",
+                "qwen3_moe" => "Qwen3MoeForCausalLM",
                 "qwen3" => "Qwen3ForCausalLM",
                 "gemma" => "GemmaForCausalLM",
                 "gemma2" => "Gemma2ForCausalLM",
@@ -375,7 +466,7 @@ public sealed class CausalLMConfig
             o["rope_scaling"] = RopeScaling?.ToJsonNode();
             o["hidden_act"] = HiddenActivation;
             o["tie_word_embeddings"] = TieWordEmbeddings;
-            if (ModelType != "phi3") o["attention_bias"] = AttentionBias;
+            if (ModelType is not ("phi3" or "mixtral")) o["attention_bias"] = AttentionBias;
             if (ModelType is "llama" or "mistral" or "qwen2") o["mlp_bias"] = MlpBias;
             if (IsGemmaFamily) o["hidden_activation"] = HiddenActivation;
             if (ModelType is "gemma2" or "gemma3_text")
@@ -418,6 +509,28 @@ public sealed class CausalLMConfig
                 o["use_sliding_window"] = SlidingWindow.HasValue;
                 if (SlidingWindow.HasValue) o["sliding_window"] = SlidingWindow;
             }
+            if (ModelType == "mixtral")
+            {
+                o["num_local_experts"] = NumExperts;
+                o["num_experts_per_tok"] = NumExpertsPerToken;
+                o["router_jitter_noise"] = RouterJitterNoise;
+            }
+            else if (ModelType == "qwen3_moe")
+            {
+                o["num_experts"] = NumExperts;
+                o["num_experts_per_tok"] = NumExpertsPerToken;
+                o["moe_intermediate_size"] = MoeIntermediateSize;
+                o["norm_topk_prob"] = NormTopKProb;
+                o["decoder_sparse_step"] = DecoderSparseStep;
+                o["mlp_only_layers"] = new JsonArray(MlpOnlyLayers.Select(l => (JsonNode?)JsonValue.Create(l)).ToArray());
+                o["use_sliding_window"] = false;
+                o["sliding_window"] = null;
+            }
+            if (IsMixtureOfExperts)
+            {
+                o["router_aux_loss_coef"] = RouterAuxLossCoef;
+                o["output_router_logits"] = OutputRouterLogits;
+            }
         }
         o["bos_token_id"] = BosTokenId;
         o["eos_token_id"] = EosTokenIds.Count == 1 ? JsonValue.Create(EosTokenIds[0]) : new JsonArray(EosTokenIds.Select(e => (JsonNode?)JsonValue.Create(e)).ToArray());
@@ -431,6 +544,7 @@ public sealed class CausalLMConfig
     {
         var c = (CausalLMConfig)MemberwiseClone();
         c.EosTokenIds = EosTokenIds.ToArray();
+        c.MlpOnlyLayers = MlpOnlyLayers.ToArray();
         c.RopeScaling = RopeScaling?.Clone();
         c.LayerTypes = LayerTypes?.ToArray();
         return c;
@@ -613,7 +727,7 @@ public sealed class RopeScaling
                     Factor = D("factor", 8.0),
                     LowFreqFactor = D("low_freq_factor", 1.0),
                     HighFreqFactor = D("high_freq_factor", 4.0),
-                    OriginalMaxPositionEmbeddings = OriginalPositions(),
+                    OriginalMaxPositionEmbeddings = (int)D("original_max_position_embeddings", 8192),
                 };
         }
     }

@@ -10,15 +10,19 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// The Llama architecture (also Mistral and Qwen2, which differ only in configuration): token embedding, N blocks of
 /// [RMSNorm → grouped-query attention with rotary positions (half-split layout) → residual, RMSNorm → SwiGLU MLP → residual],
 /// final RMSNorm, output head (tied to the embedding or separate). Parameter names follow <c>LlamaForCausalLM</c>.
+/// Mixtral is Mistral with the MLP replaced by a sparse mixture of experts (<see cref="SparseMoeBlock"/>, registered as
+/// <c>block_sparse_moe</c>).
 /// </summary>
 public sealed class LlamaForCausalLM : CausalLM
 {
     readonly LlamaModel model;
     readonly Linear? lm_head;      // [V, H]; null when tied to model.embed_tokens
+    readonly RouterLogitsSink? _routerSink;   // MoE models: where the routers' logits go while recorded
 
     internal LlamaForCausalLM(CausalLMConfig config) : base(nameof(LlamaForCausalLM), config)
     {
-        model = new LlamaModel(config);
+        _routerSink = config.IsMixtureOfExperts ? new RouterLogitsSink() : null;
+        model = new LlamaModel(config, _routerSink);
         lm_head = config.TieWordEmbeddings ? null : nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
         RegisterComponents();
     }
@@ -26,6 +30,8 @@ public sealed class LlamaForCausalLM : CausalLM
     /// <inheritdoc/>
     public override Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
         => model.forward(inputIds, attentionMask, cache);
+
+    private protected override RouterLogitsSink? RouterSink => _routerSink;
 
     /// <inheritdoc/>
     public override Tensor LogitsFromHidden(Tensor hidden)
@@ -38,11 +44,13 @@ public sealed class LlamaForCausalLM : CausalLM
         readonly RMSNorm norm;
         readonly RotaryEmbedding _rope;                         // no tensors: nothing registered
         readonly int? _slidingWindow;
+        readonly RouterLogitsSink? _routerSink;
 
-        public LlamaModel(CausalLMConfig c) : base(nameof(LlamaModel))
+        public LlamaModel(CausalLMConfig c, RouterLogitsSink? routerSink) : base(nameof(LlamaModel))
         {
+            _routerSink = routerSink;
             embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
-            layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new LlamaDecoderLayer(c, i)).ToArray());
+            layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(i => new LlamaDecoderLayer(c, i, routerSink)).ToArray());
             norm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
             _rope = new RotaryEmbedding(c);
             _slidingWindow = c.SlidingWindow;
@@ -54,6 +62,7 @@ public sealed class LlamaForCausalLM : CausalLM
             using var scope = torch.NewDisposeScope();
             long past = cache?.Length ?? 0;
             var (positions, mask) = PrepareInputs(inputIds, attentionMask, past, _slidingWindow);   // [B, T], [B, 1, T, S]
+            _routerSink?.BeginForward(attentionMask, past, inputIds.shape[0], inputIds.shape[1]);
             var x = embed_tokens.forward(inputIds);                                   // [B, T, H]
             var (cos, sin) = _rope.CosSin(positions, x.dtype);                        // [B, 1, T, D] each
             foreach (var layer in layers)
@@ -67,14 +76,16 @@ public sealed class LlamaForCausalLM : CausalLM
     sealed class LlamaDecoderLayer : nn.Module
     {
         readonly LlamaAttention self_attn;
-        readonly LlamaMlp mlp;
+        readonly LlamaMlp? mlp;                              // the SwiGLU MLP
+        readonly SparseMoeBlock? block_sparse_moe;           // mixtral's sparse MoE block (then mlp is null)
         readonly RMSNorm input_layernorm;
         readonly RMSNorm post_attention_layernorm;
 
-        public LlamaDecoderLayer(CausalLMConfig c, int index) : base(nameof(LlamaDecoderLayer))
+        public LlamaDecoderLayer(CausalLMConfig c, int index, RouterLogitsSink? routerSink) : base(nameof(LlamaDecoderLayer))
         {
             self_attn = new LlamaAttention(c, index);
-            mlp = new LlamaMlp(c);
+            if (c.IsSparseLayer(index)) block_sparse_moe = new SparseMoeBlock(c, routerSink!);
+            else mlp = new LlamaMlp(c);
             input_layernorm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
             post_attention_layernorm = new RMSNorm(c.HiddenSize, c.RmsNormEps);
             RegisterComponents();
@@ -84,7 +95,8 @@ public sealed class LlamaForCausalLM : CausalLM
         {
             using var scope = torch.NewDisposeScope();
             x = x + self_attn.forward(input_layernorm.forward(x), cos, sin, mask, cache);   // [B, T, H]
-            x = x + mlp.forward(post_attention_layernorm.forward(x));
+            var h = post_attention_layernorm.forward(x);
+            x = x + (block_sparse_moe is not null ? block_sparse_moe.forward(h) : mlp!.forward(h));
             return x.MoveToOuterDisposeScope();
         }
     }

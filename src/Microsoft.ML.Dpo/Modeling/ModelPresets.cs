@@ -24,8 +24,12 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// </summary>
 public static class ModelPresets
 {
-    /// <summary>The architectures presets exist for: "llama", "gpt2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2".</summary>
-    public static IReadOnlyList<string> Architectures { get; } = ["llama", "gpt2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"];
+    /// <summary>
+    /// The architectures presets exist for: "llama", "gpt2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", and the
+    /// sparse mixtures of experts "mixtral" (Mistral attention, 8 experts of the llama MLP width, top-2) and "qwen3_moe"
+    /// (per-head q/k norms, 8 experts of half the llama MLP width, top-2 with renormalised weights, every layer sparse).
+    /// </summary>
+    public static IReadOnlyList<string> Architectures { get; } = ["llama", "gpt2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "mixtral", "qwen3_moe"];
 
     /// <summary>The preset names, smallest first: "tiny", "small", "medium".</summary>
     public static IReadOnlyList<string> Names { get; } = ["tiny", "small", "medium"];
@@ -62,6 +66,18 @@ public static class ModelPresets
             {
                 ModelType = "llama", HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
                 NumAttentionHeads = s.Heads, NumKeyValueHeads = s.KeyValueHeads, HeadDim = s.Hidden / s.Heads, RmsNormEps = 1e-5,
+            },
+            "mixtral" => new CausalLMConfig
+            {
+                ModelType = "mixtral", HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
+                NumAttentionHeads = s.Heads, NumKeyValueHeads = s.KeyValueHeads, HeadDim = s.Hidden / s.Heads, RmsNormEps = 1e-5,
+                RopeTheta = 1e6, NumExperts = 8, NumExpertsPerToken = 2, NormTopKProb = true,
+            },
+            "qwen3_moe" => new CausalLMConfig
+            {
+                ModelType = "qwen3_moe", HiddenSize = s.Hidden, IntermediateSize = s.LlamaMlp, NumHiddenLayers = s.Layers,
+                NumAttentionHeads = s.Heads, NumKeyValueHeads = s.KeyValueHeads, HeadDim = s.Hidden / s.Heads, RmsNormEps = 1e-6,
+                RopeTheta = 1e6, NumExperts = 8, NumExpertsPerToken = 2, MoeIntermediateSize = s.LlamaMlp / 2, NormTopKProb = true,
             },
             "gpt2" => new CausalLMConfig
             {

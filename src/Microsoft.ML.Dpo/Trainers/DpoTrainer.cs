@@ -142,7 +142,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
 
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";dpo;{loss};nll={options.NllWeight:R};ref={options.Reference}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
-            var objective = new DpoObjective(policy.Network, referenceLogProbs, loss, options.NllWeight, policy.PadTokenId);
+            var objective = FineTuningRun.WithRouterLosses(new DpoObjective(policy.Network, referenceLogProbs, loss, options.NllWeight, policy.PadTokenId), policy.Network, options);
             policy.Network.train();
             var summary = new TrainingLoop<TokenizedPreference>(options, FineTuningRun.Trainable(policy), objective,
                 FineTuningRun.Checkpoint(options, policy), fingerprint, log).Run(examples);
@@ -151,7 +151,8 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             IReadOnlyDictionary<string, double>? validationMetrics = null;
             if (validation is not null)
             {
-                var validationObjective = new DpoObjective(policy.Network, validationReferenceLogProbs, loss, options.NllWeight, policy.PadTokenId);
+                var validationObjective = FineTuningRun.WithRouterLosses(
+                    new DpoObjective(policy.Network, validationReferenceLogProbs, loss, options.NllWeight, policy.PadTokenId), policy.Network, options);
                 validationMetrics = Evaluation.Average(validationObjective, validation, options.BatchSize, "eval/");
                 log("DPO validation: " + string.Join(" ", validationMetrics.Select(kv => $"{kv.Key}={kv.Value:G4}")));
             }

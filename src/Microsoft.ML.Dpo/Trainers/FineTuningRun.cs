@@ -107,7 +107,13 @@ internal static class FineTuningRun
     public static string Summary(TrainingOptions o) =>
         $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
         $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
-        (o is LanguageModelTrainerOptions { Lora: { } lora } ? ";lora=" + lora : "");
+        (o is LanguageModelTrainerOptions { Lora: { } lora } ? ";lora=" + lora : "") +
+        (o is LanguageModelTrainerOptions { RouterAuxLossCoefficient: double aux } ? $";aux={aux:R}" : "") +
+        (o is LanguageModelTrainerOptions { RouterZLossCoefficient: > 0 and var z } ? $";zloss={z:R}" : "");
+
+    /// <summary>The objective with the MoE router losses added when <paramref name="network"/> is a sparse mixture of experts (<see cref="RouterAuxLossObjective{TExample}"/>).</summary>
+    public static ITrainingObjective<TExample> WithRouterLosses<TExample>(ITrainingObjective<TExample> objective, Modeling.CausalLM network, LanguageModelTrainerOptions options) =>
+        RouterAuxLossObjective<TExample>.Wrap(objective, network, options.RouterAuxLossCoefficient, options.RouterZLossCoefficient);
 
     /// <summary>Routes log lines to the options' callback and to ML.NET's log channel; dispose it when the run ends (it closes the channel).</summary>
     public sealed class RunLog(IHostEnvironment? env, LanguageModelTrainerOptions options, string component) : IDisposable

@@ -23,6 +23,21 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
     /// </summary>
     public LoraOptions? Lora { get; set; }
 
+    /// <summary>
+    /// The weight of the load-balancing auxiliary loss (Switch Transformer; transformers' <c>load_balancing_loss_func</c>) added to
+    /// the objective when the model is a sparse mixture of experts (mixtral, qwen3_moe), logged as <c>aux_loss</c>. Null (the
+    /// default) uses the model config's <c>router_aux_loss_coef</c> (0.001 unless the checkpoint says otherwise); 0 turns it off.
+    /// Unlike transformers and TRL, which add it only when the config sets <c>output_router_logits</c>, it is on by default.
+    /// Ignored for dense models.
+    /// </summary>
+    public double? RouterAuxLossCoefficient { get; set; }
+
+    /// <summary>
+    /// The weight of the router z-loss (ST-MoE: mean of logsumexp(router logits)² over real tokens) for MoE models, logged as
+    /// <c>router_z_loss</c>. Default 0 (off), as in transformers' Mixtral and Qwen3-MoE.
+    /// </summary>
+    public double RouterZLossCoefficient { get; set; }
+
     /// <summary>Receives progress lines (the trainers also write them to ML.NET's log channel).</summary>
     public Action<string>? Log { get; set; }
 
@@ -33,6 +48,10 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
         if (BaseModel is null && string.IsNullOrWhiteSpace(BaseModelPath))
             throw new ArgumentException("Set BaseModelPath (a Hugging Face directory or llama2.c file) or BaseModel.", nameof(BaseModelPath));
         Lora?.Validate();
+        if (RouterAuxLossCoefficient is double aux && !(aux >= 0 && double.IsFinite(aux)))
+            throw new ArgumentOutOfRangeException(nameof(RouterAuxLossCoefficient), aux, "RouterAuxLossCoefficient must be null or a finite number ≥ 0.");
+        if (!(RouterZLossCoefficient >= 0 && double.IsFinite(RouterZLossCoefficient)))
+            throw new ArgumentOutOfRangeException(nameof(RouterZLossCoefficient), RouterZLossCoefficient, "RouterZLossCoefficient must be a finite number ≥ 0.");
     }
 }
 

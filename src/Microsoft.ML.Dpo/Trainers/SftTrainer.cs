@@ -68,7 +68,7 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
             log($"SFT data: {report}.");
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";sft;completionOnly={options.CompletionOnlyLoss}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Completion }));
-            var objective = new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss);
+            var objective = FineTuningRun.WithRouterLosses(new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss), policy.Network, options);
             policy.Network.train();
             var summary = new TrainingLoop<TokenizedCompletion>(options, FineTuningRun.Trainable(policy), objective,
                 FineTuningRun.Checkpoint(options, policy), fingerprint, log).Run(examples);

@@ -22,6 +22,7 @@ internal abstract class ReferenceLogProbs
         {
             using var _ = no_grad();
             using var around = enter?.Invoke();
+            using var notRecorded = reference.PauseRouterRecording();      // a LoRA policy's reference pass adds no router loss
             var (sum, count) = SequenceScoring.CompletionLogProbs(reference, batch);
             return SequenceLogProbs.SplitPairs(mean ? SequenceLogProbs.Mean(sum, count) : sum);
         }

@@ -19,13 +19,6 @@ public sealed class HfParityTests
 {
     const double LogitTolerance = 1e-4, LogProbTolerance = 1e-3, MarginFloor = 1e-3;
 
-    /// <summary>
-    /// Model types another branch implements (issue 12: mixtral and qwen3_moe come with the MoE work). While this library
-    /// does not support them, their cases are inconclusive instead of failing; every other unsupported type fails.
-    /// The lead empties this list when the branches are merged.
-    /// </summary>
-    static readonly string[] PendingModelTypes = ["mixtral", "qwen3_moe"];
-
     const string KitFolder = "reference/hf-parity";
     const string ExtraPrefix = "extra:";
 
@@ -56,8 +49,6 @@ public sealed class HfParityTests
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "reference.json")));
         var r = doc.RootElement;
         string modelType = r.GetProperty("model_type").GetString()!;
-        if (!CausalLMConfig.SupportedModelTypes.Contains(modelType) && PendingModelTypes.Contains(modelType))
-            Assert.Inconclusive($"model_type {modelType} is pending on another branch (HfParityTests.PendingModelTypes).");
 
         using var lm = LanguageModel.Load(dir);
         var model = lm.Network;
