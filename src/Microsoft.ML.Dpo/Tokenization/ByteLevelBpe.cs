@@ -35,6 +35,30 @@ internal static class ByteLevelBpe
         return sb.ToString();
     }
 
+    /// <summary>The byte-level string of a text's UTF-8 bytes ("Hello world" → "HelloĠworld").</summary>
+    public static string ToByteLevel(string text)
+    {
+        int n = Encoding.UTF8.GetByteCount(text);
+        byte[] bytes = n <= 4096 ? new byte[n] : System.Buffers.ArrayPool<byte>.Shared.Rent(n);
+        Encoding.UTF8.GetBytes(text, bytes);
+        string s = BytesToString(bytes.AsSpan(0, n));
+        if (n > 4096) System.Buffers.ArrayPool<byte>.Shared.Return(bytes);
+        return s;
+    }
+
+    static readonly int[] s_charToByte = BuildCharToByte();
+
+    /// <summary>The byte a byte-level character stands for, or -1 when <paramref name="c"/> is not one of the 256.</summary>
+    public static int CharToByte(char c) => c < s_charToByte.Length ? s_charToByte[c] : -1;
+
+    static int[] BuildCharToByte()
+    {
+        var map = new int[512];
+        Array.Fill(map, -1);
+        for (int b = 0; b < 256; b++) map[s_byteToChar[b]] = b;
+        return map;
+    }
+
     static char[] BuildByteToChar()
     {
         // GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 to U+0100 onwards.

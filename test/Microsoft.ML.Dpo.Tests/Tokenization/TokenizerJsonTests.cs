@@ -1,7 +1,6 @@
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Microsoft.ML.Dpo.Tokenization;
-using Microsoft.ML.Tokenizers;
 
 namespace Microsoft.ML.Dpo.Tests.Tokenization;
 
@@ -66,7 +65,7 @@ public sealed class TokenizerJsonTests
         var fromFiles = TextTokenizer.FromDirectory(filesDir.Path);
         var fromJson = TextTokenizer.FromDirectory(jsonDir.Path);
 
-        Assert.IsInstanceOfType<BpeTokenizer>(fromJson.Inner);
+        Assert.AreEqual("tokenizer.json", fromJson.Format);
         foreach (string text in s_tinyTexts)
         {
             int[] ids = fromJson.Encode(text).ToArray();
@@ -101,7 +100,7 @@ public sealed class TokenizerJsonTests
 
         var fromFiles = TextTokenizer.FromDirectory(files.Path);
         var fromJson = TextTokenizer.FromDirectory(json.Path);
-        Assert.IsInstanceOfType<BpeTokenizer>(fromJson.Inner);
+        Assert.AreEqual("tokenizer.json", fromJson.Format);
         CollectionAssert.AreEqual(new[] { 15496, 995 }, fromJson.Encode("Hello world").ToArray());
         foreach (string text in Gpt2TokenizerTests.VariedTexts.Append("football, foot ball; <|endoftext|><|endoftext|>\n\n\n  \t x"))
         {
@@ -171,20 +170,26 @@ public sealed class TokenizerJsonTests
         """;
 
     [TestMethod]
-    public void TokenizerJsonIsOnlyTheFallback()
+    public void TokenizerJsonComesFirst()
     {
         const string unigram = """{"version": "1.0", "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]}}""";
 
         using var sp = new TempDirectory();
         TokenizerFixtures.WriteTinySentencePiece(sp.Combine("tokenizer.model"));
         File.WriteAllText(sp.Combine("tokenizer.json"), unigram);
-        Assert.IsInstanceOfType<SentencePieceTokenizer>(TextTokenizer.FromDirectory(sp.Path).Inner, "tokenizer.model comes first");
+        var e = Assert.ThrowsExactly<NotSupportedException>(() => TextTokenizer.FromDirectory(sp.Path), "tokenizer.json comes first, as in Hugging Face");
+        StringAssert.Contains(e.Message, "model type \"Unigram\"");
+        StringAssert.Contains(e.Message, "tokenizer.json");
+        File.Delete(sp.Combine("tokenizer.json"));
+        Assert.AreEqual("tokenizer.model", TextTokenizer.FromDirectory(sp.Path).Format);
 
         using var bpe = new TempDirectory();
         TokenizerFixtures.WriteTinyByteLevelBpe(bpe.Path);
         File.WriteAllText(bpe.Combine("tokenizer.json"), unigram);
+        Assert.ThrowsExactly<NotSupportedException>(() => TextTokenizer.FromDirectory(bpe.Path));
+        File.Delete(bpe.Combine("tokenizer.json"));
         var tok = TextTokenizer.FromDirectory(bpe.Path);
-        Assert.IsInstanceOfType<BpeTokenizer>(tok.Inner, "vocab.json + merges.txt come before tokenizer.json");
+        Assert.AreEqual("vocab.json + merges.txt", tok.Format);
         CollectionAssert.AreEqual(new[] { 259, 264 }, tok.Encode("hello world").ToArray());
     }
 
