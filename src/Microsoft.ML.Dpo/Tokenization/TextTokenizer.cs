@@ -33,6 +33,7 @@ public sealed class TextTokenizer
     const string Gpt2EndOfText = "<|endoftext|>";
 
     readonly HfTokenizer _pipeline;
+    readonly Lazy<int[]> _leadingSpecialIds;
     readonly Dictionary<string, int> _specialTokens;
     readonly int? _padTokenId;
     readonly string? _sourceDirectory;
@@ -47,6 +48,7 @@ public sealed class TextTokenizer
         ChatTemplate? chatTemplate, Exception? chatTemplateError, bool chatTemplateOverridden, string? sourceDirectory, JsonObject? sourceConfig, bool isGpt2Data)
     {
         _pipeline = pipeline;
+        _leadingSpecialIds = new Lazy<int[]>(LeadingSpecialIds);
         Format = format;
         CleanUpTokenizationSpaces = cleanUpSpaces;
         ModelMaxLength = modelMaxLength;
@@ -148,14 +150,33 @@ public sealed class TextTokenizer
     public ChatTemplate ChatTemplate => _chatTemplate ?? throw new NotSupportedException(_chatTemplateError!.Message, _chatTemplateError);
 
     /// <summary>
-    /// Encodes a prompt the way every part of the library does — trainers, generation, judges, chat client: with the
-    /// model's own special-token convention, Hugging Face's <c>add_special_tokens=True</c> (Llama 3 and Mistral prepend
-    /// BOS; Qwen and GPT-2 add nothing). A text that already starts with BOS gets a second one, as in Hugging Face.
-    /// Completions are encoded separately with <c>Encode(text)</c> (no special tokens).
+    /// Encodes a prompt the way every part of the library does — trainers, evaluator, generation, judges, chat client: with
+    /// the model's own special-token convention, Hugging Face's <c>add_special_tokens=True</c> (Llama 3 and Mistral prepend
+    /// BOS; Qwen and GPT-2 add nothing; never a rule of ours). One case differs from <c>Encode(text, addSpecialTokens: true)</c>:
+    /// a prompt that already starts with the special tokens the model prepends — a chat template's rendering, such as Llama 3's
+    /// <c>&lt;|begin_of_text|&gt;…</c> — is not given them twice, because Hugging Face's <c>apply_chat_template</c> tokenizes
+    /// its rendering without special tokens. Completions are encoded separately (<c>Encode(text)</c>, no special tokens).
     /// </summary>
     /// <param name="text">The prompt.</param>
     /// <returns>The ids.</returns>
-    public IReadOnlyList<int> EncodePrompt(string text) => Encode(text, addSpecialTokens: true);
+    public IReadOnlyList<int> EncodePrompt(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = _pipeline.Encode(text, addSpecialTokens: false);
+        var full = _pipeline.PostProcessor?.AddSpecialTokens(ids) ?? ids;
+        var lead = _leadingSpecialIds.Value;
+        if (lead.Length == 0 || ids.Count < lead.Length) return full;
+        for (int i = 0; i < lead.Length; i++) if (ids[i] != lead[i]) return full;
+        return full.Skip(lead.Length).ToArray();
+    }
+
+    /// <summary>The ids the post-processor puts before the text (BOS for Llama 3 and Mistral; none for Qwen and GPT-2).</summary>
+    int[] LeadingSpecialIds()
+    {
+        var probe = _pipeline.PostProcessor?.AddSpecialTokens([-1]) ?? [-1];
+        int at = probe.IndexOf(-1);
+        return at > 0 ? probe.Take(at).ToArray() : [];
+    }
 
     /// <summary>Encodes text to ids, as Hugging Face's <c>encode(text, add_special_tokens=...)</c>.</summary>
     /// <param name="text">The text; added tokens written in it become their ids.</param>
@@ -276,6 +297,7 @@ public sealed class TextTokenizer
         }
 
         string? tokenizerClass = files.TokenizerClass();
+        int? spBos = null, spEos = null;
         HfTokenizer pipeline;
         string format;
         if (isTokenizerJson)
@@ -285,7 +307,7 @@ public sealed class TextTokenizer
         }
         else if (isSentencePiece)
         {
-            pipeline = SentencePieceReader.Read(spPath, legacy: files.ConfigBool("legacy") ?? true);
+            pipeline = SentencePieceReader.Read(spPath, legacy: files.ConfigBool("legacy") ?? true, out spBos, out spEos);
             format = SentencePieceModelFile;
         }
         else
@@ -318,6 +340,8 @@ public sealed class TextTokenizer
             }
             if (defined) return null;
             var ids = files.TokenIds(idKey);
+            // A SentencePiece model names its own BOS and EOS (trainer_spec.bos_id, eos_id), as Python's LlamaTokenizer defaults "<s>", "</s>".
+            if (ids.Count == 0 && (key == "bos_token" ? spBos : key == "eos_token" ? spEos : null) is int own) ids = [own];
             if (ids.Count == 0) return null;
             token = added.TryGetValue(ids[0], out var a) ? a.Content : pipeline.Model.IdToToken(ids[0]);
             return ids[0];

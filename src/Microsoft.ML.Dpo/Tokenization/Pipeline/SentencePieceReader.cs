@@ -15,8 +15,10 @@ internal static class SentencePieceReader
 {
     const int Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Byte = 6;
 
-    public static HfTokenizer Read(string path, bool legacy)
+    /// <summary>Reads the model; <paramref name="bosId"/> and <paramref name="eosId"/> are trainer_spec's bos_id and eos_id (null when negative or out of range).</summary>
+    public static HfTokenizer Read(string path, bool legacy, out int? bosId, out int? eosId)
     {
+        long bos = 1, eos = 2;
         byte[] data = File.ReadAllBytes(path);
         var pieces = new List<(string Piece, float Score, int Type)>();
         int modelType = 1;
@@ -48,6 +50,8 @@ internal static class SentencePieceReader
                     {
                         if (f == 3 && w == 0) modelType = (int)t.Varint();
                         else if (f == 35 && w == 0) byteFallback = t.Varint() != 0;
+                        else if (f == 41 && w == 0) bos = (long)t.Varint();
+                        else if (f == 42 && w == 0) eos = (long)t.Varint();
                         else t.Skip(w);
                     }
                 }
@@ -72,6 +76,9 @@ internal static class SentencePieceReader
             throw new InvalidDataException($"{path}: not a SentencePiece model (protobuf ModelProto): {e.Message}", e);
         }
         if (pieces.Count == 0) throw new InvalidDataException($"{path}: not a SentencePiece model: no pieces.");
+        // protobuf writes negative int32 values as 64-bit two's complement varints: -1 (no such token) arrives as a huge number.
+        bosId = bos >= 0 && bos < pieces.Count ? (int)bos : null;
+        eosId = eos >= 0 && eos < pieces.Count ? (int)eos : null;
         if (modelType != 2)
             throw new NotSupportedException($"{path}: trainer_spec.model_type {(modelType == 1 ? "UNIGRAM" : modelType.ToString(System.Globalization.CultureInfo.InvariantCulture))} is not supported (only BPE SentencePiece models load); add the model's tokenizer.json to the directory.");
         if (hasCharsMap || (normalizerName != "identity" && normalizerName != ""))
