@@ -40,10 +40,10 @@ public sealed class DirectoryTokenizerTests
         var plainTokenizer = TextTokenizer.FromDirectory(plain.Path);
         CollectionAssert.AreNotEqual(plainTokenizer.Encode(composed).ToArray(), plainTokenizer.Encode(decomposed).ToArray());
 
-        // tokenizer.json's normalizer decides when it is present.
+        // A tokenizer.json comes first, as in Hugging Face; one without a model is an error naming the file.
         File.WriteAllText(plain.Combine("tokenizer.json"), """{"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}]}, "pre_tokenizer": {"type": "ByteLevel"}}""");
-        var withNfc = TextTokenizer.FromDirectory(plain.Path);
-        CollectionAssert.AreEqual(withNfc.Encode(composed).ToArray(), withNfc.Encode(decomposed).ToArray());
+        var e = Assert.ThrowsExactly<InvalidDataException>(() => TextTokenizer.FromDirectory(plain.Path));
+        StringAssert.Contains(e.Message, "tokenizer.json: no \"model\"");
     }
 
     [TestMethod]

@@ -15,6 +15,7 @@ internal sealed class HfTokenizer
     readonly AddedTokenMatcher _rawMatcher, _normalizedMatcher;
     readonly Dictionary<int, AddedToken> _addedById = new();
     readonly HashSet<string> _addedContents = new(StringComparer.Ordinal);
+    readonly Dictionary<int, string> _decodedAs = new();
 
     public HfTokenizer(BpeModel model, Normalizer? normalizer, PreTokenizer? preTokenizer, PostProcessor? postProcessor, Decoder? decoder, IEnumerable<AddedToken> addedTokens)
     {
@@ -28,9 +29,11 @@ internal sealed class HfTokenizer
         foreach (var t in addedTokens)
         {
             _addedById[t.Id] = t;
-            _addedContents.Add(t.Content);
-            if (t.Normalized && normalizer != null) normalized.Add(t with { Content = normalizer.Normalize(t.Content) });
-            else raw.Add(t);
+            // A normalized added token is matched, and decoded, in its normalized form (as Hugging Face's Rust tokenizers do).
+            var matched = t.Normalized && normalizer != null ? t with { Content = normalizer.Normalize(t.Content) } : t;
+            _decodedAs[t.Id] = matched.Content;
+            _addedContents.Add(matched.Content);
+            (t.Normalized && normalizer != null ? normalized : raw).Add(matched);
         }
         _rawMatcher = new AddedTokenMatcher(raw);
         _normalizedMatcher = new AddedTokenMatcher(normalized);
@@ -76,7 +79,7 @@ internal sealed class HfTokenizer
         {
             if (_addedById.TryGetValue(id, out var added))
             {
-                if (!(skipSpecialTokens && added.Special)) tokens.Add(added.Content);
+                if (!(skipSpecialTokens && added.Special)) tokens.Add(_decodedAs[id]);
                 continue;
             }
             if (Model.IdToToken(id) is string t) tokens.Add(t);
