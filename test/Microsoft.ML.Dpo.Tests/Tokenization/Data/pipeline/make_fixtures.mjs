@@ -159,4 +159,19 @@ for (const [name, f] of Object.entries(fixtures())) {
   out.tokenizers[name] = r;
   console.log(`${name}: transformers.js differs from Rust on ${differ.length} of ${TEXTS.length} texts`);
 }
+// A 200,000-character line without spaces (one pre-token: quadratic BPE took seconds to minutes on such lines): the count
+// and SHA-256 of the ids Rust gives ("1,2,3" joined), for each fixture. The letters come from a 32-bit LCG, as the test makes them.
+const lcg = (n) => { let x = 1, s = ''; for (let i = 0; i < n; i++) { x = (Math.imul(x, 1103515245) + 12345) >>> 0; s += String.fromCharCode(97 + ((x >>> 16) % 26)); } return s; };
+const { createHash } = await import('node:crypto');
+const longText = lcg(200000);
+out.long_line = { length: longText.length, tokenizers: {} };
+for (const name of Object.keys(out.tokenizers)) {
+  const ids = Array.from((await Tokenizer.fromFile(join(here, name, 'tokenizer.json')).encode(longText, null, { addSpecialTokens: false })).getIds());
+  out.long_line.tokenizers[name] = { count: ids.length, sha256: createHash('sha256').update(ids.join(',')).digest('hex') };
+}
+out.long_line.kit = {};
+for (const name of ['gpt2', 'llama3', 'mistral']) {
+  const ids = Array.from((await Tokenizer.fromFile(join(kit, name, 'tokenizer.json')).encode(longText, null, { addSpecialTokens: false })).getIds());
+  out.long_line.kit[name] = { count: ids.length, sha256: createHash('sha256').update(ids.join(',')).digest('hex') };
+}
 writeFileSync(join(here, 'reference.json'), JSON.stringify(out).replaceAll('],[', '],\n[') + '\n');
