@@ -19,6 +19,7 @@ internal sealed class BpeModel
     readonly int? _unkId;
     readonly bool _fuseUnk, _byteFallback, _ignoreMerges;
     readonly int[]? _byteIds; // <0xNN> ids when byte fallback is on
+    readonly int[] _charIds;  // the id of each one-character token of the Basic Multilingual Plane, else -1
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
     const int CacheCapacity = 10_000, MaxCachedLength = 256;
 
@@ -32,6 +33,9 @@ internal sealed class BpeModel
         _ignoreMerges = ignoreMerges;
         int max = -1;
         foreach (int id in vocab.Values) max = Math.Max(max, id);
+        _charIds = new int[char.MaxValue + 1];
+        Array.Fill(_charIds, -1);
+        foreach (var (t, id) in vocab) if (t.Length == 1 && !char.IsSurrogate(t[0])) _charIds[t[0]] = id;
         _idToToken = new string?[max + 1];
         foreach (var (t, id) in vocab) if (id >= 0) _idToToken[id] = t;
         if (byteFallback)
@@ -92,6 +96,7 @@ internal sealed class BpeModel
         for (int i = 0; i < word.Length;)
         {
             int len = char.IsHighSurrogate(word[i]) && i + 1 < word.Length && char.IsLowSurrogate(word[i + 1]) ? 2 : 1;
+            if (len == 1 && _charIds[word[i]] is int fast and >= 0) { symbols.Add(fast); lastWasUnk = false; i++; continue; }
             string ch = word.Substring(i, len);
             i += len;
             if (_vocab.TryGetValue(ch, out int known)) { symbols.Add(known); lastWasUnk = false; continue; }
@@ -119,10 +124,11 @@ internal sealed class BpeModel
         var next = new int[count];
         var alive = new bool[count];
         for (int i = 0; i < count; i++) { prev[i] = i - 1; next[i] = i + 1 < count ? i + 1 : -1; alive[i] = true; }
-        // Queue entries: (position of the left symbol, id it would become); priority: rank, then position.
-        var queue = new PriorityQueue<(int Pos, int NewId), (int Rank, int Pos)>(count);
+        // Queue entries: (position of the left symbol, id it would become); priority: rank, then position (leftmost first).
+        var queue = new PriorityQueue<(int Pos, int NewId), long>(count);
+        static long Priority(int rank, int pos) => ((long)rank << 32) | (uint)pos;
         for (int i = 0; i + 1 < count; i++)
-            if (_merges.TryGetValue(Key(id[i], id[i + 1]), out var m)) queue.Enqueue((i, m.NewId), (m.Rank, i));
+            if (_merges.TryGetValue(Key(id[i], id[i + 1]), out var m)) queue.Enqueue((i, m.NewId), Priority(m.Rank, i));
         while (queue.TryDequeue(out var top, out _))
         {
             int pos = top.Pos;
@@ -133,8 +139,8 @@ internal sealed class BpeModel
             alive[right] = false;
             next[pos] = next[right];
             if (next[pos] >= 0) prev[next[pos]] = pos;
-            if (prev[pos] >= 0 && _merges.TryGetValue(Key(id[prev[pos]], id[pos]), out var left)) queue.Enqueue((prev[pos], left.NewId), (left.Rank, prev[pos]));
-            if (next[pos] >= 0 && _merges.TryGetValue(Key(id[pos], id[next[pos]]), out var after)) queue.Enqueue((pos, after.NewId), (after.Rank, pos));
+            if (prev[pos] >= 0 && _merges.TryGetValue(Key(id[prev[pos]], id[pos]), out var left)) queue.Enqueue((prev[pos], left.NewId), Priority(left.Rank, prev[pos]));
+            if (next[pos] >= 0 && _merges.TryGetValue(Key(id[pos], id[next[pos]]), out var after)) queue.Enqueue((pos, after.NewId), Priority(after.Rank, pos));
         }
         var output = new List<int>();
         for (int i = 0; i >= 0; i = next[i]) output.Add(id[i]);
