@@ -21,6 +21,8 @@ public sealed class PipelineFixtureTests
     [DataRow("normalizers-digits-punctuation")]
     [DataRow("split-behaviors")]
     [DataRow("metaspace-first")]
+    [DataRow("falcon-style")]
+    [DataRow("metaspace-always-nfkd")]
     public void FixtureMatchesHuggingFaceRustTokenizers(string name)
     {
         var tok = TextTokenizer.FromDirectory(Path.Combine(s_dir, name));

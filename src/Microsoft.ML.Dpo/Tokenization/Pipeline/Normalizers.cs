@@ -15,10 +15,14 @@ internal sealed class UnicodeNormalizer(NormalizationForm form) : Normalizer
     public override string Normalize(string text) => text.IsNormalized(form) ? text : text.Normalize(form);
 }
 
-/// <summary>Lowercase: Unicode lower case mapping, as Rust's <c>to_lowercase</c>.</summary>
+/// <summary>
+/// Lowercase: each character's Unicode lower case, as Hugging Face's (Rust <c>char::to_lowercase</c>, full mappings:
+/// "İ" → "i̇"; no final-sigma rule: "Σ" is always "σ").
+/// </summary>
 internal sealed class LowercaseNormalizer : Normalizer
 {
-    public override string Normalize(string text) => text.ToLowerInvariant();
+    public override string Normalize(string text) =>
+        text.Contains('\u0130') ? text.Replace("\u0130", "i\u0307", StringComparison.Ordinal).ToLowerInvariant() : text.ToLowerInvariant();
 }
 
 /// <summary>Strip: white space removed on the left and/or right.</summary>

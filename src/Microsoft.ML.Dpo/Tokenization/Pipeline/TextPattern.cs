@@ -24,7 +24,8 @@ internal sealed class TextPattern
     /// <summary>A regex pattern (Oniguruma syntax as tokenizer.json writes it); throws <see cref="NotSupportedException"/> when .NET cannot compile it.</summary>
     public static TextPattern FromRegex(string pattern, string where)
     {
-        try { return new(new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant), null); }
+        // Multiline: Oniguruma's default (Ruby) syntax makes ^ and $ line anchors.
+        try { return new(new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant | RegexOptions.Multiline), null); }
         catch (ArgumentException e) { throw new NotSupportedException($"{where}: regex {Quote(pattern)} is not supported by .NET's regex engine ({e.Message})."); }
     }
 

@@ -90,6 +90,32 @@ function fixtures() {
         decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true }, model: g },
       config: { clean_up_tokenization_spaces: false },
     },
+    // Falcon's layout: Punctuation (Contiguous), ByteLevel with a prefix space and its regex, Digits runs, then 3-digit groups;
+    // TemplateProcessing that appends EOS.
+    'falcon-style': {
+      json: { version: '1.0', truncation: null, padding: null, added_tokens: [added(base, '<|endoftext|>', { special: true }), added(base + 1, '>>TITLE<<', { special: true })],
+        normalizer: null,
+        pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Punctuation', behavior: 'Contiguous' }, { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+          { type: 'Digits', individual_digits: false }, split({ Regex: '[0-9][0-9][0-9]' }, 'Isolated')] },
+        post_processor: { type: 'TemplateProcessing', single: [{ Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '<|endoftext|>', type_id: 0 } }],
+          pair: [{ Sequence: { id: 'A', type_id: 0 } }], special_tokens: { '<|endoftext|>': { id: '<|endoftext|>', ids: [base], tokens: ['<|endoftext|>'] } } },
+        decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true }, model: g },
+      config: { tokenizer_class: 'PreTrainedTokenizerFast', eos_token: '<|endoftext|>', clean_up_tokenization_spaces: false },
+    },
+    // SentencePiece-style BPE, Metaspace "always" without split, NFKD; the legacy decoder (Replace, ByteFallback, Fuse, Strip);
+    // BertProcessing ([CLS] A [SEP]).
+    'metaspace-always-nfkd': {
+      json: (() => {
+        const m = mistralModel(600);
+        return { version: '1.0', truncation: null, padding: null,
+          added_tokens: [added(0, '<unk>', { special: true }), added(1, '<s>', { special: true }), added(2, '</s>', { special: true })],
+          normalizer: { type: 'NFKD' },
+          pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: false },
+          post_processor: { type: 'BertProcessing', sep: ['</s>', 2], cls: ['<s>', 1] },
+          decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] }, model: m };
+      })(),
+      config: { tokenizer_class: 'PreTrainedTokenizerFast', bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', clean_up_tokenization_spaces: false },
+    },
     // SentencePiece-style BPE with a Metaspace pre-tokenizer (prepend_scheme "first", split), as Llama 2 with legacy: false;
     // TemplateProcessing with BOS and EOS (no Llama class: tokenizer.json's post-processor).
     'metaspace-first': {
@@ -115,7 +141,7 @@ const TEXTS = [
   '𝐇𝐞𝐥𝐥𝐨 math bold', 'CamelCaseWord ALLCAPS', 'email me@example.com now', '<think>reason</think>answer',
   '<｜User｜>Hi<｜end▁of▁sentence｜>', '<｜begin▁of▁sentence｜>twice', 'word <mask> word', 'word<mask>word', 'a <mask>', '<sep>  next',
   'zq alone', 'xzq inside', 'zq,comma', '_zq_', 'say <Up> and <UP> and <up>', '<RAW> <raw>', 'x  <both>  y', '<s>Hello</s>', 'x</s>y',
-  'hello\u2581world', '   many   spaces   ', 'end.', 'ÀÉÎÕÜ', 'Straße', 'ǅ digraph', '<|end|>', 'digits 2025-12-01',
+  'İstanbul ΟΔΟΣ ΣΑΣ Σ', 'hello\u2581world', '   many   spaces   ', 'end.', 'ÀÉÎÕÜ', 'Straße', 'ǅ digraph', '<|end|>', 'digits 2025-12-01', '>>TITLE<<Falcon!!! 1234567 (ok)...', 'x</s>y <s>z',
 ];
 
 const tjsPath = req.resolve('@huggingface/transformers');
