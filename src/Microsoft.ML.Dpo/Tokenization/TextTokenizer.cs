@@ -323,7 +323,9 @@ public sealed class TextTokenizer
             if (!added.ContainsKey(token.Id) && addedContents.Add(token.Content)) added[token.Id] = token;
         }
         foreach (var token in files.ConfigAddedTokens()) Add(token);
-        foreach (var (content, id) in files.AddedTokens) Add(new AddedToken(id, content, false, false, false, false, true));
+        var fromAddedTokensJson = new HashSet<int>();
+        foreach (var (content, id) in files.AddedTokens)
+            if (!added.ContainsKey(id) && !addedContents.Contains(content)) { Add(new AddedToken(id, content, false, false, false, false, true)); fromAddedTokensJson.Add(id); }
 
         int? Resolve(string key, string idKey, out string? token)
         {
@@ -350,10 +352,13 @@ public sealed class TextTokenizer
         int? padId = Resolve("pad_token", "pad_token_id", out string? padToken);
         // The config's special tokens that the added vocabulary lacks (GPT-2's "<|endoftext|>" lives in vocab.json) become
         // special added tokens, as Python transformers adds them when it loads a tokenizer.
-        foreach (string key in new[] { "bos_token", "eos_token", "pad_token", "unk_token" })
-            if (files.SpecialToken(key).Token is string t && vocabulary.TryGetValue(t, out int id)) Add(new AddedToken(id, t, true, false, false, false, false));
-        foreach (string extra in files.AdditionalSpecialTokens())
-            if (vocabulary.TryGetValue(extra, out int extraId)) Add(new AddedToken(extraId, extra, true, false, false, false, false));
+        var specialContents = new[] { "bos_token", "eos_token", "pad_token", "unk_token" }.Select(k => files.SpecialToken(k).Token).OfType<string>()
+            .Concat(files.AdditionalSpecialTokens()).ToHashSet(StringComparer.Ordinal);
+        foreach (string t in specialContents)
+            if (vocabulary.TryGetValue(t, out int id)) Add(new AddedToken(id, t, true, false, false, false, false));
+        // added_tokens.json (slow-tokenizer exports) does not say which tokens are special; the config's special tokens are.
+        foreach (int id in fromAddedTokensJson)
+            if (specialContents.Contains(added[id].Content)) added[id] = added[id] with { Special = true, Normalized = false };
 
         // add_special_tokens=True: Python's Llama and Gemma classes (and SentencePiece models) rebuild the post-processor from
         // add_bos_token (default true) and add_eos_token (default false); every other class keeps tokenizer.json's post-processor.

@@ -23,6 +23,7 @@ internal sealed class BpeModel
     readonly Lazy<HashSet<uint>> _adjacentPairs;
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
     const int CacheCapacity = 10_000, MaxCachedLength = 256;
+    int _cacheCount;
 
     public BpeModel(Dictionary<string, int> vocab, Dictionary<long, (int Rank, int NewId)> merges, int? unkId, bool fuseUnk, bool byteFallback, bool ignoreMerges)
     {
@@ -83,7 +84,8 @@ internal sealed class BpeModel
         var result = Merge(word);
         if (word.Length < MaxCachedLength)
         {
-            if (_cache.Count >= CacheCapacity) _cache.Clear();
+            // ConcurrentDictionary.Count takes every lock; an approximate count of our own is enough for a bound.
+            if (Interlocked.Increment(ref _cacheCount) > CacheCapacity) { _cache.Clear(); Interlocked.Exchange(ref _cacheCount, 0); }
             _cache.TryAdd(word, result);
         }
         ids.AddRange(result);
