@@ -116,7 +116,7 @@ public sealed class LanguageModel : IDisposable
     internal int[] EncodeCompletion(string completion)
     {
         var tokenizer = RequireTokenizer();
-        var ids = tokenizer.Encode(completion, addBos: false).ToList();
+        var ids = tokenizer.Encode(completion, addSpecialTokens: false).ToList();
         if (tokenizer.EosTokenId is int eos) ids.Add(eos);
         return ids.ToArray();
     }

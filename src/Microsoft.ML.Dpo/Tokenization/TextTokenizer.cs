@@ -1,20 +1,24 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
-using Microsoft.ML.Tokenizers;
+using Microsoft.ML.Dpo.Tokenization.Pipeline;
 
 namespace Microsoft.ML.Dpo.Tokenization;
 
 /// <summary>
-/// A language model's tokenizer: text ↔ token ids with the model's special tokens, its chat template, and Hugging
-/// Face directory I/O. The algorithms are Microsoft.ML.Tokenizers' (SentencePiece for Llama 2, TinyLlama and
-/// Mistral; byte-level BPE for GPT-2, Qwen2, SmolLM and Llama 3; tiktoken for <see cref="Gpt2"/>).
+/// A language model's tokenizer: text ↔ token ids exactly as Hugging Face tokenizes them, with the model's special
+/// tokens, its chat template, and Hugging Face directory I/O. One pipeline (<c>Tokenization/Pipeline/</c>: added
+/// tokens → normalizer → pre-tokenizer → BPE → post-processor; decoder) runs every format: <c>tokenizer.json</c>
+/// (Llama 3, Qwen, Mistral, Gemma, DeepSeek, GPT-2 ...), SentencePiece BPE <c>tokenizer.model</c>, vocab.json +
+/// merges.txt, and GPT-2's tiktoken ranks (<see cref="Gpt2"/>).
 /// </summary>
 /// <remarks>
-/// <see cref="Encode"/> adds nothing the caller did not ask for: no BOS unless <c>addBos</c>, never an EOS, and no
-/// normalization beyond the model's own (SentencePiece's dummy-prefix space, as the Hugging Face tokenizers do).
-/// Special and added tokens (e.g. <c>&lt;|im_start|&gt;</c>, <c>&lt;/s&gt;</c>) that appear in the text encode to
-/// their single ids, so chat templates rendered as text tokenize as the model expects.
+/// <see cref="Encode"/> with <c>addSpecialTokens: false</c> gives Hugging Face's <c>encode(text, add_special_tokens=False)</c>;
+/// with true, <c>add_special_tokens=True</c>: the tokenizer.json post-processor, or for Llama and Gemma tokenizer classes
+/// BOS/EOS by tokenizer_config.json's <c>add_bos_token</c> (default true) and <c>add_eos_token</c> (default false), as
+/// Python transformers rebuilds it. Added tokens (e.g. <c>&lt;|im_start|&gt;</c>, <c>&lt;/s&gt;</c>, <c>&lt;think&gt;</c>)
+/// that appear in the text encode to their single ids, so chat templates rendered as text tokenize as the model expects.
+/// A tokenizer.json component that is not implemented fails at load time with <see cref="NotSupportedException"/>.
+/// Encoding and decoding are thread-safe.
 /// </remarks>
 public sealed class TextTokenizer
 {
@@ -29,8 +33,9 @@ public sealed class TextTokenizer
     const string MergesFile = "merges.txt";
     const string Gpt2EndOfText = "<|endoftext|>";
 
+    readonly HfTokenizer _pipeline;
+    readonly Lazy<int[]> _leadingSpecialIds;
     readonly Dictionary<string, int> _specialTokens;
-    readonly HashSet<int> _specialIds;
     readonly int? _padTokenId;
     readonly string? _sourceDirectory;
 
@@ -41,15 +46,17 @@ public sealed class TextTokenizer
     readonly ChatTemplate? _chatTemplate;
     readonly Exception? _chatTemplateError;
     readonly bool _chatTemplateOverridden;
-    bool _normalizeNfc;   // Unicode NFC before encoding, as tokenizer.json's NFC normalizer (Qwen2) asks
 
-    TextTokenizer(Tokenizer inner, Dictionary<string, int> specialTokens, string? bosToken, int? bosId, string? eosToken, int? eosId,
+    TextTokenizer(HfTokenizer pipeline, string format, bool cleanUpSpaces, int? modelMaxLength, Dictionary<string, int> specialTokens, string? bosToken, int? bosId, string? eosToken, int? eosId,
         IReadOnlyList<int> eosIds, string? padToken, int? padId, bool addBosByDefault, string? chatTemplateSource,
         ChatTemplate? chatTemplate, Exception? chatTemplateError, bool chatTemplateOverridden, string? sourceDirectory, JsonObject? sourceConfig, bool isGpt2Data)
     {
-        Inner = inner;
+        _pipeline = pipeline;
+        _leadingSpecialIds = new Lazy<int[]>(LeadingSpecialIds);
+        Format = format;
+        CleanUpTokenizationSpaces = cleanUpSpaces;
+        ModelMaxLength = modelMaxLength;
         _specialTokens = specialTokens;
-        _specialIds = new HashSet<int>(specialTokens.Values);
         BosToken = bosToken;
         BosTokenId = bosId;
         EosToken = eosToken;
@@ -66,13 +73,22 @@ public sealed class TextTokenizer
         _sourceConfig = sourceConfig;
         _isGpt2Data = isGpt2Data;
         int max = -1;
-        foreach (int id in VocabularyIds()) max = Math.Max(max, id);
-        foreach (int id in specialTokens.Values) max = Math.Max(max, id);
+        foreach (int id in pipeline.Model.Vocabulary.Values) max = Math.Max(max, id);
+        foreach (int id in pipeline.AddedTokens.Keys) max = Math.Max(max, id);
         VocabularySize = max + 1;
     }
 
-    /// <summary>The Microsoft.ML.Tokenizers tokenizer that does the work.</summary>
-    public Tokenizer Inner { get; }
+    /// <summary>
+    /// Which files the tokenizer was read from: <c>tokenizer.json</c>, <c>tokenizer.model</c> (SentencePiece BPE),
+    /// <c>vocab.json + merges.txt</c>, or <c>tiktoken gpt2</c> (<see cref="Gpt2"/>).
+    /// </summary>
+    public string Format { get; }
+
+    /// <summary>Whether <see cref="Decode"/> applies Python transformers' <c>clean_up_tokenization</c> (" ." → "." ...): tokenizer_config.json's <c>clean_up_tokenization_spaces</c>, false when absent.</summary>
+    public bool CleanUpTokenizationSpaces { get; }
+
+    /// <summary>tokenizer_config.json's <c>model_max_length</c>, or null when absent (or Hugging Face's "no limit" sentinel).</summary>
+    public int? ModelMaxLength { get; }
 
     /// <summary>The beginning-of-sequence token, or null when the model has none (Qwen2, GPT-2 through <see cref="Gpt2"/> uses <c>&lt;|endoftext|&gt;</c>).</summary>
     public string? BosToken { get; }
@@ -106,17 +122,24 @@ public sealed class TextTokenizer
     public int PadTokenId => _padTokenId ?? EosTokenId ?? 0;
 
     /// <summary>
-    /// Whether the model's own tokenizer prepends BOS when encoding (tokenizer_config.json's <c>add_bos_token</c>;
-    /// by default true for SentencePiece models with a BOS token, false otherwise). Informational: <see cref="Encode"/>
-    /// adds BOS only when asked.
+    /// Whether encoding with special tokens (<see cref="EncodePrompt"/>, <c>Encode(text, addSpecialTokens: true)</c>)
+    /// starts with <see cref="BosTokenId"/>: Llama 3's and Mistral's do, Qwen's and GPT-2's do not.
     /// </summary>
     public bool AddBosByDefault { get; }
 
     /// <summary>The number of ids: one more than the largest id of the vocabulary and the added tokens. A model's embedding table may be larger.</summary>
     public int VocabularySize { get; }
 
-    /// <summary>The special and added tokens (matched as single ids in text, dropped by <see cref="Decode"/> with <c>skipSpecialTokens</c>).</summary>
+    /// <summary>
+    /// The added tokens, special or not (each matched as a single id in text): content → id. <see cref="Decode"/> with
+    /// <c>skipSpecialTokens</c> drops only those that are special (<see cref="IsSpecialToken"/>); Qwen3's <c>&lt;think&gt;</c> is not.
+    /// </summary>
     public IReadOnlyDictionary<string, int> SpecialTokens => _specialTokens;
+
+    /// <summary>Whether <paramref name="id"/> is a special added token (dropped by <see cref="Decode"/> with <c>skipSpecialTokens</c>).</summary>
+    /// <param name="id">The id.</param>
+    /// <returns>True for BOS, EOS, padding and the other special tokens.</returns>
+    public bool IsSpecialToken(int id) => _pipeline.AddedTokens.TryGetValue(id, out var t) && t.Special;
 
     /// <summary>The Jinja chat template of tokenizer_config.json, or null.</summary>
     public string? ChatTemplateSource { get; }
@@ -131,55 +154,55 @@ public sealed class TextTokenizer
     public ChatTemplate ChatTemplate => _chatTemplate ?? throw new NotSupportedException(_chatTemplateError!.Message, _chatTemplateError);
 
     /// <summary>
-    /// Encodes a prompt the way every part of the library does — trainers, generation, judges, chat client: BOS first when
-    /// the tokenizer defines one and the text does not already start with it (a chat template may render it), as TRL's
-    /// trainers do. Completions are encoded with <see cref="Encode"/> and no BOS.
+    /// Encodes a prompt the way every part of the library does — trainers, evaluator, generation, judges, chat client: with
+    /// the model's own special-token convention, Hugging Face's <c>add_special_tokens=True</c> (Llama 3 and Mistral prepend
+    /// BOS; Qwen and GPT-2 add nothing; never a rule of ours). One case differs from <c>Encode(text, addSpecialTokens: true)</c>:
+    /// a prompt that already starts with the special tokens the model prepends — a chat template's rendering, such as Llama 3's
+    /// <c>&lt;|begin_of_text|&gt;…</c> — is not given them twice, because Hugging Face's <c>apply_chat_template</c> tokenizes
+    /// its rendering without special tokens. Completions are encoded separately (<c>Encode(text)</c>, no special tokens).
     /// </summary>
     /// <param name="text">The prompt.</param>
     /// <returns>The ids.</returns>
     public IReadOnlyList<int> EncodePrompt(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        bool addBos = BosTokenId.HasValue && !(BosToken is { Length: > 0 } bos && text.StartsWith(bos, StringComparison.Ordinal));
-        return Encode(text, addBos);
+        var ids = _pipeline.Encode(text, addSpecialTokens: false);
+        var full = _pipeline.PostProcessor?.AddSpecialTokens(ids) ?? ids;
+        var lead = _leadingSpecialIds.Value;
+        if (lead.Length == 0 || ids.Count < lead.Length) return full;
+        for (int i = 0; i < lead.Length; i++) if (ids[i] != lead[i]) return full;
+        return full.Skip(lead.Length).ToArray();
     }
 
-    /// <summary>Encodes text to ids.</summary>
-    /// <param name="text">The text; special tokens written in it become their ids.</param>
-    /// <param name="addBos">Whether to prepend <see cref="BosTokenId"/>.</param>
+    /// <summary>The ids the post-processor puts before the text (BOS for Llama 3 and Mistral; none for Qwen and GPT-2).</summary>
+    int[] LeadingSpecialIds()
+    {
+        var probe = _pipeline.PostProcessor?.AddSpecialTokens([-1]) ?? [-1];
+        int at = probe.IndexOf(-1);
+        return at > 0 ? probe.Take(at).ToArray() : [];
+    }
+
+    /// <summary>Encodes text to ids, as Hugging Face's <c>encode(text, add_special_tokens=...)</c>.</summary>
+    /// <param name="text">The text; added tokens written in it become their ids.</param>
+    /// <param name="addSpecialTokens">Whether to add the model's special tokens (<see cref="EncodePrompt"/>): the
+    /// post-processor of tokenizer.json, or BOS/EOS by <c>add_bos_token</c>/<c>add_eos_token</c> for Llama and Gemma classes.</param>
     /// <returns>The ids.</returns>
-    /// <exception cref="InvalidOperationException"><paramref name="addBos"/> with a tokenizer that has no BOS token.</exception>
-    public IReadOnlyList<int> Encode(string text, bool addBos = false)
+    public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = false)
     {
         ArgumentNullException.ThrowIfNull(text);
-        if (_normalizeNfc && !text.IsNormalized(System.Text.NormalizationForm.FormC)) text = text.Normalize(System.Text.NormalizationForm.FormC);
-        IReadOnlyList<int> ids = Inner switch
-        {
-            SentencePieceTokenizer sp => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false),
-            _ => Inner.EncodeToIds(text),
-        };
-        if (!addBos) return ids;
-        if (BosTokenId is not int bos) throw new InvalidOperationException("This tokenizer has no BOS token; encode with addBos: false.");
-        var withBos = new int[ids.Count + 1];
-        withBos[0] = bos;
-        for (int i = 0; i < ids.Count; i++) withBos[i + 1] = ids[i];
-        return withBos;
+        return _pipeline.Encode(text, addSpecialTokens);
     }
 
-    /// <summary>Decodes ids to text.</summary>
+    /// <summary>Decodes ids to text, as Hugging Face's <c>decode(ids, skip_special_tokens=...)</c> (with the tokenizer's <see cref="CleanUpTokenizationSpaces"/>).</summary>
     /// <param name="ids">The ids.</param>
-    /// <param name="skipSpecialTokens">Whether to leave out <see cref="SpecialTokens"/> (BOS, EOS, padding, chat markers).</param>
+    /// <param name="skipSpecialTokens">Whether to leave out the special tokens (BOS, EOS, padding, chat markers); added
+    /// tokens that are not special (Qwen3's <c>&lt;think&gt;</c>) stay.</param>
     /// <returns>The text.</returns>
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true)
     {
         ArgumentNullException.ThrowIfNull(ids);
-        if (skipSpecialTokens) ids = ids.Where(id => !_specialIds.Contains(id)).ToArray();
-        return Inner switch
-        {
-            SentencePieceTokenizer sp => sp.Decode(ids, considerSpecialTokens: true),
-            BpeTokenizer bpe => bpe.Decode(ids, considerSpecialTokens: true),
-            _ => Inner.Decode(ids),
-        } ?? string.Empty;
+        string text = _pipeline.Decode(ids, skipSpecialTokens);
+        return CleanUpTokenizationSpaces ? HfTokenizer.CleanUpTokenization(text) : text;
     }
 
     /// <summary>The id of a token of the vocabulary or of the special tokens, or null.</summary>
@@ -189,8 +212,7 @@ public sealed class TextTokenizer
     {
         ArgumentNullException.ThrowIfNull(token);
         if (_specialTokens.TryGetValue(token, out int id)) return id;
-        var vocab = Vocabulary();
-        if (vocab != null && vocab.TryGetValue(token, out id)) return id;
+        if (_pipeline.Model.Vocabulary.TryGetValue(token, out id)) return id;
         return null;
     }
 
@@ -200,8 +222,8 @@ public sealed class TextTokenizer
     public TextTokenizer WithChatTemplate(ChatTemplate template)
     {
         ArgumentNullException.ThrowIfNull(template);
-        return new TextTokenizer(Inner, _specialTokens, BosToken, BosTokenId, EosToken, EosTokenId, EosTokenIds, PadToken, _padTokenId,
-            AddBosByDefault, ChatTemplateSource, template, null, true, _sourceDirectory, _sourceConfig, _isGpt2Data) { _normalizeNfc = _normalizeNfc };
+        return new TextTokenizer(_pipeline, Format, CleanUpTokenizationSpaces, ModelMaxLength, _specialTokens, BosToken, BosTokenId, EosToken, EosTokenId, EosTokenIds, PadToken, _padTokenId,
+            AddBosByDefault, ChatTemplateSource, template, null, true, _sourceDirectory, _sourceConfig, _isGpt2Data);
     }
 
     /// <summary>
@@ -213,8 +235,8 @@ public sealed class TextTokenizer
     public static TextTokenizer Gpt2()
     {
         var special = new Dictionary<string, int>(StringComparer.Ordinal) { [Gpt2EndOfText] = 50256 };
-        var inner = TiktokenTokenizer.CreateForModel("gpt2"); // its special tokens: <|endoftext|> = 50256
-        return new TextTokenizer(inner, special, Gpt2EndOfText, 50256, Gpt2EndOfText, 50256, new[] { 50256 }, null, null,
+        var pipeline = s_gpt2Pipeline.Value;
+        return new TextTokenizer(pipeline, "tiktoken gpt2", false, 1024, special, Gpt2EndOfText, 50256, Gpt2EndOfText, 50256, new[] { 50256 }, null, null,
             addBosByDefault: false, null, ChatTemplate.Plain(), null, false, null, null, isGpt2Data: true);
     }
 
@@ -232,14 +254,10 @@ public sealed class TextTokenizer
     }
 
     /// <summary>
-    /// Loads a Hugging Face tokenizer directory. The vocabulary comes from <c>tokenizer.model</c> (SentencePiece:
-    /// Llama 2, TinyLlama, Mistral), else <c>vocab.json</c> + <c>merges.txt</c> (byte-level BPE: GPT-2, Qwen2, SmolLM;
-    /// the pre-tokenization pattern is read from tokenizer.json when present, else chosen by tokenizer_class), else the
-    /// <c>model</c> of <c>tokenizer.json</c> when it is a byte-level BPE (Llama 3 and other directories that ship only
-    /// that file: <c>model.vocab</c> and <c>model.merges</c>, pre-tokenized by its Split regex or GPT-2's pattern, built
-    /// exactly as vocab.json + merges.txt are; its <c>ignore_merges</c> is not applied). Byte-level BPE text is NFC-normalized
-    /// first when tokenizer.json's normalizer says so or, without tokenizer.json, for Qwen2 tokenizers (whose fast tokenizer
-    /// does). Special
+    /// Loads a Hugging Face tokenizer directory, as Python's <c>AutoTokenizer</c> does: <c>tokenizer.json</c> when present
+    /// (every component implemented is read; see the README's Tokenizers section), else a SentencePiece BPE
+    /// <c>tokenizer.model</c> (converted as LlamaTokenizerFast does, honouring <c>legacy</c>), else <c>vocab.json</c> +
+    /// <c>merges.txt</c> (byte-level BPE; Qwen2 classes NFC-normalize and use Qwen2's regex). Special
     /// tokens come from tokenizer_config.json (<c>bos_token</c>, <c>eos_token</c>, <c>pad_token</c> as strings or
     /// <c>{"content": ...}</c>, <c>added_tokens_decoder</c>, <c>chat_template</c>), special_tokens_map.json,
     /// added_tokens.json and tokenizer.json's added tokens; ids missing there come from generation_config.json and
@@ -251,8 +269,9 @@ public sealed class TextTokenizer
     /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
     /// <exception cref="FileNotFoundException">The directory has no vocabulary file; the message lists what was looked for.</exception>
     /// <exception cref="InvalidDataException">A file is malformed, or names a special token that is not in the vocabulary; the message names the file.</exception>
-    /// <exception cref="NotSupportedException">The only vocabulary is a tokenizer.json that is not a byte-level BPE (SentencePiece-style
-    /// BPE with byte fallback as TinyLlama and Mistral, WordPiece, Unigram, ...); the message names the file and the file to add.</exception>
+    /// <exception cref="NotSupportedException">The tokenizer uses a component that is not implemented (a WordPiece or Unigram model,
+    /// a Precompiled normalizer, ...); the message names the file and the component's path, e.g.
+    /// <c>pre_tokenizer.pretokenizers[1]: Split with behavior "…"</c>.</exception>
     public static TextTokenizer FromDirectory(string directory, string? chatTemplateName = null)
     {
         ArgumentNullException.ThrowIfNull(directory);
@@ -261,9 +280,9 @@ public sealed class TextTokenizer
         string spPath = Path.Combine(directory, SentencePieceModelFile);
         string vocabPath = Path.Combine(directory, VocabFile), mergesPath = Path.Combine(directory, MergesFile);
         string jsonPath = Path.Combine(directory, HfTokenizerFiles.TokenizerJson);
-        bool isSentencePiece = File.Exists(spPath);
+        bool isTokenizerJson = files.Fast != null;   // what Hugging Face's fast tokenizers load first
+        bool isSentencePiece = !isTokenizerJson && File.Exists(spPath);
         bool hasVocabAndMerges = File.Exists(vocabPath) && File.Exists(mergesPath);
-        bool isTokenizerJson = !isSentencePiece && !hasVocabAndMerges && files.Fast != null; // the fallback
         if (!isSentencePiece && !hasVocabAndMerges && !isTokenizerJson)
         {
             string found = files.Found.Count > 0 ? "found only " + string.Join(", ", files.Found)
@@ -272,54 +291,44 @@ public sealed class TextTokenizer
             if (files.Found.Count > 0 && File.Exists(vocabPath) != File.Exists(mergesPath))
                 found += File.Exists(vocabPath) ? ", and vocab.json without merges.txt" : ", and merges.txt without vocab.json";
             throw new FileNotFoundException(
-                $"No tokenizer vocabulary in '{directory}': looked for {SentencePieceModelFile} (SentencePiece: Llama 2, TinyLlama, Mistral), "
-                + $"{VocabFile} + {MergesFile} (byte-level BPE: GPT-2, Qwen2, SmolLM) or {HfTokenizerFiles.TokenizerJson} (byte-level BPE: Llama 3), "
+                $"No tokenizer vocabulary in '{directory}': looked for {HfTokenizerFiles.TokenizerJson} (Llama 3, Qwen, Mistral, Gemma, GPT-2 ...), "
+                + $"{SentencePieceModelFile} (SentencePiece BPE: Llama 2, TinyLlama, Mistral) or {VocabFile} + {MergesFile} (byte-level BPE: GPT-2, Qwen2, SmolLM), "
                 + $"with special tokens from {HfTokenizerFiles.TokenizerConfig}, "
                 + $"{HfTokenizerFiles.SpecialTokensMap}, {HfTokenizerFiles.GenerationConfig} and {HfTokenizerFiles.ModelConfig}; {found}.");
         }
 
-        var special = new Dictionary<string, int>(files.AddedTokens, StringComparer.Ordinal);
-        Tokenizer inner;
-        IReadOnlyDictionary<string, int> vocabulary;
-        List<string>? merges = null;
-        string bpeSource;
-        if (isSentencePiece)
+        string? tokenizerClass = files.TokenizerClass();
+        int? spBos = null, spEos = null;
+        HfTokenizer pipeline;
+        string format;
+        if (isTokenizerJson)
         {
-            SentencePieceTokenizer sp;
-            try
-            {
-                using var stream = File.OpenRead(spPath);
-                sp = SentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false, specialTokens: special.Count > 0 ? special : null);
-            }
-            catch (Exception e) when (e is not UnauthorizedAccessException and not FileNotFoundException and not DirectoryNotFoundException)
-            {
-                throw new InvalidDataException($"{spPath}: not a SentencePiece model that Microsoft.ML.Tokenizers can load ({e.Message}).", e);
-            }
-            inner = sp;
-            vocabulary = sp.Vocabulary;
-            bpeSource = spPath;
+            pipeline = TokenizerJsonReader.Read(files.Fast!, jsonPath);
+            format = HfTokenizerFiles.TokenizerJson;
         }
-        else if (isTokenizerJson)
+        else if (isSentencePiece)
         {
-            (vocabulary, merges) = TokenizerJson.ReadByteLevelBpe(files.Fast!, jsonPath);
-            inner = null!; // created below, once the special tokens are known
-            bpeSource = jsonPath;
+            pipeline = SentencePieceReader.Read(spPath, legacy: files.ConfigBool("legacy") ?? true, out spBos, out spEos);
+            format = SentencePieceModelFile;
         }
         else
         {
-            try
-            {
-                using var stream = File.OpenRead(vocabPath);
-                vocabulary = JsonSerializer.Deserialize<Dictionary<string, int>>(stream) ?? throw new InvalidDataException($"{vocabPath}: empty.");
-            }
-            catch (JsonException e)
-            {
-                throw new InvalidDataException($"{vocabPath}: expected a JSON object mapping tokens to integer ids ({e.Message}).", e);
-            }
-            merges = ReadMerges(mergesPath);
-            inner = null!; // created below, once the special tokens are known
-            bpeSource = $"{vocabPath} + {mergesPath}";
+            pipeline = ReadVocabAndMerges(vocabPath, mergesPath, tokenizerClass, files.ConfigBool("add_prefix_space") ?? false);
+            format = $"{VocabFile} + {MergesFile}";
         }
+        var vocabulary = pipeline.Model.Vocabulary;
+
+        // Added tokens: the pipeline's, then tokenizer_config.json's added_tokens_decoder and added_tokens.json for those it lacks.
+        var added = new Dictionary<int, AddedToken>(pipeline.AddedTokens);
+        var addedContents = new HashSet<string>(added.Values.Select(t => t.Content), StringComparer.Ordinal);
+        void Add(AddedToken token)
+        {
+            if (!added.ContainsKey(token.Id) && addedContents.Add(token.Content)) added[token.Id] = token;
+        }
+        foreach (var token in files.ConfigAddedTokens()) Add(token);
+        var fromAddedTokensJson = new HashSet<int>();
+        foreach (var (content, id) in files.AddedTokens)
+            if (!added.ContainsKey(id) && !addedContents.Contains(content)) { Add(new AddedToken(id, content, false, false, false, false, true)); fromAddedTokensJson.Add(id); }
 
         int? Resolve(string key, string idKey, out string? token)
         {
@@ -327,53 +336,58 @@ public sealed class TextTokenizer
             token = t;
             if (t != null)
             {
-                if (special.TryGetValue(t, out int id) || vocabulary.TryGetValue(t, out id)) return id;
+                int? found = added.Values.FirstOrDefault(a => a.Content == t)?.Id;
+                if (found is int fid) return fid;
+                if (vocabulary.TryGetValue(t, out int vid)) return vid;
                 throw new InvalidDataException($"{Path.Combine(directory, HfTokenizerFiles.TokenizerConfig)} (or {HfTokenizerFiles.SpecialTokensMap}): {key} '{t}' is not in the vocabulary nor among the added tokens.");
             }
             if (defined) return null;
             var ids = files.TokenIds(idKey);
+            // A SentencePiece model names its own BOS and EOS (trainer_spec.bos_id, eos_id), as Python's LlamaTokenizer defaults "<s>", "</s>".
+            if (ids.Count == 0 && (key == "bos_token" ? spBos : key == "eos_token" ? spEos : null) is int own) ids = [own];
             if (ids.Count == 0) return null;
-            token = IdToToken(ids[0]);
+            token = added.TryGetValue(ids[0], out var a) ? a.Content : pipeline.Model.IdToToken(ids[0]);
             return ids[0];
-
-            string? IdToToken(int id)
-            {
-                foreach (var (s, i) in special) if (i == id) return s;
-                foreach (var (s, i) in vocabulary) if (i == id) return s;
-                return null;
-            }
         }
 
         int? bosId = Resolve("bos_token", "bos_token_id", out string? bosToken);
         int? eosId = Resolve("eos_token", "eos_token_id", out string? eosToken);
         int? padId = Resolve("pad_token", "pad_token_id", out string? padToken);
-        // The model's own special strings (GPT-2's "<|endoftext|>" lives in vocab.json) match as single tokens too.
-        foreach (var (t, id) in new[] { (bosToken, bosId), (eosToken, eosId), (padToken, padId) })
-            if (t != null && id is int i) special.TryAdd(t, i);
-        if (files.SpecialToken("unk_token").Token is string unk && vocabulary.TryGetValue(unk, out int unkId)) special.TryAdd(unk, unkId);
-        if (!isSentencePiece)
+        // The config's special tokens that the added vocabulary lacks (GPT-2's "<|endoftext|>" lives in vocab.json) become
+        // special added tokens, as Python transformers adds them when it loads a tokenizer.
+        var specialContents = new[] { "bos_token", "eos_token", "pad_token", "unk_token" }.Select(k => files.SpecialToken(k).Token).OfType<string>()
+            .Concat(files.AdditionalSpecialTokens()).ToHashSet(StringComparer.Ordinal);
+        foreach (string t in specialContents)
+            if (vocabulary.TryGetValue(t, out int id)) Add(new AddedToken(id, t, true, false, false, false, false));
+        // added_tokens.json (slow-tokenizer exports) does not say which tokens are special; the config's special tokens are.
+        foreach (int id in fromAddedTokensJson)
+            if (specialContents.Contains(added[id].Content)) added[id] = added[id] with { Special = true, Normalized = false };
+
+        // add_special_tokens=True: Python's Llama and Gemma classes (and SentencePiece models) rebuild the post-processor from
+        // add_bos_token (default true) and add_eos_token (default false); every other class keeps tokenizer.json's post-processor.
+        bool llamaRule = isSentencePiece || tokenizerClass is "LlamaTokenizer" or "LlamaTokenizerFast" or "GemmaTokenizer" or "GemmaTokenizerFast";
+        PostProcessor? post = pipeline.PostProcessor;
+        bool? configAddBos = files.AddBosToken(), configAddEos = files.ConfigBool("add_eos_token");
+        if (llamaRule || (!isTokenizerJson && (configAddBos == true || configAddEos == true)))
         {
-            string pattern = PreTokenizerPattern(files);
-            try
-            {
-                inner = BpeTokenizer.Create(new BpeOptions(vocabulary)
-                {
-                    Merges = merges,
-                    ByteLevel = true,
-                    PreTokenizer = new RegexPreTokenizer(ByteLevelBpe.Compile(pattern), special.Count > 0 ? special : null),
-                    SpecialTokens = special.Count > 0 ? special : null,
-                });
-            }
-            catch (Exception e) when (e is not IOException and not UnauthorizedAccessException and not InvalidDataException)
-            {
-                throw new InvalidDataException($"{bpeSource}: not a byte-level BPE vocabulary that Microsoft.ML.Tokenizers can load ({e.Message}).", e);
-            }
+            bool addBosToken = configAddBos ?? llamaRule, addEosToken = configAddEos ?? false;
+            if (addBosToken && bosId is null) throw new InvalidDataException($"{Path.Combine(directory, HfTokenizerFiles.TokenizerConfig)}: add_bos_token is true but the tokenizer has no bos_token.");
+            if (addEosToken && eosId is null) throw new InvalidDataException($"{Path.Combine(directory, HfTokenizerFiles.TokenizerConfig)}: add_eos_token is true but the tokenizer has no eos_token.");
+            var items = new List<int[]?>();
+            if (addBosToken) items.Add([bosId!.Value]);
+            items.Add(null);
+            if (addEosToken) items.Add([eosId!.Value]);
+            post = new TemplatePostProcessor(items);
         }
+        pipeline = pipeline.With(post, added.Values);
+        var special = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var t in added.Values.OrderBy(t => t.Id)) special.TryAdd(t.Content, t.Id);
+        bool addBos = bosId is int b0 && pipeline.Encode("", addSpecialTokens: true) is { Count: > 0 } empty && empty[0] == b0;
+        bool cleanUp = files.ConfigBool("clean_up_tokenization_spaces") ?? false;
+        int? maxLength = files.ConfigLong("model_max_length") is long ml && ml > 0 && ml < int.MaxValue ? (int)ml : null;
         var eosIds = new List<int>();
         if (eosId is int e0) eosIds.Add(e0);
         foreach (int id in files.AllEosIds()) if (!eosIds.Contains(id)) eosIds.Add(id);
-
-        bool addBos = files.AddBosToken() ?? (isSentencePiece && bosId.HasValue);
         string? source = files.ChatTemplate();
         ChatTemplate? template = null;
         Exception? error = null;
@@ -383,9 +397,8 @@ public sealed class TextTokenizer
             try { template = ChatTemplate.Detect(source, bosToken, eosToken); }
             catch (NotSupportedException e) { error = e; }
         }
-        return new TextTokenizer(inner, special, bosToken, bosId, eosToken, eosId, eosIds, padToken, padId, addBos, source,
-            template, error, chatTemplateName != null, Path.GetFullPath(directory), files.Config, isGpt2Data: false)
-        { _normalizeNfc = !isSentencePiece && NormalizesNfc(files) };
+        return new TextTokenizer(pipeline, format, cleanUp, maxLength, special, bosToken, bosId, eosToken, eosId, eosIds, padToken, padId, addBos, source,
+            template, error, chatTemplateName != null, Path.GetFullPath(directory), files.Config, isGpt2Data: false);
     }
 
     /// <summary>
@@ -447,20 +460,47 @@ public sealed class TextTokenizer
             File.WriteAllText(Path.Combine(target, HfTokenizerFiles.SpecialTokensMap), map.ToJsonString(options));
     }
 
-    IReadOnlyDictionary<string, int>? Vocabulary() => Inner switch
+    /// <summary>GPT-2's tiktoken ranks as a byte-level BPE, built once: tiktoken merges any two adjacent parts whose
+    /// concatenation is a token, lowest rank first, after taking a pre-token whole when it is itself a token.</summary>
+    static readonly Lazy<HfTokenizer> s_gpt2Pipeline = new(() =>
     {
-        SentencePieceTokenizer sp => sp.Vocabulary,
-        BpeTokenizer bpe => bpe.Vocabulary,
-        TiktokenTokenizer when _isGpt2Data => s_gpt2Vocabulary.Value,
-        _ => null,
-    };
+        var vocab = new Dictionary<string, int>(ByteLevelBpe.ReadGpt2Ranks(), StringComparer.Ordinal);
+        var merges = new Dictionary<long, (int, int)>();
+        foreach (var (token, rank) in vocab)
+            for (int cut = 1; cut < token.Length; cut++)
+                if (vocab.TryGetValue(token[..cut], out int a) && vocab.TryGetValue(token[cut..], out int b))
+                    merges.TryAdd(BpeModel.Key(a, b), (rank, rank));
+        var model = new BpeModel(vocab, merges, null, false, false, ignoreMerges: true);
+        return new HfTokenizer(model, null, new ByteLevelPreTokenizer(addPrefixSpace: false, useRegex: true), null, new ByteLevelDecoder(),
+            [new AddedToken(50256, Gpt2EndOfText, true, false, false, false, false)]);
+    });
 
-    IEnumerable<int> VocabularyIds() => Inner is TiktokenTokenizer && _isGpt2Data
-        ? Enumerable.Range(0, 50256)   // GPT-2's ranks, without reading them
-        : Vocabulary()?.Values ?? Enumerable.Empty<int>();
-
-    /// <summary>GPT-2's vocabulary in Hugging Face's byte-level spelling ("ĠHello"), read on first use.</summary>
-    static readonly Lazy<IReadOnlyDictionary<string, int>> s_gpt2Vocabulary = new(() => ByteLevelBpe.ReadGpt2Ranks());
+    /// <summary>
+    /// vocab.json + merges.txt as Python transformers' converters build them: byte-level BPE with GPT-2's regex
+    /// (<c>add_prefix_space</c> from the config), or for a Qwen2 tokenizer class NFC and Qwen2's regex.
+    /// </summary>
+    static HfTokenizer ReadVocabAndMerges(string vocabPath, string mergesPath, string? tokenizerClass, bool addPrefixSpace)
+    {
+        Dictionary<string, int> vocabulary;
+        try
+        {
+            using var stream = File.OpenRead(vocabPath);
+            vocabulary = JsonSerializer.Deserialize<Dictionary<string, int>>(stream) ?? throw new InvalidDataException($"{vocabPath}: empty.");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{vocabPath}: expected a JSON object mapping tokens to integer ids ({e.Message}).", e);
+        }
+        vocabulary = new Dictionary<string, int>(vocabulary, StringComparer.Ordinal);
+        var pairs = ReadMerges(mergesPath).Select(m => { int sp = m.IndexOf(' '); return (m[..sp], m[(sp + 1)..]); }).ToList();
+        var model = new BpeModel(vocabulary, BpeModel.MergesFromPairs(pairs, vocabulary, mergesPath), null, false, false, false);
+        bool qwen = tokenizerClass is string cls && cls.StartsWith("Qwen2", StringComparison.Ordinal);
+        Normalizer? normalizer = qwen ? new UnicodeNormalizer(System.Text.NormalizationForm.FormC) : null;
+        PreTokenizer pre = qwen
+            ? new SequencePreTokenizer([new SplitPreTokenizer(TextPattern.FromRegex(ByteLevelBpe.Qwen2Pattern, "Qwen2"), SplitBehavior.Isolated, false), new ByteLevelPreTokenizer(false, false)])
+            : new ByteLevelPreTokenizer(addPrefixSpace, true);
+        return new HfTokenizer(model, normalizer, pre, null, new ByteLevelDecoder(), []);
+    }
 
     static List<string> ReadMerges(string path)
     {
@@ -475,35 +515,5 @@ public sealed class TextTokenizer
             merges.Add(line);
         }
         return merges;
-    }
-
-    /// <summary>
-    /// The byte-level pre-tokenization pattern: tokenizer.json's Split regex (Qwen2) or ByteLevel with or without
-    /// individual digits (GPT-2, SmolLM) when present; else Qwen2's pattern for a Qwen2Tokenizer and GPT-2's otherwise.
-    /// </summary>
-    /// <summary>Whether byte-level BPE input is NFC-normalized: tokenizer.json's normalizer is (or contains) NFC, or, without it, a Qwen2 tokenizer.</summary>
-    static bool NormalizesNfc(HfTokenizerFiles files)
-    {
-        if (files.Fast is { } fast && fast.ContainsKey("normalizer"))
-        {
-            var normalizer = fast["normalizer"] as JsonObject;
-            var steps = normalizer?["normalizers"] is JsonArray list ? list.OfType<JsonObject>() : normalizer is null ? [] : [normalizer];
-            return steps.Any(step => (string?)step["type"] == "NFC");
-        }
-        return files.TokenizerClass() is string cls && cls.StartsWith("Qwen2", StringComparison.Ordinal);
-    }
-
-    static string PreTokenizerPattern(HfTokenizerFiles files)
-    {
-        if (files.Fast?["pre_tokenizer"] is JsonObject pre)
-        {
-            var steps = pre["pretokenizers"] is JsonArray list ? list.OfType<JsonObject>().ToList() : new List<JsonObject> { pre };
-            foreach (var step in steps)
-                if ((string?)step["type"] == "Split" && step["pattern"]?["Regex"] is JsonValue regex)
-                    return regex.GetValue<string>();
-            bool digits = steps.Any(s => (string?)s["type"] == "Digits" && s["individual_digits"] is JsonValue v && v.GetValue<bool>());
-            return digits ? ByteLevelBpe.Gpt2IndividualDigitsPattern : ByteLevelBpe.Gpt2Pattern;
-        }
-        return files.TokenizerClass() is string cls && cls.StartsWith("Qwen2", StringComparison.Ordinal) ? ByteLevelBpe.Qwen2Pattern : ByteLevelBpe.Gpt2Pattern;
     }
 }

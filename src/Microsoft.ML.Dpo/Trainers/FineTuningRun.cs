@@ -45,11 +45,12 @@ internal static class FineTuningRun
 
     /// <summary>Tokenizes preference pairs within the given limits; truncations and the examples kept are counted in <paramref name="report"/>.</summary>
     public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs,
-        int maxLength, int maxPromptLength, TruncationMode mode, DataPreparationReport report)
+        int maxLength, int maxPromptLength, TruncationMode mode, DataPreparationReport report, CancellationToken cancellation = default)
     {
         var examples = new List<TokenizedPreference>();
         foreach (var pair in pairs)
         {
+            cancellation.ThrowIfCancellationRequested(); // between rows: Ctrl+C stops a long tokenization
             if (model.EncodeExample(pair.Prompt, [pair.Chosen, pair.Rejected], maxLength, maxPromptLength, mode, out var prompt, out var completions))
                 report.Truncated++;
             examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
@@ -60,7 +61,7 @@ internal static class FineTuningRun
 
     /// <summary>Tokenizes preference pairs within the options' limits.</summary>
     public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs, TrainingOptions options, DataPreparationReport report) =>
-        TokenizePairs(model, pairs, options.MaxLength, options.MaxPromptLength, options.Truncation, report);
+        TokenizePairs(model, pairs, options.MaxLength, options.MaxPromptLength, options.Truncation, report, options.CancellationToken);
 
     /// <summary>A checkpoint store that writes the model as a Hugging Face directory (so any checkpoint is loadable) and reads its weights back.</summary>
     public static TrainingCheckpoint? Checkpoint(TrainingOptions options, LanguageModel policy)

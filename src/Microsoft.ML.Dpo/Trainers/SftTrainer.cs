@@ -107,6 +107,7 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         var examples = new List<TokenizedCompletion>(rows.Count);
         foreach (var row in rows)
         {
+            options.CancellationToken.ThrowIfCancellationRequested(); // between rows: Ctrl+C stops a long tokenization
             if (model.EncodeExample(row.Prompt, [row.Completion], options.MaxLength, options.MaxPromptLength, options.Truncation, out var prompt, out var completions))
                 report.Truncated++;
             examples.Add(new TokenizedCompletion(prompt, completions[0], row.Row, examples.Count));

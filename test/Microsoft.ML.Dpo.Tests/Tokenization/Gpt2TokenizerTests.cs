@@ -1,5 +1,4 @@
 using Microsoft.ML.Dpo.Tokenization;
-using Microsoft.ML.Tokenizers;
 
 namespace Microsoft.ML.Dpo.Tests.Tokenization;
 
@@ -25,7 +24,8 @@ public sealed class Gpt2TokenizerTests
     public void EncodesKnownIds()
     {
         CollectionAssert.AreEqual(new[] { 15496, 995 }, s_gpt2.Encode("Hello world").ToArray());
-        CollectionAssert.AreEqual(new[] { 50256, 15496, 995 }, s_gpt2.Encode("Hello world", addBos: true).ToArray());
+        CollectionAssert.AreEqual(new[] { 15496, 995 }, s_gpt2.Encode("Hello world", addSpecialTokens: true).ToArray(), "Hugging Face adds no special token for GPT-2");
+        CollectionAssert.AreEqual(new[] { 15496, 995 }, s_gpt2.EncodePrompt("Hello world").ToArray());
         Assert.AreEqual("Hello world", s_gpt2.Decode(new[] { 15496, 995 }));
     }
 
@@ -73,7 +73,7 @@ public sealed class Gpt2TokenizerTests
         StringAssert.Contains(File.ReadAllText(dir.Combine("tokenizer_config.json")), "\"tokenizer_class\": \"GPT2Tokenizer\"");
 
         var loaded = TextTokenizer.FromDirectory(dir.Path);
-        Assert.IsInstanceOfType<BpeTokenizer>(loaded.Inner, "vocab.json + merges.txt load as byte-level BPE");
+        Assert.AreEqual("vocab.json + merges.txt", loaded.Format, "vocab.json + merges.txt load as byte-level BPE");
         foreach (string text in VariedTexts)
         {
             CollectionAssert.AreEqual(s_gpt2.Encode(text).ToArray(), loaded.Encode(text).ToArray(), text);

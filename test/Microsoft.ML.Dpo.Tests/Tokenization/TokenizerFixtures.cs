@@ -47,7 +47,12 @@ internal static class TokenizerFixtures
         int[] order = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 };
         for (int i = 0; i < merged.Length; i++) pieces.Add((merged[i], -order[i], 1));
         // Ids: "ll" 267, "he" 268, "hell" 269, "hello" 270, "▁hello" 271, "or" 272, "▁w" 273, "▁wor" 274, "ld" 275, "▁world" 276.
+        WriteSentencePiece(path, pieces);
+    }
 
+    /// <summary>A SentencePiece BPE model with these pieces (type 1 normal, 2 unknown, 3 control, 6 byte), byte fallback, dummy prefix, identity normalizer.</summary>
+    public static void WriteSentencePiece(string path, IReadOnlyList<(string Piece, float Score, int Type)> pieces)
+    {
         var model = new MemoryStream();
         foreach (var (piece, score, type) in pieces)
         {

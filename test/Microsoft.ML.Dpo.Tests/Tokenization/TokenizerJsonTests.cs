@@ -1,7 +1,6 @@
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Microsoft.ML.Dpo.Tokenization;
-using Microsoft.ML.Tokenizers;
 
 namespace Microsoft.ML.Dpo.Tests.Tokenization;
 
@@ -43,9 +42,6 @@ public sealed class TokenizerJsonTests
         File.WriteAllText(files.Combine("tokenizer_config.json"), $$"""
             { {{TokenizerFixtures.AddedTokensDecoder}}, "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>" }
             """);
-        // vocab.json + merges.txt take their pre-tokenizer from a tokenizer.json when there is one (here without a model).
-        if (preTokenizer != ByteLevelPreTokenizer)
-            File.WriteAllText(files.Combine("tokenizer.json"), $$"""{"version": "1.0", "pre_tokenizer": {{preTokenizer}} }""");
 
         var json = new TempDirectory();
         WriteTokenizerJson(json.Combine("tokenizer.json"), ReadVocab(files.Path), ReadMerges(files.Path), mergesAsPairs, s_tinyAdded, preTokenizer);
@@ -66,11 +62,11 @@ public sealed class TokenizerJsonTests
         var fromFiles = TextTokenizer.FromDirectory(filesDir.Path);
         var fromJson = TextTokenizer.FromDirectory(jsonDir.Path);
 
-        Assert.IsInstanceOfType<BpeTokenizer>(fromJson.Inner);
+        Assert.AreEqual("tokenizer.json", fromJson.Format);
         foreach (string text in s_tinyTexts)
         {
             int[] ids = fromJson.Encode(text).ToArray();
-            CollectionAssert.AreEqual(fromFiles.Encode(text).ToArray(), ids, text);
+            if (!splitRegex) CollectionAssert.AreEqual(fromFiles.Encode(text).ToArray(), ids, text); // vocab.json + merges.txt use GPT-2's regex
             Assert.AreEqual(text, fromJson.Decode(ids, skipSpecialTokens: false), text);
             Assert.AreEqual(fromFiles.Decode(ids), fromJson.Decode(ids), text);
         }
@@ -101,7 +97,7 @@ public sealed class TokenizerJsonTests
 
         var fromFiles = TextTokenizer.FromDirectory(files.Path);
         var fromJson = TextTokenizer.FromDirectory(json.Path);
-        Assert.IsInstanceOfType<BpeTokenizer>(fromJson.Inner);
+        Assert.AreEqual("tokenizer.json", fromJson.Format);
         CollectionAssert.AreEqual(new[] { 15496, 995 }, fromJson.Encode("Hello world").ToArray());
         foreach (string text in Gpt2TokenizerTests.VariedTexts.Append("football, foot ball; <|endoftext|><|endoftext|>\n\n\n  \t x"))
         {
@@ -145,46 +141,60 @@ public sealed class TokenizerJsonTests
     [DataRow("""{"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["▁hello", -1.0]]}""", null, "Unigram", DisplayName = "Unigram")]
     [DataRow("""{"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "vocab": {"[UNK]": 0, "hello": 1}}""", null, "WordPiece", DisplayName = "WordPiece")]
     [DataRow("""{"type": "WordLevel", "unk_token": "[UNK]", "vocab": {"[UNK]": 0}}""", null, "WordLevel", DisplayName = "WordLevel")]
-    [DataRow(TinyLlamaModel, TinyLlamaRest, "SentencePiece", DisplayName = "TinyLlama: byte_fallback, Prepend/Replace '▁'")]
-    [DataRow(MistralModel, MistralRest, "SentencePiece", DisplayName = "Mistral: Metaspace")]
-    [DataRow("""{"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}""", """, "pre_tokenizer": {"type": "Whitespace"}""", "Whitespace", DisplayName = "BPE without ByteLevel")]
     public void UnsupportedModelsSayWhichFileToAdd(string model, string? rest, string mentioned)
     {
         using var dir = new TempDirectory();
         File.WriteAllText(dir.Combine("tokenizer.json"), $$"""{"version": "1.0", "added_tokens": [], "model": {{model}}{{rest}} }""");
         var e = Assert.ThrowsExactly<NotSupportedException>(() => TextTokenizer.FromDirectory(dir.Path));
         StringAssert.Contains(e.Message, dir.Combine("tokenizer.json"));
-        StringAssert.Contains(e.Message, "tokenizer.model");
-        StringAssert.Contains(e.Message, mentioned);
+        StringAssert.Contains(e.Message, $"model type \"{mentioned}\"");
     }
 
-    const string TinyLlamaModel = """{"type": "BPE", "dropout": null, "unk_token": "<unk>", "byte_fallback": true, "fuse_unk": true, "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x00>": 3, "▁": 4, "h": 5}, "merges": ["▁ h"]}""";
+    const string TinyLlamaModel = """{"type": "BPE", "dropout": null, "unk_token": "<unk>", "byte_fallback": true, "fuse_unk": true, "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x00>": 3, "▁": 4, "h": 5, "▁h": 6}, "merges": ["▁ h"]}""";
     const string TinyLlamaRest = """
         , "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
         "pre_tokenizer": null,
         "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
         """;
-    const string MistralModel = """{"type": "BPE", "unk_token": "<unk>", "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "h": 4}, "merges": [["▁", "h"]]}""";
+    const string MistralModel = """{"type": "BPE", "unk_token": "<unk>", "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "h": 4, "▁h": 5}, "merges": [["▁", "h"]]}""";
     const string MistralRest = """
         , "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
         "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false}
         """;
 
     [TestMethod]
-    public void TokenizerJsonIsOnlyTheFallback()
+    [DataRow(TinyLlamaModel, TinyLlamaRest, 6, DisplayName = "TinyLlama: byte_fallback, Prepend/Replace '▁'")]
+    [DataRow(MistralModel, MistralRest, 5, DisplayName = "Mistral: Metaspace")]
+    public void SentencePieceStyleTokenizerJsonLoads(string model, string rest, int wordId)
+    {
+        using var dir = new TempDirectory();
+        File.WriteAllText(dir.Combine("tokenizer.json"), $$"""{"version": "1.0", "added_tokens": [], "model": {{model}}{{rest}} }""");
+        var tok = TextTokenizer.FromDirectory(dir.Path);
+        CollectionAssert.AreEqual(new[] { wordId, wordId }, tok.Encode("h h").ToArray());
+        Assert.AreEqual("h h", tok.Decode(tok.Encode("h h")));
+    }
+
+    [TestMethod]
+    public void TokenizerJsonComesFirst()
     {
         const string unigram = """{"version": "1.0", "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]}}""";
 
         using var sp = new TempDirectory();
         TokenizerFixtures.WriteTinySentencePiece(sp.Combine("tokenizer.model"));
         File.WriteAllText(sp.Combine("tokenizer.json"), unigram);
-        Assert.IsInstanceOfType<SentencePieceTokenizer>(TextTokenizer.FromDirectory(sp.Path).Inner, "tokenizer.model comes first");
+        var e = Assert.ThrowsExactly<NotSupportedException>(() => TextTokenizer.FromDirectory(sp.Path), "tokenizer.json comes first, as in Hugging Face");
+        StringAssert.Contains(e.Message, "model type \"Unigram\"");
+        StringAssert.Contains(e.Message, "tokenizer.json");
+        File.Delete(sp.Combine("tokenizer.json"));
+        Assert.AreEqual("tokenizer.model", TextTokenizer.FromDirectory(sp.Path).Format);
 
         using var bpe = new TempDirectory();
         TokenizerFixtures.WriteTinyByteLevelBpe(bpe.Path);
         File.WriteAllText(bpe.Combine("tokenizer.json"), unigram);
+        Assert.ThrowsExactly<NotSupportedException>(() => TextTokenizer.FromDirectory(bpe.Path));
+        File.Delete(bpe.Combine("tokenizer.json"));
         var tok = TextTokenizer.FromDirectory(bpe.Path);
-        Assert.IsInstanceOfType<BpeTokenizer>(tok.Inner, "vocab.json + merges.txt come before tokenizer.json");
+        Assert.AreEqual("vocab.json + merges.txt", tok.Format);
         CollectionAssert.AreEqual(new[] { 259, 264 }, tok.Encode("hello world").ToArray());
     }
 
