@@ -90,18 +90,27 @@ internal static class TrainCommands
             return data;
         }
 
-        /// <summary>Renders conversational records with the model's own chat template when its tokenizer files carry one.</summary>
-        public Func<IReadOnlyList<(string Role, string Content)>, bool, string>? Renderer(ParseResult result)
+        /// <summary>
+        /// The chat template that renders conversational records: the model's own (its Jinja chat_template, rendered as
+        /// transformers renders it) when its tokenizer files carry one; null (plain "Role: content" text) otherwise.
+        /// Prints which one is used.
+        /// </summary>
+        public ChatTemplate? ChatTemplate(ParseResult result, TextWriter stdout)
         {
             string model = result.GetValue(Model)!;
             TextTokenizer tokenizer;
             try { tokenizer = TextTokenizer.FromDirectory(model); }
             catch (Exception e) when (e is FileNotFoundException or InvalidDataException) { return null; }
-            if (tokenizer.ChatTemplateSource is null) return null;
+            if (tokenizer.ChatTemplateSource is null)
+            {
+                stdout.WriteLine("Chat template: none in the model's tokenizer files; conversations are rendered as plain \"Role: content\" lines.");
+                return null;
+            }
             ChatTemplate template;
             try { template = tokenizer.ChatTemplate; }
-            catch (NotSupportedException) { return null; }
-            return (turns, generationPrompt) => template.Render(turns.Select(t => new ChatTurn(t.Role, t.Content)).ToList(), generationPrompt);
+            catch (NotSupportedException e) { throw new CliException(e.Message); }
+            stdout.WriteLine($"Chat template: {template}.");
+            return template;
         }
     }
 
@@ -124,7 +133,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadCompletions(common.DataPath(result),
-                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, RenderConversation = common.Renderer(result) }, loadReport);
+                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
         });
@@ -167,7 +176,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, RenderConversation = common.Renderer(result) }, loadReport);
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });

@@ -703,16 +703,16 @@ sealed partial class Interpreter
                 while (i < s.Length && !JinjaLexer.IsPythonSpace(s[i])) i++;
                 words.Add((start, i));
             }
-            if (max < 0 || words.Count <= max + 1) return words.Select(w => s[w.Start..w.End]).ToList();
+            if (max < 0 || words.Count <= max) return words.Select(w => s[w.Start..w.End]).ToList();
             if (!fromRight)
             {
                 for (int k = 0; k < max; k++) parts.Add(s[words[k].Start..words[k].End]);
-                parts.Add(Strip(s[words[(int)max].Start..], null, false, true));
+                parts.Add(s[words[(int)max].Start..]);
             }
             else
             {
                 int first = words.Count - (int)max;
-                parts.Add(Strip(s[..words[first - 1].End], null, true, false));
+                parts.Add(s[..words[first - 1].End]);
                 for (int k = first; k < words.Count; k++) parts.Add(s[words[k].Start..words[k].End]);
             }
             return parts;

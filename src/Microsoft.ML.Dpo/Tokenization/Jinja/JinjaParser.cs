@@ -591,7 +591,7 @@ sealed class JinjaParser
 
     CallExpr ParseCall(Expr callee)
     {
-        int pos = Current.Position;
+        int pos = callee.Pos;
         var (args, kwargs) = ParseArguments();
         return new CallExpr(pos, callee, args, kwargs);
     }
