@@ -75,10 +75,10 @@ sealed class JinjaChatTemplate : ChatTemplate
         var list = new List<object?>(messages.Count);
         foreach (var m in messages)
         {
-            var message = new Dictionary<string, object?>(StringComparer.Ordinal) { ["role"] = m.Role, ["content"] = m.Content };
+            var message = new Dictionary<object, object?> { ["role"] = m.Role, ["content"] = m.Content };
             if (m.Fields != null)
                 foreach (var (k, v) in m.Fields)
-                    if (k is not ("role" or "content")) message[k] = v;
+                    if (k is not ("role" or "content")) message[k] = Py.FromClr(v);
             list.Add(message);
         }
         var variables = new Dictionary<string, object?>(StringComparer.Ordinal)

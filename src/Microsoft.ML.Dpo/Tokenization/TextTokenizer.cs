@@ -386,7 +386,9 @@ public sealed class TextTokenizer
             foreach (var (name, token) in new[] { ("bos_token", bosToken), ("eos_token", eosToken), ("unk_token", files.SpecialToken("unk_token").Token), ("pad_token", padToken) })
                 if (token != null) templateTokens[name] = token;
             string file = sourceWithFile!.Value.File;
-            try { template = ChatTemplate.FromJinja(source, templateTokens, file); }
+            // The Jinja this library writes for its built-in templates is read back as that built-in (which renders identically).
+            if (ChatTemplate.TryDetect(source, out var builtIn, bosToken, eosToken) && builtIn.Jinja == source) template = builtIn;
+            else try { template = ChatTemplate.FromJinja(source, templateTokens, file); }
             catch (Jinja.JinjaException e)
             {
                 error = new NotSupportedException(

@@ -110,7 +110,7 @@ public sealed class ModelChatTemplateTests
         // A prompt that ends with an assistant message is continued (continue_final_message), as TRL does.
         var (p2, c2) = template.SplitForTraining(new[] { ChatTurn.User("q"), ChatTurn.Assistant("The answer is") }, new[] { new[] { ChatTurn.Assistant(" 42.") } });
         Assert.IsTrue(p2.EndsWith("<|start_header_id|>assistant<|end_header_id|>\n\nThe answer is", StringComparison.Ordinal), p2);
-        Assert.IsTrue(c2.StartsWith("<|eot_id|>", StringComparison.Ordinal), c2);
+        Assert.IsTrue(c2[0].StartsWith("<|eot_id|>", StringComparison.Ordinal), c2[0]);
     }
 
     [TestMethod]

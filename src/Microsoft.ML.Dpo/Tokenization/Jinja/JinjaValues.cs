@@ -161,7 +161,8 @@ static class Py
                 break;
             case Callable c: sb.Append("<function ").Append(c.Name).Append('>'); break;
             case Undefined: sb.Append("Undefined"); break;
-            default: sb.Append(Str(v)); break;
+            case null or bool or long or double: sb.Append(Str(v)); break;
+            default: sb.Append(Convert.ToString(v, CultureInfo.InvariantCulture)); break;
         }
     }
 
@@ -379,9 +380,8 @@ static class Py
         decimal m => (double)m,
         JsonNode node => FromJsonNode(node),
         JsonElement element => FromJsonElement(element),
-        Dictionary<object, object?> d => d,
-        List<object?> l => l,
-        object?[] t => t,
+        Dictionary<object, object?> d => d.ToDictionary(kv => kv.Key, kv => FromClr(kv.Value)),
+        object?[] t => t.Select(FromClr).ToArray(),
         IDictionary<string, object?> dict => dict.ToDictionary(kv => (object)kv.Key, kv => FromClr(kv.Value)),
         IReadOnlyDictionary<string, object?> dict => dict.ToDictionary(kv => (object)kv.Key, kv => FromClr(kv.Value)),
         IDictionary dict => dict.Keys.Cast<object>().ToDictionary(k => FromClr(k)!, k => FromClr(dict[k])),
@@ -394,7 +394,12 @@ static class Py
         null => null,
         JsonObject o => o.ToDictionary(kv => (object)kv.Key, kv => FromJsonNode(kv.Value)),
         JsonArray a => a.Select(FromJsonNode).ToList(),
-        JsonValue v => FromJsonElement(v.GetValue<JsonElement>()),
+        JsonValue v => v.TryGetValue(out JsonElement e) ? FromJsonElement(e)
+            : v.TryGetValue(out string? s) ? s
+            : v.TryGetValue(out bool b) ? b
+            : v.TryGetValue(out long l) ? l
+            : v.TryGetValue(out double d) ? d
+            : FromJsonElement(JsonSerializer.SerializeToElement(v)),
         _ => null,
     };
 
