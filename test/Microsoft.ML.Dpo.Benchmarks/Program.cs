@@ -9,6 +9,7 @@ var suites = new IBenchmarkSuite[]
 {
     new GenerationSuite(),
     new DpoSuite(),
+    new ChatTemplateSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
