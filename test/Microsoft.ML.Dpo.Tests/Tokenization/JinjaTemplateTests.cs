@@ -85,6 +85,15 @@ public sealed class JinjaTemplateTests
     }
 
     [TestMethod]
+    public void ArgumentUnpackingAndMacroVarargs()
+    {
+        Assert.AreEqual("a-b|x=1", Render("{% macro pair(a, b) %}{{ a }}-{{ b }}{% endmacro %}{% macro kw() %}{% for k, v in kwargs.items() %}{{ k }}={{ v }}{% endfor %}{% endmacro %}{{ pair(*['a', 'b']) }}|{{ kw(**{'x': 1}) }}"));
+        Assert.AreEqual("1:(2, 3)", Render("{% macro head(first) %}{{ first }}:{{ varargs }}{% endmacro %}{{ head(1, 2, 3) }}"));
+        var e = Assert.ThrowsExactly<JinjaException>(() => Render("{% macro one(a) %}{{ a }}{% endmacro %}{{ one(1, 2) }}"));
+        StringAssert.Contains(e.Message, "takes 1 positional arguments");
+    }
+
+    [TestMethod]
     public void WhitespaceControlAsHuggingFaceConfiguresIt()
     {
         Assert.AreEqual("a\nb", Render("{% if true %}\na\n{% endif %}\nb"), "trim_blocks: the newline after a block tag goes");
@@ -168,7 +177,7 @@ public sealed class JinjaTemplateTests
             ("{% include 'other.jinja' %}", "unsupported tag 'include'"),
             ("{% extends 'base' %}", "unsupported tag 'extends'"),
             ("{% for x in y recursive %}{% endfor %}", "recursive for loops are not supported"),
-            ("{{ f(*args) }}", "*args and **kwargs"),
+            ("{% import 'macros.jinja' as m %}", "unsupported tag 'import'"),
             ("{% break %}", "'break' outside a for loop"),
             ("{{ 'a' %}", "unexpected '}'"),
         })

@@ -12,7 +12,7 @@ sealed record IfStmt(int Pos, List<(Expr Test, List<Stmt> Body)> Branches, List<
 sealed record ForStmt(int Pos, Target Target, Expr Iterable, Expr? Filter, List<Stmt> Body, List<Stmt>? Else) : Stmt(Pos);
 sealed record SetStmt(int Pos, Target Target, Expr Value) : Stmt(Pos);
 sealed record SetBlockStmt(int Pos, Target Target, List<FilterExpr> Filters, List<Stmt> Body) : Stmt(Pos);
-sealed record MacroStmt(int Pos, string Name, List<(string Name, Expr? Default)> Parameters, List<Stmt> Body) : Stmt(Pos);
+sealed record MacroStmt(int Pos, string Name, List<(string Name, Expr? Default)> Parameters, List<Stmt> Body, bool CatchesVarargs, bool CatchesKwargs) : Stmt(Pos);
 sealed record CallBlockStmt(int Pos, List<(string Name, Expr? Default)> CallerParameters, CallExpr Call, List<Stmt> Body) : Stmt(Pos);
 sealed record FilterBlockStmt(int Pos, List<FilterExpr> Filters, List<Stmt> Body) : Stmt(Pos);
 sealed record GenerationStmt(int Pos, List<Stmt> Body) : Stmt(Pos);
@@ -42,3 +42,5 @@ sealed record UnaryExpr(int Pos, string Op, Expr Operand) : Expr(Pos);
 sealed record BinaryExpr(int Pos, string Op, Expr Left, Expr Right) : Expr(Pos);
 sealed record CompareExpr(int Pos, Expr First, List<(string Op, Expr Operand)> Rest) : Expr(Pos);
 sealed record CondExpr(int Pos, Expr Test, Expr Then, Expr? Else) : Expr(Pos);
+/// <summary><c>*value</c> (positional) or <c>**value</c> (keyword) unpacking in a call's arguments.</summary>
+sealed record StarExpr(int Pos, Expr Value, bool Keywords) : Expr(Pos);

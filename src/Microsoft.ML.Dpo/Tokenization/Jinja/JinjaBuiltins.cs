@@ -10,7 +10,7 @@ sealed partial class Interpreter
 {
     public static readonly string[] FilterNames =
     {
-        "abs", "attr", "batch", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "indent",
+        "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "format", "indent",
         "int", "items", "join", "keys", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
         "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim",
         "unique", "upper", "values", "wordcount",
@@ -75,9 +75,8 @@ sealed partial class Interpreter
     object? ApplyFilter(FilterExpr filter, object? value, Scope scope)
     {
         var args = new List<object?>(filter.Args.Count);
-        foreach (var a in filter.Args) args.Add(Eval(a, scope));
         var kwargs = new Dictionary<string, object?>(StringComparer.Ordinal);
-        foreach (var (name, v) in filter.Kwargs) kwargs[name] = Eval(v, scope);
+        EvalArguments(filter.Args, filter.Kwargs, scope, args, kwargs);
         try
         {
             return Filter(filter.Name, value, args, kwargs, filter.Pos);
@@ -108,8 +107,9 @@ sealed partial class Interpreter
             case "safe": return value;
             case "string": return Py.Str(value);
         }
-        if (value is Undefined u && name is not ("length" or "count" or "list" or "items" or "join" or "first" or "last" or "tojson"))
-            throw UndefinedUse(u);
+        // Jinja2's Undefined prints as "" and iterates as empty, so most filters accept it; these do not.
+        if (value is Undefined u && name is "abs" or "round" or "dictsort" or "attr" or "reverse" or "int" or "float" or "indent")
+            throw UndefinedUse((Undefined)value!);
         switch (name)
         {
             case "trim": return Strip(Str(value, name), Arg(args, kwargs, 0, "chars", null) as string, true, true);
@@ -395,11 +395,109 @@ sealed partial class Interpreter
             }
             case "attr": return GetAttribute(value, Py.Str(args.Count > 0 ? args[0] : null));
             case "wordcount": return (long)Str(value, name).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Length;
+            case "center": return Center(Str(value, name), (int)Py.ToLong(Arg(args, kwargs, 0, "width", 80L)), ' ');
+            case "format":
+                if (args.Count > 0 && kwargs.Count > 0) throw new InvalidOperationException("can't handle positional and keyword arguments at the same time");
+                return PrintfFormat(Str(value, name), kwargs.Count > 0 ? kwargs.ToDictionary(kv => (object)kv.Key, kv => kv.Value) : args.Count == 1 ? args[0] : args.ToArray());
         }
         throw Error($"unknown filter '{name}' (supported: {string.Join(", ", FilterNames)})", pos);
     }
 
     static string Str(object? value, string filter) => value as string ?? Py.Str(value);
+
+    static string Center(string s, int width, char fill)
+    {
+        int n = (int)Py.Length(s);
+        if (width <= n) return s;
+        int marg = width - n, left = marg / 2 + (marg & width & 1);
+        return new string(fill, left) + s + new string(fill, marg - left);
+    }
+
+    /// <summary>Python's printf-style <c>format % values</c> (the <c>format</c> filter and the <c>%</c> operator on strings):
+    /// conversions s r a d i u f F e E g G x X o c %, with flags, width, precision and <c>%(name)s</c> keys.</summary>
+    internal static string PrintfFormat(string format, object? values)
+    {
+        var sb = new StringBuilder();
+        var items = values is object?[] tuple ? tuple : new[] { values };
+        int next = 0;
+        object? Take()
+        {
+            if (next >= items.Length) throw new InvalidOperationException("not enough arguments for format string");
+            return items[next++];
+        }
+        for (int i = 0; i < format.Length; i++)
+        {
+            char c = format[i];
+            if (c != '%') { sb.Append(c); continue; }
+            if (++i >= format.Length) throw new InvalidOperationException("incomplete format");
+            object? arg = null;
+            bool haveArg = false;
+            if (format[i] == '(')
+            {
+                int close = format.IndexOf(')', i);
+                if (close < 0) throw new InvalidOperationException("incomplete format key");
+                string key = format[(i + 1)..close];
+                if (values is not Dictionary<object, object?> map) throw new InvalidOperationException("format requires a mapping");
+                arg = map.TryGetValue(key, out var found) ? found : throw new InvalidOperationException($"KeyError: '{key}'");
+                haveArg = true;
+                i = close + 1;
+            }
+            string flags = "";
+            while (i < format.Length && "-+ #0".Contains(format[i])) flags += format[i++];
+            int width = 0;
+            while (i < format.Length && char.IsAsciiDigit(format[i])) width = width * 10 + (format[i++] - '0');
+            int precision = -1;
+            if (i < format.Length && format[i] == '.')
+            {
+                i++;
+                precision = 0;
+                while (i < format.Length && char.IsAsciiDigit(format[i])) precision = precision * 10 + (format[i++] - '0');
+            }
+            if (i >= format.Length) throw new InvalidOperationException("incomplete format");
+            char conv = format[i];
+            if (conv == '%') { sb.Append('%'); continue; }
+            if (!haveArg) arg = Take();
+            var ci = CultureInfo.InvariantCulture;
+            string text = conv switch
+            {
+                's' => Py.Str(arg),
+                'r' or 'a' => Py.Repr(arg),
+                'd' or 'i' or 'u' => ((long)Math.Truncate(Py.ToDouble(arg))).ToString(ci),
+                'f' or 'F' => Py.ToDouble(arg).ToString("F" + (precision < 0 ? 6 : precision), ci),
+                'e' or 'E' => FormatExponent(Py.ToDouble(arg), precision < 0 ? 6 : precision, conv),
+                'g' or 'G' => Py.ToDouble(arg).ToString((conv == 'g' ? "g" : "G") + (precision < 0 ? 6 : Math.Max(precision, 1)), ci),
+                'x' => Py.ToLong(arg).ToString("x", ci),
+                'X' => Py.ToLong(arg).ToString("X", ci),
+                'o' => Convert.ToString(Py.ToLong(arg), 8),
+                'c' => arg is string cs ? cs : char.ConvertFromUtf32((int)Py.ToLong(arg)),
+                _ => throw new NotSupportedException($"unsupported format character '{conv}'"),
+            };
+            if (conv is 's' or 'r' or 'a' && precision >= 0 && text.Length > precision) text = text[..precision];
+            if (conv is 'd' or 'i' or 'u' or 'f' or 'F' or 'e' or 'E' or 'g' or 'G' && !text.StartsWith('-'))
+                text = flags.Contains('+') ? "+" + text : flags.Contains(' ') ? " " + text : text;
+            if (text.Length < width)
+            {
+                if (flags.Contains('-')) text = text.PadRight(width);
+                else if (flags.Contains('0') && conv is not ('s' or 'r' or 'a' or 'c'))
+                {
+                    int sign = text.Length > 0 && (text[0] is '-' or '+' or ' ') ? 1 : 0;
+                    text = text[..sign] + new string('0', width - text.Length) + text[sign..];
+                }
+                else text = text.PadLeft(width);
+            }
+            sb.Append(text);
+        }
+        if (next < items.Length && values is not Dictionary<object, object?>) throw new InvalidOperationException("not all arguments converted during string formatting");
+        return sb.ToString();
+    }
+
+    static string FormatExponent(double d, int precision, char conv)
+    {
+        string s = d.ToString((conv == 'e' ? "e" : "E") + precision, CultureInfo.InvariantCulture);   // e.g. 1.500000e+003
+        int e = s.IndexOfAny(new[] { 'e', 'E' });
+        string mantissa = s[..e], exponent = s[(e + 2)..].TrimStart('0');
+        return mantissa + s[e] + s[e + 1] + (exponent.Length < 2 ? exponent.PadLeft(2, '0') : exponent);
+    }
 
     object? Attribute(object? item, object? attribute)
     {
@@ -576,7 +674,8 @@ sealed partial class Interpreter
 
     static bool IsStringMethod(string name) => name is "strip" or "lstrip" or "rstrip" or "split" or "rsplit" or "startswith" or "endswith"
         or "upper" or "lower" or "title" or "capitalize" or "replace" or "format" or "join" or "find" or "rfind" or "count"
-        or "splitlines" or "isdigit" or "isalpha" or "isalnum" or "isspace" or "isupper" or "islower" or "removeprefix" or "removesuffix";
+        or "splitlines" or "isdigit" or "isalpha" or "isalnum" or "isspace" or "isupper" or "islower" or "removeprefix" or "removesuffix"
+        or "index" or "rindex" or "ljust" or "rjust" or "center" or "zfill" or "partition" or "rpartition" or "swapcase" or "casefold";
 
     bool TryCallMethod(object? target, string name, List<object?> args, Dictionary<string, object?> kwargs, out object? result, int pos)
     {
@@ -683,6 +782,33 @@ sealed partial class Interpreter
                 return n;
             }
             case "format": return Format(s, args, kwargs);
+            case "index":
+            case "rindex":
+            {
+                string sub = StrArg(0, "sub") ?? "";
+                int at = name == "index" ? s.IndexOf(sub, StringComparison.Ordinal) : s.LastIndexOf(sub, StringComparison.Ordinal);
+                return at >= 0 ? (long)at : throw new InvalidOperationException("substring not found");
+            }
+            case "ljust": return s.PadRight((int)Py.ToLong(Arg(args, kwargs, 0, "width", 0L)), (StrArg(1, "fillchar") ?? " ")[0]);
+            case "rjust": return s.PadLeft((int)Py.ToLong(Arg(args, kwargs, 0, "width", 0L)), (StrArg(1, "fillchar") ?? " ")[0]);
+            case "center": return Center(s, (int)Py.ToLong(Arg(args, kwargs, 0, "width", 0L)), (StrArg(1, "fillchar") ?? " ")[0]);
+            case "zfill":
+            {
+                int width = (int)Py.ToLong(Arg(args, kwargs, 0, "width", 0L));
+                if (s.Length >= width) return s;
+                int sign = s.Length > 0 && s[0] is '-' or '+' ? 1 : 0;
+                return s[..sign] + new string('0', width - s.Length) + s[sign..];
+            }
+            case "partition":
+            case "rpartition":
+            {
+                string sep = StrArg(0, "sep") ?? throw new InvalidOperationException("empty separator");
+                int at = name == "partition" ? s.IndexOf(sep, StringComparison.Ordinal) : s.LastIndexOf(sep, StringComparison.Ordinal);
+                if (at < 0) return name == "partition" ? new object?[] { s, "", "" } : new object?[] { "", "", s };
+                return new object?[] { s[..at], sep, s[(at + sep.Length)..] };
+            }
+            case "swapcase": return string.Concat(s.Select(ch => char.IsUpper(ch) ? char.ToLowerInvariant(ch) : char.ToUpperInvariant(ch)));
+            case "casefold": return s.ToLowerInvariant();
         }
         throw new InvalidOperationException($"'str' object has no attribute '{name}'");
     }

@@ -93,7 +93,7 @@ sealed partial class Interpreter
                 return Flow.Normal;
             }
             case MacroStmt macro:
-                scope.Vars[macro.Name] = MakeMacro(macro.Name, macro.Parameters, macro.Body, scope, macro.Pos);
+                scope.Vars[macro.Name] = MakeMacro(macro.Name, macro.Parameters, macro.Body, scope, macro.Pos, macro.CatchesVarargs, macro.CatchesKwargs);
                 return Flow.Normal;
             case CallBlockStmt callBlock:
             {
@@ -183,12 +183,16 @@ sealed partial class Interpreter
         }
     }
 
-    Callable MakeMacro(string name, List<(string Name, Expr? Default)> parameters, List<Stmt> body, Scope definingScope, int pos) =>
+    Callable MakeMacro(string name, List<(string Name, Expr? Default)> parameters, List<Stmt> body, Scope definingScope, int pos,
+        bool catchesVarargs = false, bool catchesKwargs = false) =>
         new(name, (args, kwargs) =>
         {
             var scope = new Scope(definingScope);
-            if (args.Count > parameters.Count)
+            if (args.Count > parameters.Count && !catchesVarargs)
                 throw new InvalidOperationException($"macro '{name}' takes {parameters.Count} positional arguments, {args.Count} given");
+            if (catchesVarargs) scope.Vars["varargs"] = args.Skip(parameters.Count).ToArray();   // a tuple, as in Jinja2
+            if (catchesKwargs)
+                scope.Vars["kwargs"] = kwargs.Where(kv => kv.Key != "caller" && !parameters.Exists(p => p.Name == kv.Key)).ToDictionary(kv => (object)kv.Key, kv => kv.Value);
             for (int i = 0; i < parameters.Count; i++)
             {
                 var (pName, pDefault) = parameters[i];
@@ -203,7 +207,7 @@ sealed partial class Interpreter
             foreach (var key in kwargs.Keys)
             {
                 if (key == "caller") { scope.Vars["caller"] = kwargs[key]; continue; }
-                if (!parameters.Exists(p => p.Name == key)) throw new InvalidOperationException($"macro '{name}' takes no keyword argument '{key}'");
+                if (!parameters.Exists(p => p.Name == key) && !catchesKwargs) throw new InvalidOperationException($"macro '{name}' takes no keyword argument '{key}'");
             }
             var output = new StringBuilder();
             Exec(body, scope, output);
@@ -325,12 +329,29 @@ sealed partial class Interpreter
 
     static InvalidOperationException UndefinedUse(Undefined u) => new(u.Hint);
 
+    /// <summary>Evaluates call arguments, expanding <c>*list</c> and <c>**dict</c>.</summary>
+    void EvalArguments(List<Expr> argExprs, List<(string Name, Expr Value)> kwargExprs, Scope scope, List<object?> args, Dictionary<string, object?> kwargs)
+    {
+        foreach (var a in argExprs)
+        {
+            if (a is not StarExpr star) { args.Add(Eval(a, scope)); continue; }
+            var value = Eval(star.Value, scope);
+            if (!star.Keywords)
+            {
+                try { args.AddRange(Py.Iterate(value)); }
+                catch (InvalidOperationException e) { throw Error(e.Message, star.Pos); }
+            }
+            else if (value is Dictionary<object, object?> d) foreach (var (k, v) in d) kwargs[Py.Str(k)] = v;
+            else throw Error($"argument after ** must be a mapping, not {Py.TypeName(value)}", star.Pos);
+        }
+        foreach (var (name, v) in kwargExprs) kwargs[name] = Eval(v, scope);
+    }
+
     object? EvalCall(CallExpr call, Scope scope, Callable? caller)
     {
         var args = new List<object?>(call.Args.Count);
-        foreach (var a in call.Args) args.Add(Eval(a, scope));
         var kwargs = new Dictionary<string, object?>(StringComparer.Ordinal);
-        foreach (var (name, v) in call.Kwargs) kwargs[name] = Eval(v, scope);
+        EvalArguments(call.Args, call.Kwargs, scope, args, kwargs);
         if (caller != null) kwargs["caller"] = caller;
         if (call.Callee is GetAttrExpr method)
         {
@@ -525,7 +546,7 @@ sealed partial class Interpreter
                     if (mi != 0 && (mi < 0) != (yi < 0)) mi += yi;
                     return mi;
                 }
-                if (a is string) throw new NotSupportedException("printf-style formatting with '%' is not supported; use '~' or the format filter");
+                if (a is string format) return PrintfFormat(format, b);
                 break;
             case "**":
                 if (Py.IsNumber(a) && Py.IsNumber(b))

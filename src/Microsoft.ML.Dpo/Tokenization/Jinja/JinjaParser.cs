@@ -291,10 +291,18 @@ sealed class JinjaParser
         Expect(TokenKind.BlockEnd);
         int saved = loopDepth;
         loopDepth = 0;
+        int bodyStart = index;
         var (body, _, _) = ParseBody(new[] { "endmacro" }, "macro", pos);
         loopDepth = saved;
+        // As in Jinja2, a macro that mentions varargs or kwargs takes extra positional or keyword arguments into them.
+        bool varargs = false, kw = false;
+        for (int i = bodyStart; i < index; i++)
+        {
+            if (tokens[i].IsName("varargs")) varargs = true;
+            if (tokens[i].IsName("kwargs")) kw = true;
+        }
         Expect(TokenKind.BlockEnd);
-        return new MacroStmt(pos, name.Value, parameters, body);
+        return new MacroStmt(pos, name.Value, parameters, body, varargs, kw);
     }
 
     CallBlockStmt ParseCallBlock(int pos)
@@ -572,7 +580,12 @@ sealed class JinjaParser
         {
             if (args.Count + kwargs.Count > 0) Expect(TokenKind.Operator, ",");
             if (Current.IsOperator(")")) break;
-            if (Current.IsOperator("*") || Current.IsOperator("**")) throw Error("*args and **kwargs in calls are not supported", Current.Position);
+            if (Current.IsOperator("*") || Current.IsOperator("**"))
+            {
+                var star = Next();
+                args.Add(new StarExpr(star.Position, ParseExpression(withCondExpr: true), star.Value == "**"));
+                continue;
+            }
             if (Current.Kind == TokenKind.Name && Peek().IsOperator("="))
             {
                 string name = Next().Value;
@@ -581,7 +594,7 @@ sealed class JinjaParser
             }
             else
             {
-                if (kwargs.Count > 0) throw Error("a positional argument follows a keyword argument", Current.Position);
+                if (kwargs.Count > 0 || args.Exists(a => a is StarExpr { Keywords: true })) throw Error("a positional argument follows a keyword argument", Current.Position);
                 args.Add(ParseExpression(withCondExpr: true));
             }
         }
