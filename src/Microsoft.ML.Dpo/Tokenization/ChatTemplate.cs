@@ -214,8 +214,8 @@ public abstract class ChatTemplate
     }
 
     /// <summary>
-    /// Recognizes the Jinja <c>chat_template</c> of a tokenizer_config.json as one of the built-in families, by
-    /// distinctive markers: <c>&lt;|im_start|&gt;</c> and <c>&lt;|im_end|&gt;</c> (ChatML, with Qwen2's default system
+    /// Recognizes a Jinja <c>chat_template</c> as one of the built-in families, by distinctive markers (an approximation:
+    /// <see cref="TextTokenizer"/> renders a model's own template with <see cref="FromJinja"/> instead, exactly): <c>&lt;|im_start|&gt;</c> and <c>&lt;|im_end|&gt;</c> (ChatML, with Qwen2's default system
     /// prompt when the template inserts one), <c>[INST]</c> with <c>&lt;&lt;SYS&gt;&gt;</c> (Llama 2),
     /// <c>&lt;|user|&gt;</c> and <c>&lt;|assistant|&gt;</c> closed by <c>eos_token</c> (Zephyr), and the Jinja this
     /// library writes for <see cref="Plain"/>. Null or blank (a base model without a template) gives <see cref="Plain"/>.
