@@ -11,6 +11,7 @@ var suites = new IBenchmarkSuite[]
     new DpoSuite(),
     new MoeSuite(),
     new TokenizerSuite(),
+    new ChatTemplateSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 

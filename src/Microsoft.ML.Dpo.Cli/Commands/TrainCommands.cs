@@ -115,28 +115,31 @@ internal static class TrainCommands
         }
 
         /// <summary>
-        /// Renders conversational records with the template --chat-template names, else the model's own (plain text when its
-        /// tokenizer files carry none, as in C#). A template mldpo does not recognise is refused at the first conversational record.
+        /// The chat template that renders conversational records: the built-in that --chat-template names, else the model's own
+        /// (its Jinja chat_template, rendered as transformers renders it) when its tokenizer files carry one; null (plain
+        /// "Role: content" text) otherwise. Prints which one is used; a template that cannot be rendered is refused.
         /// </summary>
-        public Func<IReadOnlyList<(string Role, string Content)>, bool, string>? Renderer(ParseResult result)
+        public ChatTemplate? ChatTemplate(ParseResult result, TextWriter stdout)
         {
             string model = result.GetValue(Model)!;
             string? name = result.GetValue(ChatTemplate);
             TextTokenizer tokenizer;
             try { tokenizer = TextTokenizer.FromDirectory(model, chatTemplateName: name); }
             catch (Exception e) when (e is FileNotFoundException or InvalidDataException) { return null; }
-            if (name is null && tokenizer.ChatTemplateSource is null) return null;
-            Microsoft.ML.Dpo.Tokenization.ChatTemplate template;
-            try { template = tokenizer.ChatTemplate; }
-            catch (NotSupportedException)
+            if (name is null && tokenizer.ChatTemplateSource is null)
             {
-                string data = result.GetValue(Data)!;
-                return (_, _) => throw new CliException(
-                    $"'{data}' holds conversations, but the chat template in '{Path.Combine(model, "tokenizer_config.json")}' is not one mldpo recognises; " +
-                    $"rather than train them in another format, mldpo stops. Pass --chat-template with one of {string.Join(", ", Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names)} " +
-                    "to choose the format the conversations are rendered in.");
+                stdout.WriteLine("Chat template: none in the model's tokenizer files; conversations are rendered as plain \"Role: content\" lines.");
+                return null;
             }
-            return (turns, generationPrompt) => template.Render(turns.Select(t => new ChatTurn(t.Role, t.Content)).ToList(), generationPrompt);
+            ChatTemplate template;
+            try { template = tokenizer.ChatTemplate; }
+            catch (NotSupportedException e)
+            {
+                throw new CliException($"{e.Message} Rather than train conversations in another format, mldpo stops: pass --chat-template with one of "
+                    + $"{string.Join(", ", Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names)} to choose the format they are rendered in.");
+            }
+            stdout.WriteLine($"Chat template: {template}.");
+            return template;
         }
     }
 
@@ -159,7 +162,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadCompletions(common.DataPath(result),
-                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, RenderConversation = common.Renderer(result) }, loadReport);
+                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
         });
@@ -202,7 +205,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, RenderConversation = common.Renderer(result) }, loadReport);
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });

@@ -79,6 +79,15 @@ public abstract class DataFileOptions
     /// </summary>
     public Func<IReadOnlyList<(string Role, string Content)>, bool, string>? RenderConversation { get; set; }
 
+    /// <summary>
+    /// The chat template that renders conversational records — normally the model's own (<c>tokenizer.ChatTemplate</c>).
+    /// When set, a conversation is split as TRL's <c>maybe_apply_chat_template</c> splits it: the prompt is the rendering of the
+    /// messages before the final assistant message with the generation prompt, and the completion is the rest of the full
+    /// rendering (the reply and the template's end-of-turn text, e.g. <c>&lt;|eot_id|&gt;</c>); messages keep their other
+    /// fields (tool calls...). Takes precedence over <see cref="RenderConversation"/>. Default null.
+    /// </summary>
+    public Tokenization.ChatTemplate? ChatTemplate { get; set; }
+
     /// <summary>How many line (or row) numbers the report keeps for each kind of skipped record. Default 5.</summary>
     public int ReportedRowsPerReason { get; set; } = 5;
 

@@ -101,6 +101,35 @@ public static class ExampleReader
         return examples;
     }
 
+    /// <summary>
+    /// Like <see cref="ReadConversations"/>, with each message's other fields (tool calls, names...) kept for a model's own
+    /// chat template: <paramref name="split"/> gets the messages as <see cref="Tokenization.ChatTurn"/>s.
+    /// </summary>
+    public static List<CompletionExample> ReadChatConversations(IDataView data, string messagesColumn,
+        Func<IReadOnlyList<Tokenization.ChatTurn>, (string Prompt, string Completion)> split,
+        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default)
+    {
+        var columns = TextColumns.Resolve(data.Schema, ("messages", messagesColumn));
+        var examples = new List<CompletionExample>();
+        foreach (var (row, v) in TextColumns.Read(data, columns, cancellation))
+        {
+            report.RowsRead++;
+            if (!Valid(row, columns, v, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
+            try
+            {
+                var (prompt, completion) = split(RecordLayouts.TurnsFromJson(v[0], messagesColumn));
+                examples.Add(new CompletionExample(prompt, completion, row));
+            }
+            catch (Exception e) when (e is System.Text.Json.JsonException or RecordException or ArgumentException)
+            {
+                if (!skipInvalidRows)
+                    throw new InvalidDataException($"Row {row}: the conversation in column '{messagesColumn}' is malformed: {e.Message} Fix the data, or set SkipInvalidRows to skip such rows.", e);
+                report.InvalidRowsSkipped++;
+            }
+        }
+        return examples;
+    }
+
     static bool Valid(long row, DataViewSchema.Column[] columns, string[] values, bool skip)
     {
         for (int i = 0; i < values.Length; i++)

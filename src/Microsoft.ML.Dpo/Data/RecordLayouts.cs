@@ -1,5 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Tokenization;
 
 namespace Microsoft.ML.Dpo.Data;
 
@@ -60,6 +62,7 @@ internal static class RecordLayouts
 
     static PreferencePair ReadConversationalPair(JsonElement record, long row, PreferenceDataLoadOptions options)
     {
+        if (options.ChatTemplate is { } template) return ReadConversationalPair(record, row, template);
         var chosen = Messages(record, "chosen");
         var rejected = Messages(record, "rejected");
         var prompt = new List<(string Role, string Content)>();
@@ -80,6 +83,75 @@ internal static class RecordLayouts
         if (!context.SequenceEqual(rejectedContext))
             throw new RecordException("rejected", "chosen and rejected differ before their final assistant message; they must share the conversation that is the prompt");
         return new PreferencePair(options.Renderer(context, true), chosenText, rejectedText, row);
+    }
+
+    /// <summary>
+    /// A conversational pair through the model's chat template, split as TRL does: the prompt is the rendering of the shared
+    /// messages with the generation prompt, each completion the rest of its full rendering (reply and end-of-turn text).
+    /// </summary>
+    static PreferencePair ReadConversationalPair(JsonElement record, long row, ChatTemplate template)
+    {
+        var chosen = Turns(record, "chosen");
+        var rejected = Turns(record, "rejected");
+        var prompt = new List<ChatTurn>();
+        if (Present(record, "prompt"))
+        {
+            var p = record.GetProperty("prompt");
+            if (p.ValueKind == JsonValueKind.Array) prompt = Turns(record, "prompt");
+            else if (p.ValueKind == JsonValueKind.String)
+            {
+                if (chosen.All(m => m.Role == "assistant")) prompt.Add(ChatTurn.User(p.GetString()!));
+            }
+            else throw new RecordException("prompt", $"expected a list of messages or a string, found {Kind(p)}");
+        }
+        var (context, chosenLast) = SplitLastAssistant(AfterPrompt(prompt, chosen), "chosen");
+        var (rejectedContext, rejectedLast) = SplitLastAssistant(AfterPrompt(prompt, rejected), "rejected");
+        if (!SameTurns(context, rejectedContext))
+            throw new RecordException("rejected", "chosen and rejected differ before their final assistant message; they must share the conversation that is the prompt");
+        var (promptText, completions) = Split(template, context, new[] { new[] { chosenLast }, new[] { rejectedLast } }, "chosen");
+        return new PreferencePair(promptText, completions[0], completions[1], row);
+    }
+
+    static (string Prompt, IReadOnlyList<string> Completions) Split(ChatTemplate template, List<ChatTurn> context, ChatTurn[][] completions, string field)
+    {
+        try
+        {
+            return template.SplitForTraining(context, completions);
+        }
+        catch (ArgumentException e)
+        {
+            throw new RecordException(field, e.Message);
+        }
+    }
+
+    static List<ChatTurn> AfterPrompt(List<ChatTurn> prompt, List<ChatTurn> completion) =>
+        prompt.Count > 0 && completion.Count > prompt.Count && SameTurns(completion.Take(prompt.Count).ToList(), prompt)
+            ? completion
+            : prompt.Concat(completion).ToList();
+
+    static bool SameTurns(IReadOnlyList<ChatTurn> a, IReadOnlyList<ChatTurn> b)
+    {
+        if (a.Count != b.Count) return false;
+        for (int i = 0; i < a.Count; i++)
+        {
+            if (a[i].Role != b[i].Role || a[i].Content != b[i].Content) return false;
+            var fa = a[i].Fields;
+            var fb = b[i].Fields;
+            if (fa is null || fb is null) { if (fa != fb) return false; continue; }
+            if (fa.Count != fb.Count) return false;
+            foreach (var (k, v) in fa)
+                if (!fb.TryGetValue(k, out var w) || !JsonNode.DeepEquals(v as JsonNode, w as JsonNode)) return false;
+        }
+        return true;
+    }
+
+    static (List<ChatTurn> Context, ChatTurn Last) SplitLastAssistant(List<ChatTurn> messages, string field)
+    {
+        if (messages.Count == 0) throw new RecordException(field, "the conversation is empty");
+        var last = messages[^1];
+        if (last.Role != "assistant")
+            throw new RecordException(field, "the last message must be an assistant message (role 'assistant')", $"found role '{last.Role}'");
+        return (messages.GetRange(0, messages.Count - 1), last);
     }
 
     /// <summary>The whole conversation: the prompt messages, then the completion's — unless the completion already repeats them.</summary>
@@ -143,6 +215,15 @@ internal static class RecordLayouts
     public static CompletionExample ReadCompletion(JsonElement record, long row, CompletionLayout layout, CompletionDataLoadOptions options)
     {
         RequireObject(record);
+        bool conversational = layout == CompletionLayout.Messages || (Present(record, "prompt") && record.GetProperty("prompt").ValueKind == JsonValueKind.Array);
+        if (options.ChatTemplate is { } template && conversational)
+        {
+            var (context, last) = layout == CompletionLayout.Messages
+                ? SplitLastAssistant(Turns(record, "messages"), "messages")
+                : SplitLastAssistant(Turns(record, "prompt").Concat(Turns(record, "completion")).ToList(), "completion");
+            var (promptText, completions) = Split(template, context, new[] { new[] { last } }, layout == CompletionLayout.Messages ? "messages" : "completion");
+            return new CompletionExample(promptText, completions[0], row);
+        }
         if (layout == CompletionLayout.Messages)
         {
             var (context, text) = SplitLastAssistant(Messages(record, "messages"), "messages");
@@ -172,6 +253,34 @@ internal static class RecordLayouts
     {
         using var document = JsonDocument.Parse("{\"m\":" + json + "}");
         var messages = Messages(document.RootElement, "m");
+        return messages;
+    }
+
+    /// <summary>Parses a JSON array of messages with all their fields (the value of a text column), for a model's own chat template.</summary>
+    internal static List<ChatTurn> TurnsFromJson(string json, string field)
+    {
+        using var document = JsonDocument.Parse("{\"m\":" + json + "}");
+        return Turns(document.RootElement, "m");
+    }
+
+    /// <summary>Messages with their other keys (tool_calls, name, ...) kept as JSON for the model's chat template.</summary>
+    static List<ChatTurn> Turns(JsonElement record, string field)
+    {
+        var list = Array(record, field);
+        var messages = new List<ChatTurn>();
+        int i = 0;
+        foreach (var item in list.EnumerateArray())
+        {
+            string itemField = $"{field}[{i++}]";
+            if (item.ValueKind != JsonValueKind.Object) throw new RecordException(itemField, $"expected a message object {{role, content}}, found {Kind(item)}");
+            string role = String(item, "role", itemField + ".");
+            string content = String(item, "content", itemField + ".");
+            Dictionary<string, object?>? fields = null;
+            foreach (var property in item.EnumerateObject())
+                if (property.Name is not ("role" or "content"))
+                    (fields ??= new(StringComparer.Ordinal))[property.Name] = JsonNode.Parse(property.Value.GetRawText());
+            messages.Add(new ChatTurn(role, content, fields));
+        }
         return messages;
     }
 

@@ -4,9 +4,11 @@ using System.Text.RegularExpressions;
 namespace Microsoft.ML.Dpo.Tokenization;
 
 /// <summary>
-/// Formats a conversation into the single string a chat model was trained on. The built-in templates reproduce,
-/// character for character, the Jinja chat templates of their model families as Hugging Face transformers renders
-/// them (<c>apply_chat_template(..., tokenize=False)</c>): <see cref="ChatML"/> (Qwen2, SmolLM-Instruct),
+/// Formats a conversation into the single string a chat model was trained on. A model's own Jinja template
+/// (<see cref="FromJinja"/>; what <see cref="TextTokenizer"/> loads from tokenizer_config.json or chat_template.jinja) is
+/// rendered by the library's Jinja interpreter exactly as Hugging Face transformers renders it
+/// (<c>apply_chat_template(..., tokenize=False)</c>). Four built-in templates are named fallbacks for models without one,
+/// each reproducing its family's Jinja template character for character: <see cref="ChatML"/> (Qwen2, SmolLM-Instruct),
 /// <see cref="Llama2"/> (Llama-2-chat), <see cref="Zephyr"/> (Zephyr, TinyLlama-Chat) and <see cref="Plain"/> (base
 /// models with no template). Special tokens appear as text (e.g. <c>&lt;|im_start|&gt;</c>, <c>&lt;/s&gt;</c>);
 /// <see cref="TextTokenizer.Encode"/> maps them to their single ids.
@@ -18,8 +20,77 @@ public abstract class ChatTemplate
 
     private protected ChatTemplate() { }
 
-    /// <summary>The template's name, one of <see cref="Names"/>.</summary>
+    /// <summary>The template's name: one of <see cref="Names"/> for a built-in template, <c>jinja</c> for a model's own template.</summary>
     public abstract string Name { get; }
+
+    /// <summary>Whether this is one of the four built-in templates (false for a model's own Jinja template).</summary>
+    public virtual bool IsBuiltIn => true;
+
+    /// <summary>
+    /// A model's own Jinja chat template, rendered by the library's interpreter as transformers renders it.
+    /// </summary>
+    /// <param name="source">The template source (tokenizer_config.json's <c>chat_template</c> or chat_template.jinja).</param>
+    /// <param name="specialTokens">The tokenizer's special tokens the template may use, by variable name (<c>bos_token</c>,
+    /// <c>eos_token</c>, <c>unk_token</c>, <c>pad_token</c>); null for none.</param>
+    /// <param name="origin">Where the template came from, for messages (e.g. the file's path).</param>
+    /// <returns>The template.</returns>
+    /// <exception cref="Jinja.JinjaException">The template has a syntax error or uses a construct the interpreter does not
+    /// support; the message names the line and column.</exception>
+    public static ChatTemplate FromJinja(string source, IReadOnlyDictionary<string, string>? specialTokens = null, string origin = "Jinja chat template")
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        return new JinjaChatTemplate(source, specialTokens, origin);
+    }
+
+    /// <summary>
+    /// Renders a conversation with the further arguments of Hugging Face's <c>apply_chat_template</c>: tools, documents,
+    /// template keywords (e.g. <c>enable_thinking</c>) and <c>continue_final_message</c>. Built-in templates ignore tools,
+    /// documents and keywords.
+    /// </summary>
+    /// <param name="messages">The messages, in order.</param>
+    /// <param name="addGenerationPrompt">Whether to end with the cue that starts the assistant's reply.</param>
+    /// <param name="options">The further arguments; null for none.</param>
+    /// <returns>The formatted text.</returns>
+    /// <exception cref="ArgumentException">The template refuses the conversation (its <c>raise_exception</c>, e.g. roles that do
+    /// not alternate) or fails on it; or <see cref="ChatRenderOptions.ContinueFinalMessage"/> with a generation prompt, or
+    /// with a final message the rendering does not contain.</exception>
+    public string Render(IReadOnlyList<ChatTurn> messages, bool addGenerationPrompt, ChatRenderOptions? options)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        if (options?.ContinueFinalMessage != true) return RenderCore(messages, addGenerationPrompt, options);
+        if (addGenerationPrompt) throw new ArgumentException("continue_final_message and add_generation_prompt cannot be combined: the first continues the last message, the second starts a new one.", nameof(options));
+        if (messages.Count == 0) throw new ArgumentException("continue_final_message needs a final message.", nameof(messages));
+        string text = RenderCore(messages, false, options);
+        // transformers: cut the rendering right after the final message's text (keeping its leading space handling).
+        string final = messages[^1].Content;
+        string stripped = final.Trim();
+        int at = text.LastIndexOf(stripped, StringComparison.Ordinal);
+        if (stripped.Length == 0 || at < 0)
+            throw new ArgumentException("continue_final_message is set but the final message does not appear in the rendered conversation.", nameof(messages));
+        string lstripped = final.TrimStart();
+        bool keepsTrailingSpace = lstripped == final && at + final.Length <= text.Length && string.CompareOrdinal(text, at, final, 0, final.Length) == 0;
+        return keepsTrailingSpace ? text[..(at + lstripped.Length)] : text[..(at + stripped.Length)];
+    }
+
+    /// <summary>Renders with the options; built-in templates ignore them.</summary>
+    private protected virtual string RenderCore(IReadOnlyList<ChatTurn> messages, bool addGenerationPrompt, ChatRenderOptions? options) =>
+        Render(messages, addGenerationPrompt);
+
+    /// <summary>
+    /// Renders a conversation and marks the assistant's characters: those inside the template's
+    /// <c>{% generation %}…{% endgeneration %}</c> blocks (Hugging Face's <c>return_assistant_tokens_mask</c>, TRL's
+    /// <c>assistant_only_loss</c>). Built-in templates and templates without such blocks give an all-false mask and
+    /// <see cref="ChatRendering.HasGenerationBlocks"/> false.
+    /// </summary>
+    /// <param name="messages">The messages, in order.</param>
+    /// <param name="addGenerationPrompt">Whether to end with the generation prompt.</param>
+    /// <param name="options">Further arguments; null for none.</param>
+    /// <returns>The text and its per-character assistant mask.</returns>
+    public virtual ChatRendering RenderWithAssistantMask(IReadOnlyList<ChatTurn> messages, bool addGenerationPrompt = false, ChatRenderOptions? options = null)
+    {
+        string text = Render(messages, addGenerationPrompt, options);
+        return new ChatRendering(text, new bool[text.Length], false);
+    }
 
     /// <summary>
     /// The equivalent Hugging Face Jinja template, written as <c>chat_template</c> into tokenizer_config.json when a
@@ -37,24 +108,61 @@ public abstract class ChatTemplate
 
     /// <summary>
     /// Splits a conversation that ends with an assistant message into the prompt (every earlier message, rendered
-    /// with the generation prompt) and the completion (the rest of the full rendering: the reply and the template's
-    /// end-of-turn text, e.g. <c>&lt;|im_end|&gt;\n</c>), such that <c>prompt + completion</c> equals
-    /// <c>Render(messages, false)</c>.
+    /// with the generation prompt, cut back as TRL does to what the full rendering shares with it) and the completion
+    /// (the rest of the full rendering: the reply and the template's end-of-turn text, e.g. <c>&lt;|im_end|&gt;\n</c>),
+    /// such that <c>prompt + completion</c> equals <c>Render(messages, false)</c>.
     /// </summary>
     /// <param name="messages">The conversation; its last message must have the role <c>assistant</c>.</param>
     /// <returns>The prompt and the completion.</returns>
-    /// <exception cref="ArgumentException">The conversation does not end with an assistant message, or the
-    /// template's rendering of it does not start with the rendering of the prompt.</exception>
+    /// <exception cref="ArgumentException">The conversation does not end with an assistant message, or the template refuses it.</exception>
     public (string Prompt, string Completion) SplitForTraining(IReadOnlyList<ChatTurn> messages)
     {
         ArgumentNullException.ThrowIfNull(messages);
         if (messages.Count == 0 || messages[^1].Role != "assistant")
             throw new ArgumentException("The conversation must end with an 'assistant' message, the completion to train on.", nameof(messages));
-        string prompt = Render(messages.Take(messages.Count - 1).ToArray(), addGenerationPrompt: true);
-        string full = Render(messages, addGenerationPrompt: false);
-        if (!full.StartsWith(prompt, StringComparison.Ordinal))
-            throw new ArgumentException($"The '{Name}' template renders the conversation without its last message as a text that is not a prefix of the full conversation; it cannot be split into prompt and completion.", nameof(messages));
-        return (prompt, full[prompt.Length..]);
+        var (prompt, completions) = SplitForTraining(messages.Take(messages.Count - 1).ToArray(), new[] { new[] { messages[^1] } });
+        return (prompt, completions[0]);
+    }
+
+    /// <summary>
+    /// Splits conversations that share a prompt into the prompt text and one completion text each, as TRL's
+    /// <c>maybe_apply_chat_template</c> does: the prompt is the rendering of the prompt messages with the generation prompt
+    /// (or, when they end with an assistant message, continuing it), cut back to the prefix it shares with every full
+    /// rendering (prompt + completion messages, no generation prompt; a template such as DeepSeek-R1's adds to its
+    /// generation prompt what the full rendering lacks); each completion is the rest of its full rendering, so
+    /// prompt + completion is exactly the full rendering. (TRL cuts the prompt once per completion in turn; cutting it
+    /// once for all keeps prompt + completion equal to the full rendering for every completion.)
+    /// </summary>
+    /// <param name="prompt">The prompt messages (possibly empty).</param>
+    /// <param name="completions">The completions, each a list of messages (usually one assistant message).</param>
+    /// <param name="options">Further rendering arguments (tools, keywords); null for none.</param>
+    /// <returns>The prompt and the completions' texts.</returns>
+    /// <exception cref="ArgumentException">The template refuses or fails on a conversation.</exception>
+    public (string Prompt, IReadOnlyList<string> Completions) SplitForTraining(IReadOnlyList<ChatTurn> prompt,
+        IReadOnlyList<IReadOnlyList<ChatTurn>> completions, ChatRenderOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(completions);
+        bool continueFinal = prompt.Count > 0 && prompt[^1].Role == "assistant";
+        var promptOptions = new ChatRenderOptions
+        {
+            Tools = options?.Tools, Documents = options?.Documents, Variables = options?.Variables, Now = options?.Now, ContinueFinalMessage = continueFinal,
+        };
+        string promptText = Render(prompt, addGenerationPrompt: !continueFinal, promptOptions);
+        var fulls = new List<string>(completions.Count);
+        int common = promptText.Length;
+        foreach (var completion in completions)
+        {
+            var all = new List<ChatTurn>(prompt.Count + completion.Count);
+            all.AddRange(prompt);
+            all.AddRange(completion);
+            string full = Render(all, false, options is null ? null : new ChatRenderOptions { Tools = options.Tools, Documents = options.Documents, Variables = options.Variables, Now = options.Now });
+            int n = 0, limit = Math.Min(common, full.Length);
+            while (n < limit && full[n] == promptText[n]) n++;
+            common = n;
+            fulls.Add(full);
+        }
+        return (promptText[..common], fulls.Select(f => f[common..]).ToArray());
     }
 
     /// <inheritdoc/>
@@ -106,8 +214,8 @@ public abstract class ChatTemplate
     }
 
     /// <summary>
-    /// Recognizes the Jinja <c>chat_template</c> of a tokenizer_config.json as one of the built-in families, by
-    /// distinctive markers: <c>&lt;|im_start|&gt;</c> and <c>&lt;|im_end|&gt;</c> (ChatML, with Qwen2's default system
+    /// Recognizes a Jinja <c>chat_template</c> as one of the built-in families, by distinctive markers (an approximation:
+    /// <see cref="TextTokenizer"/> renders a model's own template with <see cref="FromJinja"/> instead, exactly): <c>&lt;|im_start|&gt;</c> and <c>&lt;|im_end|&gt;</c> (ChatML, with Qwen2's default system
     /// prompt when the template inserts one), <c>[INST]</c> with <c>&lt;&lt;SYS&gt;&gt;</c> (Llama 2),
     /// <c>&lt;|user|&gt;</c> and <c>&lt;|assistant|&gt;</c> closed by <c>eos_token</c> (Zephyr), and the Jinja this
     /// library writes for <see cref="Plain"/>. Null or blank (a base model without a template) gives <see cref="Plain"/>.

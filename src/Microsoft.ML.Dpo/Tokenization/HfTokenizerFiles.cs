@@ -16,6 +16,8 @@ internal sealed class HfTokenizerFiles
     public const string ModelConfig = "config.json";
     public const string TokenizerJson = "tokenizer.json";
     public const string AddedTokensJson = "added_tokens.json";
+    /// <summary>The chat template as its own file, which transformers writes beside tokenizer_config.json and prefers to its <c>chat_template</c>.</summary>
+    public const string ChatTemplateFile = "chat_template.jinja";
 
     /// <summary>The directory read.</summary>
     public string Directory { get; private init; } = "";
@@ -103,7 +105,18 @@ internal sealed class HfTokenizerFiles
                     yield return id;
     }
 
-    /// <summary>The Jinja chat template: a string, or a list of {name, template} whose "default" entry is taken.</summary>
+    /// <summary>
+    /// The Jinja chat template and where it was read: chat_template.jinja when the directory has one (transformers reads it in
+    /// preference to tokenizer_config.json), else tokenizer_config.json's <c>chat_template</c>; null when there is none.
+    /// </summary>
+    public (string Source, string File)? ChatTemplateWithFile()
+    {
+        string path = Path.Combine(Directory, ChatTemplateFile);
+        if (File.Exists(path)) return (File.ReadAllText(path), path);
+        return ChatTemplate() is { } source ? (source, Path.Combine(Directory, TokenizerConfig)) : null;
+    }
+
+    /// <summary>The Jinja chat template of tokenizer_config.json: a string, or a list of {name, template} whose "default" entry is taken.</summary>
     public string? ChatTemplate()
     {
         if (Config == null || !Config.TryGetPropertyValue("chat_template", out var node) || node == null) return null;

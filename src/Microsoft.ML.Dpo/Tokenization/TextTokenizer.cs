@@ -46,6 +46,7 @@ public sealed class TextTokenizer
     readonly ChatTemplate? _chatTemplate;
     readonly Exception? _chatTemplateError;
     readonly bool _chatTemplateOverridden;
+    bool _chatTemplateFromFile;   // the template was read from chat_template.jinja (written back there by Save)
 
     TextTokenizer(HfTokenizer pipeline, string format, bool cleanUpSpaces, int? modelMaxLength, Dictionary<string, int> specialTokens, string? bosToken, int? bosId, string? eosToken, int? eosId,
         IReadOnlyList<int> eosIds, string? padToken, int? padId, bool addBosByDefault, string? chatTemplateSource,
@@ -141,16 +142,18 @@ public sealed class TextTokenizer
     /// <returns>True for BOS, EOS, padding and the other special tokens.</returns>
     public bool IsSpecialToken(int id) => _pipeline.AddedTokens.TryGetValue(id, out var t) && t.Special;
 
-    /// <summary>The Jinja chat template of tokenizer_config.json, or null.</summary>
+    /// <summary>The model's Jinja chat template (chat_template.jinja, else tokenizer_config.json's <c>chat_template</c>), or null.</summary>
     public string? ChatTemplateSource { get; }
 
     /// <summary>
-    /// The chat template: the one named when loading, else the built-in family recognized in
-    /// <see cref="ChatTemplateSource"/> (<see cref="ChatTemplate.Detect"/>), else <see cref="ChatTemplate.Plain"/> when
-    /// the tokenizer has none.
+    /// The chat template: the built-in one named when loading, else the model's own <see cref="ChatTemplateSource"/>
+    /// rendered by the library's Jinja interpreter as transformers renders it (<see cref="ChatTemplate.FromJinja"/>, with
+    /// this tokenizer's <c>bos_token</c>, <c>eos_token</c>, <c>unk_token</c> and <c>pad_token</c>), else
+    /// <see cref="ChatTemplate.Plain"/> when the tokenizer has none.
     /// </summary>
-    /// <exception cref="NotSupportedException">The tokenizer's template is not recognized (the error is raised here, not
-    /// when loading, so that tokenization works without a chat template); choose one with <see cref="WithChatTemplate"/>.</exception>
+    /// <exception cref="NotSupportedException">The model's template uses a construct the interpreter does not support, or has
+    /// a syntax error (the error is raised here, not when loading, so that tokenization works without a chat template); the
+    /// message names the file, line and column. Choose a built-in one with <see cref="WithChatTemplate"/>.</exception>
     public ChatTemplate ChatTemplate => _chatTemplate ?? throw new NotSupportedException(_chatTemplateError!.Message, _chatTemplateError);
 
     /// <summary>
@@ -223,7 +226,8 @@ public sealed class TextTokenizer
     {
         ArgumentNullException.ThrowIfNull(template);
         return new TextTokenizer(_pipeline, Format, CleanUpTokenizationSpaces, ModelMaxLength, _specialTokens, BosToken, BosTokenId, EosToken, EosTokenId, EosTokenIds, PadToken, _padTokenId,
-            AddBosByDefault, ChatTemplateSource, template, null, true, _sourceDirectory, _sourceConfig, _isGpt2Data);
+            AddBosByDefault, ChatTemplateSource, template, null, true, _sourceDirectory, _sourceConfig, _isGpt2Data)
+        { _chatTemplateFromFile = _chatTemplateFromFile };
     }
 
     /// <summary>
@@ -388,17 +392,32 @@ public sealed class TextTokenizer
         var eosIds = new List<int>();
         if (eosId is int e0) eosIds.Add(e0);
         foreach (int id in files.AllEosIds()) if (!eosIds.Contains(id)) eosIds.Add(id);
-        string? source = files.ChatTemplate();
+        var sourceWithFile = files.ChatTemplateWithFile();
+        string? source = sourceWithFile?.Source;
         ChatTemplate? template = null;
         Exception? error = null;
         if (chatTemplateName != null) template = ChatTemplate.FromName(chatTemplateName, bosToken, eosToken);
+        else if (string.IsNullOrWhiteSpace(source)) template = ChatTemplate.Plain();
         else
         {
-            try { template = ChatTemplate.Detect(source, bosToken, eosToken); }
-            catch (NotSupportedException e) { error = e; }
+            var templateTokens = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var (name, token) in new[] { ("bos_token", bosToken), ("eos_token", eosToken), ("unk_token", files.SpecialToken("unk_token").Token), ("pad_token", padToken) })
+                if (token != null) templateTokens[name] = token;
+            string file = sourceWithFile!.Value.File;
+            // The Jinja this library writes for its built-in templates is read back as that built-in (which renders identically).
+            if (ChatTemplate.TryDetect(source, out var builtIn, bosToken, eosToken) && builtIn.Jinja == source) template = builtIn;
+            else try { template = ChatTemplate.FromJinja(source, templateTokens, file); }
+            catch (Jinja.JinjaException e)
+            {
+                error = new NotSupportedException(
+                    $"{file}: the chat template cannot be rendered: {e.Message}. Choose a built-in template by name instead "
+                    + $"({string.Join(", ", ChatTemplate.Names)}): the trainer option ChatTemplateName, chatTemplateName of TextTokenizer.FromDirectory, "
+                    + "or TextTokenizer.WithChatTemplate(ChatTemplate.FromName(\"...\")).", e);
+            }
         }
         return new TextTokenizer(pipeline, format, cleanUp, maxLength, special, bosToken, bosId, eosToken, eosId, eosIds, padToken, padId, addBos, source,
-            template, error, chatTemplateName != null, Path.GetFullPath(directory), files.Config, isGpt2Data: false);
+            template, error, chatTemplateName != null, Path.GetFullPath(directory), files.Config, isGpt2Data: false)
+        { _chatTemplateFromFile = sourceWithFile?.File.EndsWith(HfTokenizerFiles.ChatTemplateFile, StringComparison.Ordinal) == true };
     }
 
     /// <summary>
@@ -454,6 +473,14 @@ public sealed class TextTokenizer
         }
         if (_chatTemplate != null && (_chatTemplateOverridden || ChatTemplateSource == null) && !(_chatTemplate.Name == "plain" && ChatTemplateSource == null && !_chatTemplateOverridden && !_isGpt2Data))
             config["chat_template"] = _chatTemplate.Jinja;
+        // A template read from chat_template.jinja goes back there (transformers prefers that file to tokenizer_config.json's
+        // entry, so an overriding template is written there too, or the old file would win on reload).
+        if (_chatTemplateFromFile)
+        {
+            string templatePath = Path.Combine(target, HfTokenizerFiles.ChatTemplateFile);
+            if (_chatTemplateOverridden && _chatTemplate != null) File.WriteAllText(templatePath, _chatTemplate.Jinja);
+            else if (!sameDirectory && _sourceDirectory != null) File.Copy(Path.Combine(_sourceDirectory, HfTokenizerFiles.ChatTemplateFile), templatePath, overwrite: true);
+        }
         var options = new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         File.WriteAllText(Path.Combine(target, HfTokenizerFiles.TokenizerConfig), config.ToJsonString(options));
         if (!File.Exists(Path.Combine(target, HfTokenizerFiles.SpecialTokensMap)) || _sourceDirectory == null)

@@ -25,7 +25,8 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         /// assistant turn is the prompt, that turn the completion). Default null.
         /// </summary>
         public string? MessagesColumnName { get; set; }
-        /// <summary>The chat template for <see cref="MessagesColumnName"/> (chatml, llama2, zephyr, plain); null uses the tokenizer's own.</summary>
+        /// <summary>A built-in chat template for <see cref="MessagesColumnName"/> (chatml, llama2, zephyr, plain); null (the default) uses the
+        /// model's own template (its Jinja <c>chat_template</c>, rendered as transformers renders it).</summary>
         public string? ChatTemplateName { get; set; }
         /// <summary>Learn only the completion tokens (true, the default) or the prompt tokens too.</summary>
         public bool CompletionOnlyLoss { get; set; } = true;
@@ -98,8 +99,7 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         if (options.MessagesColumnName is null)
             return ExampleReader.ReadCompletions(data, options.PromptColumnName, options.CompletionColumnName, options.SkipInvalidRows, report, cancellation);
         var template = options.ChatTemplateName is { } name ? ChatTemplate.FromName(name) : model.RequireTokenizer().ChatTemplate;
-        return ExampleReader.ReadConversations(data, options.MessagesColumnName,
-            turns => template.SplitForTraining(turns.Select(t => new ChatTurn(t.Role, t.Content)).ToList()), options.SkipInvalidRows, report, cancellation);
+        return ExampleReader.ReadChatConversations(data, options.MessagesColumnName, template.SplitForTraining, options.SkipInvalidRows, report, cancellation);
     }
 
     List<TokenizedCompletion> Tokenize(LanguageModel model, List<CompletionExample> rows, DataPreparationReport report)

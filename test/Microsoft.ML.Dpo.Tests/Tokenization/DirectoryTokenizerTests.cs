@@ -72,7 +72,6 @@ public sealed class DirectoryTokenizerTests
         Assert.AreEqual(268, tok.VocabularySize, "largest id (267) + 1; the model's vocab_size may be larger");
         Assert.IsFalse(tok.AddBosByDefault);
 
-        Assert.AreEqual("chatml", tok.ChatTemplate.Name);
         Assert.AreEqual("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
             tok.ChatTemplate.Render(new[] { ChatTurn.User("hi") }, addGenerationPrompt: true));
     }
@@ -95,7 +94,10 @@ public sealed class DirectoryTokenizerTests
 
         using var overridden = new TempDirectory();
         tok.WithChatTemplate(ChatTemplate.Zephyr("<|im_end|>")).Save(overridden.Path);
-        Assert.AreEqual("zephyr", TextTokenizer.FromDirectory(overridden.Path).ChatTemplate.Name, "an overridden template is written as Jinja and detected back");
+        var reloaded = TextTokenizer.FromDirectory(overridden.Path).ChatTemplate;
+        Assert.AreEqual(ChatTemplate.Zephyr("<|im_end|>").Jinja, reloaded.Jinja, "an overridden template is written as Jinja and read back");
+        var turns = new[] { ChatTurn.System("s"), ChatTurn.User("u"), ChatTurn.Assistant("a") };
+        Assert.AreEqual(ChatTemplate.Zephyr("<|im_end|>").Render(turns, true), reloaded.Render(turns, true), "and renders as the built-in did");
     }
 
     [TestMethod]
@@ -161,7 +163,8 @@ public sealed class DirectoryTokenizerTests
         Assert.AreEqual(2, tok.PadTokenId);
         Assert.IsTrue(tok.AddBosByDefault);
         Assert.AreEqual(277, tok.VocabularySize);
-        Assert.AreEqual("zephyr", tok.ChatTemplate.Name, "TinyLlama-Chat uses Zephyr's template");
+        var zephyrTurns = new[] { ChatTurn.System("s"), ChatTurn.User("u"), ChatTurn.Assistant("a") };
+        Assert.AreEqual(ChatTemplate.Zephyr("</s>").Render(zephyrTurns, true), tok.ChatTemplate.Render(zephyrTurns, true), "TinyLlama-Chat uses Zephyr's template");
 
         using var saved = new TempDirectory();
         tok.Save(saved.Path);
@@ -170,14 +173,17 @@ public sealed class DirectoryTokenizerTests
     }
 
     [TestMethod]
-    public void UnknownChatTemplateFailsOnlyWhenUsedAndCanBeChosenByName()
+    public void UnsupportedChatTemplateFailsOnlyWhenUsedAndCanBeChosenByName()
     {
         using var dir = new TempDirectory();
         TokenizerFixtures.WriteTinyByteLevelBpe(dir.Path);
-        File.WriteAllText(dir.Combine("tokenizer_config.json"), """{"chat_template": "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}"}""");
+        File.WriteAllText(dir.Combine("tokenizer_config.json"), """{"chat_template": "{% for m in messages %}\n{% include 'turn.jinja' %}{% endfor %}"}""");
         var tok = TextTokenizer.FromDirectory(dir.Path);
-        CollectionAssert.AreEqual(new[] { 259 }, tok.Encode("hello").ToArray(), "tokenization works without a known template");
+        CollectionAssert.AreEqual(new[] { 259 }, tok.Encode("hello").ToArray(), "tokenization works without a usable template");
         var e = Assert.ThrowsExactly<NotSupportedException>(() => tok.ChatTemplate);
+        StringAssert.Contains(e.Message, "tokenizer_config.json");
+        StringAssert.Contains(e.Message, "unsupported tag 'include'");
+        StringAssert.Contains(e.Message, "line 2, column 4");
         StringAssert.Contains(e.Message, "ChatTemplateName");
         StringAssert.Contains(e.Message, "chatml");
         Assert.AreEqual("chatml", TextTokenizer.FromDirectory(dir.Path, chatTemplateName: "ChatML").ChatTemplate.Name);
