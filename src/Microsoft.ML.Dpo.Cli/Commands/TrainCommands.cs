@@ -37,7 +37,7 @@ internal static class TrainCommands
         public readonly Option<bool> Resume = Cli.Option("--resume", "Continue from the checkpoint in the checkpoint folder (same data and options).", false);
         public readonly Option<bool> Restart = Cli.Option("--restart", "Discard the checkpoint (and metrics) of an earlier run in the checkpoint folder and start afresh; " +
             "without --resume or --restart an existing checkpoint stops the command.", false);
-        public readonly Option<string?> ChatTemplate = Cli.Optional<string?>("--chat-template", "The built-in chat template that renders conversational data: " +
+        public readonly Option<string?> ChatTemplateName = Cli.Optional<string?>("--chat-template", "The built-in chat template that renders conversational data: " +
             string.Join(", ", Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names) + " (default: the model's own; a template mldpo does not recognise is refused).")
             .AcceptOnlyFromAmong([.. Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names]);
         public readonly Option<bool> SkipInvalid = Cli.Option("--skip-invalid", "Skip malformed records and empty values (counted) instead of failing.", false);
@@ -52,7 +52,7 @@ internal static class TrainCommands
         public void AddTo(Command command)
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplate, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
 
@@ -122,7 +122,7 @@ internal static class TrainCommands
         public ChatTemplate? ChatTemplate(ParseResult result, TextWriter stdout)
         {
             string model = result.GetValue(Model)!;
-            string? name = result.GetValue(ChatTemplate);
+            string? name = result.GetValue(ChatTemplateName);
             TextTokenizer tokenizer;
             try { tokenizer = TextTokenizer.FromDirectory(model, chatTemplateName: name); }
             catch (Exception e) when (e is FileNotFoundException or InvalidDataException) { return null; }
