@@ -156,7 +156,7 @@ public sealed class DpoTrainerTests
             new([1, 4], [3, 3, 2], [10, 6, 5, 2], 1, 1),
         };
         var objective = new DpoObjective(network, new ReferenceLogProbs.Live(referenceNetwork),
-            new PreferenceLossOptions { Beta = 0.5, LabelSmoothing = 0.1 }, nllWeight: 0.3, padId: 0);
+            new PreferenceLossOptions { Beta = 0.5, LabelSmoothing = 0.1 }, new DpoStepOptions(), padId: 0);
         double Loss() { using var s = NewDisposeScope(); using var _ = no_grad(); return objective.Compute(examples).Loss.item<double>(); }
 
         using (var s = NewDisposeScope()) objective.Compute(examples).Loss.backward();
