@@ -99,4 +99,45 @@ public sealed class DpoAlignmentTests
             }
         return total / pairs.Length;
     }
+    [TestMethod]
+    public void LikelihoodDisplacementIsWarnedOnARunBuiltToDisplaceAndNotOnAHealthyOne()
+    {
+        List<string> Run(Action<DpoTrainer.Options> configure, out List<double> chosenRewards)
+        {
+            var ml = new MLContext();
+            var warnings = new List<string>();
+            ml.Log += (_, e) => { if (e.Kind == Microsoft.ML.Runtime.ChannelMessageKind.Warning) lock (warnings) warnings.Add(e.Message); };
+            var rewards = new List<double>();
+            var lines = new List<string>();
+            var options = new DpoTrainer.Options
+            {
+                BaseModel = sft!.Model, Epochs = 2, BatchSize = 8, MaxLength = 64, MaxPromptLength = 40, LoggingInterval = 1,
+            };
+            configure(options);
+            options.Progress = new Progress(p => rewards.Add(p.Metrics["rewards/chosen"]));
+            options.Log = lines.Add;
+            using var _ = ml.Alignment().Trainers.Dpo(options).Fit(ml.Data.LoadFromEnumerable(StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects)));
+            chosenRewards = rewards;
+            lock (warnings)
+            {
+                Assert.AreEqual(warnings.Count, lines.Count(l => l.StartsWith("warning: ", StringComparison.Ordinal)), "the same warning in Options.Log and ML.NET's log");
+                return warnings.ToList();
+            }
+        }
+        // Built to displace: a large learning rate and a small β; DPO lowers both likelihoods, the chosen one too.
+        var displaced = Run(o => { o.LearningRate = 3e-3; o.Beta = 0.05; }, out var displacedRewards);
+        Console.WriteLine("displacing: " + string.Join(", ", displacedRewards.Select(r => r.ToString("G3"))));
+        Assert.HasCount(1, displaced, string.Join(", ", displacedRewards));
+        StringAssert.Contains(displaced[0], "rewards/chosen");
+        StringAssert.Contains(displaced[0], "--rpo-alpha");
+        // Healthy: the same with RPO's NLL term, which keeps the chosen likelihood rising.
+        var healthy = Run(o => { o.LearningRate = 3e-3; o.Beta = 0.05; o.RpoAlpha = 1; }, out var healthyRewards);
+        Console.WriteLine("healthy: " + string.Join(", ", healthyRewards.Select(r => r.ToString("G3"))));
+        Assert.IsEmpty(healthy, string.Join("\n", healthy));
+    }
+
+    sealed class Progress(Action<Microsoft.ML.Dpo.Training.TrainingProgress> report) : IProgress<Microsoft.ML.Dpo.Training.TrainingProgress>
+    {
+        public void Report(Microsoft.ML.Dpo.Training.TrainingProgress value) => report(value);
+    }
 }
