@@ -1,6 +1,7 @@
 using Microsoft.ML.Dpo.Lora;
 using System.CommandLine;
 using Microsoft.ML;
+using Microsoft.ML.Data;
 using Microsoft.ML.Dpo;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
@@ -155,11 +156,15 @@ internal static class TrainCommands
         var precompute = Cli.Option("--precompute-reference", "Compute the reference log-probabilities in one pass before training and free the reference model " +
             "(cached in the checkpoint folder).", false);
         var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");
+        var evalData = Cli.Optional<string?>("--eval-data", "Held-out prompts (any pairs or completions file; its prompt column) that the policy and the reference " +
+            "answer during training: logs eval/mean_length, eval/repeated_ngram_share and side-by-side samples.");
+        var evalSteps = Cli.Option("--eval-steps", "Optimizer steps between evaluations by generation (0: at the end only).", 0);
+        var evalTokens = Cli.Option("--eval-max-new-tokens", "New tokens per evaluation answer (greedy).", 64);
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
-            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference })
+            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, evalData, evalSteps, evalTokens })
             command.Options.Add(option);
         Cli.SetAction(command, (result, cancellation) =>
         {
@@ -185,7 +190,10 @@ internal static class TrainCommands
                 PrecomputeReferenceLogProbs = result.GetValue(precompute),
                 Reference = referencePath is null ? ReferenceModelSource.FrozenCopyOfBase : ReferenceModelSource.Separate,
                 ReferenceModelPath = referencePath,
+                EvaluationSteps = result.GetValue(evalSteps),
+                EvaluationGeneration = new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = result.GetValue(evalTokens) },
             };
+            if (result.GetValue(evalData) is { } evalPath) options.EvaluationPrompts = Prompts(evalPath, common.Renderer(result));
             string checkpoints = common.Apply(result, options, display, cancellation);
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
@@ -195,6 +203,21 @@ internal static class TrainCommands
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });
         return command;
+    }
+
+    /// <summary>The distinct prompts of a pairs or completions file (for --eval-data).</summary>
+    static List<string> Prompts(string path, Func<IReadOnlyList<(string Role, string Content)>, bool, string>? renderer)
+    {
+        if (!File.Exists(path)) throw new CliException($"Evaluation data file '{path}' does not exist.");
+        var ml = new MLContext();
+        try
+        {
+            return ml.Data.LoadPreferencePairs(path, new PreferenceDataLoadOptions { RenderConversation = renderer }).GetColumn<string>("prompt").Distinct().ToList();
+        }
+        catch (InvalidDataException)
+        {
+            return ml.Data.LoadCompletions(path, new CompletionDataLoadOptions { RenderConversation = renderer }).GetColumn<string>("prompt").Distinct().ToList();
+        }
     }
 
     /// <summary>Splits a comma-separated option value and parses each entry; a bad entry is one error naming the option.</summary>

@@ -17,8 +17,13 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// clip, schedule, AdamW step → report, checkpoint. NaN/Inf stops before the step (weights stay good);
 /// cancellation writes a checkpoint first.
 /// </summary>
+/// <remarks>
+/// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
+/// metrics (e.g. evaluation by generation) that join the next report.
+/// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
-    ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null)
+    ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
+    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null)
 {
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
@@ -77,6 +82,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                                      Tokens = state.Tokens + stepTokens };
                 stepTokens = 0;
                 objective.AfterStep(state.Step);
+                if (evaluate?.Invoke(state.Step, state.Step == totalSteps) is { } evaluation) metrics.Add(evaluation);
                 metrics.Add("grad_norm", gradNorm);
                 metrics.Add("learning_rate", lr);
 

@@ -27,10 +27,13 @@ public sealed class DpoLossCliTests
         string[] common = ["dpo", "--model", dir.Combine("base"), "--data", pairs, "--batch-size", "2", "--max-length", "48", "--logging-steps", "1"];
 
         var mpo = Run([.. common, "--output", dir.Combine("mpo"), "--max-steps", "2", "--loss", "sigmoid,bco_pair,sft", "--loss-weights", "0.8,0.2,1",
-            "--f-divergence", "js_divergence", "--ld-alpha", "0.5", "--use-weighting", "--sync-ref-steps", "1", "--sync-ref-alpha", "0.5"]);
+            "--f-divergence", "js_divergence", "--ld-alpha", "0.5", "--use-weighting", "--sync-ref-steps", "1", "--sync-ref-alpha", "0.5",
+            "--eval-data", pairs, "--eval-steps", "1", "--eval-max-new-tokens", "4"]);
         Assert.AreEqual(0, mpo.Code, mpo.Error);
         var last = JsonDocument.Parse(File.ReadAllLines(dir.Combine("mpo", "metrics.jsonl"))[^1]).RootElement;
-        foreach (var name in new[] { "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "num_tokens", "nll_loss", "wpo_weight" })
+        StringAssert.Contains(mpo.Out, "eval at step 2:");
+        foreach (var name in new[] { "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "num_tokens", "nll_loss", "wpo_weight",
+                                     "eval/mean_length", "eval/repeated_ngram_share", "eval/reference_mean_length" })
             Assert.IsTrue(last.TryGetProperty(name, out _), name);
 
         var unknown = Run([.. common, "--output", dir.Combine("x"), "--loss", "sigmoid,kto_pair"]);
