@@ -126,7 +126,7 @@ internal sealed class DpoSuite : IBenchmarkSuite
             _ => null,
         };
         if (variant == Variant.Precomputed) { reference!.Dispose(); reference = null; }   // freed, as the trainer does
-        var objective = new DpoObjective(policy, referenceLogProbs, loss, nllWeight: 0, padId: 0);
+        var objective = new DpoObjective(policy, referenceLogProbs, loss, new DpoStepOptions(), padId: 0);
         void Step()
         {
             using var scope = NewDisposeScope();

@@ -3,6 +3,7 @@ using Microsoft.ML.Dpo.Checkpoints;
 using Microsoft.ML.Dpo.Training;
 using System.CommandLine;
 using Microsoft.ML;
+using Microsoft.ML.Data;
 using Microsoft.ML.Dpo;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
@@ -175,41 +176,104 @@ internal static class TrainCommands
         var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; " +
             "pretrained models of a billion parameters or more use ~5e-7 to 1e-6.", 1e-4);
         var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", 0.1);
-        var loss = Cli.Choice("--loss", "The preference loss: sigmoid (DPO), robust, hinge (SLiC), ipo, simpo.", "sigmoid", "sigmoid", "robust", "hinge", "ipo", "simpo");
-        var labelSmoothing = Cli.Option("--label-smoothing", "ε: label smoothing for the sigmoid (conservative DPO) and robust losses.", 0.0);
+        var loss = Cli.Option("--loss", "The preference loss, or a comma-separated list summed with --loss-weights (TRL's loss_type names): " +
+            string.Join(", ", PreferenceLossNames.LossNames) + ". E.g. sigmoid,sft (RPO) or sigmoid,bco_pair,sft with 0.8,0.2,1 (MPO).", "sigmoid");
+        var lossWeights = Cli.Optional<string?>("--loss-weights", "Comma-separated weights, one per --loss entry (default: 1 each).");
+        var rpoAlpha = Cli.Option("--rpo-alpha", "Weight of an NLL term on the chosen answers (RPO): shorthand for adding sft with this weight to --loss; " +
+            "the remedy when the chosen answers' likelihood falls during DPO.", 0.0);
+        var labelSmoothing = Cli.Option("--label-smoothing", "ε: label smoothing for sigmoid (conservative DPO), robust, exo_pair (needs > 0), aot, aot_unpaired, simpo, cpo.", 0.0);
+        var simpoGamma = Cli.Option("--simpo-gamma", "γ: SimPO's target reward margin.", 0.5);
+        var discopopTau = Cli.Option("--discopop-tau", "τ: DiscoPOP's mixing temperature.", 0.05);
+        var cpoAlpha = Cli.Option("--cpo-alpha", "Weight of CPO's own NLL term.", 1.0);
+        var fDivergence = Cli.Choice("--f-divergence", "The divergence regularising toward the reference.", "reverse_kl", PreferenceLossNames.DivergenceNames.ToArray());
+        var alphaCoef = Cli.Option("--alpha-divergence-coef", "α of --f-divergence alpha_divergence.", 0.5);
+        var ldAlpha = Cli.Optional<double?>("--ld-alpha", "LD-DPO: weight in [0, 1] of the completion tokens beyond the shorter answer of each pair (default: off, i.e. 1).");
+        var useWeighting = Cli.Option("--use-weighting", "WPO: weight each pair by its answers' length-normalised, sampling-aligned probabilities.", false);
+        var syncRefSteps = Cli.Option("--sync-ref-steps", "TR-DPO: every N optimizer steps move the reference toward the policy (0: frozen reference).", 0);
+        var syncRefAlpha = Cli.Option("--sync-ref-alpha", "TR-DPO: the policy's weight α in the updated reference, α·policy + (1−α)·reference (1: hard copy).", 0.6);
         var precompute = Cli.Option("--precompute-reference", "Compute the reference log-probabilities in one pass before training and free the reference model " +
             "(cached in the checkpoint folder).", false);
         var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");
+        var evalData = Cli.Optional<string?>("--eval-data", "Held-out prompts (any pairs or completions file; its prompt column) that the policy and the reference " +
+            "answer during training: logs eval/mean_length, eval/repeated_ngram_share and side-by-side samples.");
+        var evalSteps = Cli.Option("--eval-steps", "Optimizer steps between evaluations by generation (0: at the end only).", 0);
+        var evalTokens = Cli.Option("--eval-max-new-tokens", "New tokens per evaluation answer (greedy).", 64);
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
-        foreach (Option option in new Option[] { learningRate, beta, loss, labelSmoothing, precompute, reference }) command.Options.Add(option);
+        foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
+            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, evalData, evalSteps, evalTokens })
+            command.Options.Add(option);
         Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, _) = Cli.Writers(result);
             var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
             string? referencePath = result.GetValue(reference);
+            var kinds = ParseList(result.GetValue(loss)!, "--loss", PreferenceLossNames.ParseLoss);
+            var weights = result.GetValue(lossWeights) is { } w
+                ? ParseList(w, "--loss-weights", x => double.Parse(x, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture))
+                : null;
+            if (weights is not null && weights.Count != kinds.Count)
+                throw new CliException($"--loss-weights has {weights.Count} value(s) for {kinds.Count} loss(es) in --loss; give one weight per loss.");
             var options = new DpoTrainer.Options
             {
                 LearningRate = result.GetValue(learningRate), Beta = result.GetValue(beta), LabelSmoothing = result.GetValue(labelSmoothing),
-                LossKind = result.GetValue(loss) switch
-                {
-                    "robust" => PreferenceLossKind.Robust, "hinge" => PreferenceLossKind.Hinge, "ipo" => PreferenceLossKind.Ipo,
-                    "simpo" => PreferenceLossKind.SimPO, _ => PreferenceLossKind.Sigmoid,
-                },
+                LossKind = kinds.Count == 1 && weights is null ? kinds[0] : PreferenceLossKind.Sigmoid,
+                LossKinds = kinds.Count == 1 && weights is null ? null : kinds,
+                LossWeights = weights,
+                RpoAlpha = result.GetValue(rpoAlpha), SimPOGamma = result.GetValue(simpoGamma), DiscoPopTau = result.GetValue(discopopTau),
+                CpoAlpha = result.GetValue(cpoAlpha), FDivergence = PreferenceLossNames.ParseDivergence(result.GetValue(fDivergence)!),
+                AlphaDivergenceCoefficient = result.GetValue(alphaCoef), LdAlpha = result.GetValue(ldAlpha), UseWeighting = result.GetValue(useWeighting),
+                SyncReferenceSteps = result.GetValue(syncRefSteps), SyncReferenceAlpha = result.GetValue(syncRefAlpha),
                 PrecomputeReferenceLogProbs = result.GetValue(precompute),
                 Reference = referencePath is null ? ReferenceModelSource.FrozenCopyOfBase : ReferenceModelSource.Separate,
                 ReferenceModelPath = referencePath,
+                EvaluationSteps = result.GetValue(evalSteps),
+                EvaluationGeneration = new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = result.GetValue(evalTokens) },
             };
+            var chatTemplate = common.ChatTemplate(result, stdout);
+            if (result.GetValue(evalData) is { } evalPath) options.EvaluationPrompts = Prompts(evalPath, chatTemplate);
             string checkpoints = common.Apply(result, options, display, cancellation, referencePath);
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });
         return command;
+    }
+
+    /// <summary>The distinct prompts of a pairs or completions file (for --eval-data).</summary>
+    static List<string> Prompts(string path, ChatTemplate? chatTemplate)
+    {
+        if (!File.Exists(path)) throw new CliException($"Evaluation data file '{path}' does not exist.");
+        var ml = new MLContext();
+        try
+        {
+            return ml.Data.LoadPreferencePairs(path, new PreferenceDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
+        }
+        catch (InvalidDataException)
+        {
+            return ml.Data.LoadCompletions(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
+        }
+    }
+
+    /// <summary>Splits a comma-separated option value and parses each entry; a bad entry is one error naming the option.</summary>
+    static List<T> ParseList<T>(string value, string option, Func<string, T> parse)
+    {
+        var items = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (items.Length == 0) throw new CliException($"{option} is empty.");
+        var parsed = new List<T>();
+        foreach (var item in items)
+        {
+            try { parsed.Add(parse(item)); }
+            catch (Exception e) when (e is ArgumentException or FormatException or OverflowException)
+            {
+                throw new CliException($"{option}: '{item}' is not valid. {(e is ArgumentException ? e.Message : "Expected a number.")}");
+            }
+        }
+        return parsed;
     }
 
     /// <summary>Runs the trainer, exports the model and copies metrics.jsonl into it; on Ctrl+C says where the checkpoint is.</summary>

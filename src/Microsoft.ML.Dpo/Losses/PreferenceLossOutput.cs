@@ -3,11 +3,11 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Dpo;
 
 /// <summary>
-/// The per-pair result of <see cref="PreferenceLoss.Compute"/>: three 1-D tensors of shape [B], one entry per
+/// The per-pair result of <see cref="PreferenceLoss.Compute(PreferenceLossOptions, PreferenceLossInput)"/>: three 1-D tensors of shape [B], one entry per
 /// (chosen, rejected) pair, not reduced. Disposing the output disposes the three tensors.
 /// </summary>
 /// <remarks>
-/// The tensors are created in the dispose scope that was current when <see cref="PreferenceLoss.Compute"/> was called
+/// The tensors are created in the dispose scope that was current when <see cref="PreferenceLoss.Compute(PreferenceLossOptions, PreferenceLossInput)"/> was called
 /// (TorchSharp's usual rule for a function's results): inside a <c>torch.NewDisposeScope()</c> they are disposed with
 /// that scope; outside any scope they live until this output (or the tensor) is disposed. Disposing twice is harmless.
 /// </remarks>

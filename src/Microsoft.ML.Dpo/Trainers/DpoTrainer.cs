@@ -27,14 +27,71 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
     {
         /// <summary>β: the strength of the KL regularisation toward the reference (larger keeps the policy closer). Default 0.1.</summary>
         public double Beta { get; set; } = 0.1;
-        /// <summary>The preference loss. Default <see cref="PreferenceLossKind.Sigmoid"/> (DPO).</summary>
+        /// <summary>The preference loss. Default <see cref="PreferenceLossKind.Sigmoid"/> (DPO). Ignored when <see cref="LossKinds"/> is set.</summary>
         public PreferenceLossKind LossKind { get; set; } = PreferenceLossKind.Sigmoid;
-        /// <summary>Label smoothing ε for Sigmoid (conservative DPO) and Robust. Default 0.</summary>
+        /// <summary>
+        /// Several losses summed with <see cref="LossWeights"/> (CLI <c>--loss sigmoid,bco_pair,sft</c>), e.g. MPO's
+        /// <c>[Sigmoid, BcoPair, Sft]</c> with <c>[0.8, 0.2, 1]</c>. Null (the default): <c>[LossKind]</c>.
+        /// </summary>
+        public IReadOnlyList<PreferenceLossKind>? LossKinds { get; set; }
+        /// <summary>One weight per entry of <see cref="LossKinds"/> (CLI <c>--loss-weights</c>); null (the default): all 1.</summary>
+        public IReadOnlyList<double>? LossWeights { get; set; }
+        /// <summary>
+        /// Weight α of an NLL term on the chosen completions (RPO, Pang et al., 2024): shorthand for adding
+        /// <see cref="PreferenceLossKind.Sft"/> with weight α to the losses (CLI <c>--rpo-alpha</c>); 0 disables it. The remedy
+        /// for likelihood displacement (the chosen answers' likelihood falling during DPO). Default 0.
+        /// </summary>
+        public double RpoAlpha { get; set; }
+        /// <summary>Label smoothing ε for Sigmoid (conservative DPO), Robust, ExoPair, Aot, AotUnpaired, SimPO and Cpo (CLI <c>--label-smoothing</c>). Default 0.</summary>
         public double LabelSmoothing { get; set; }
-        /// <summary>SimPO's target reward margin γ. Default 0.5.</summary>
+        /// <summary>SimPO's target reward margin γ (CLI <c>--simpo-gamma</c>). Default 0.5.</summary>
         public double SimPOGamma { get; set; } = 0.5;
-        /// <summary>Weight α of an added NLL loss on the chosen completion (RPO); 0 disables it. Default 0.</summary>
-        public double NllWeight { get; set; }
+        /// <summary>DiscoPOP's temperature τ (CLI <c>--discopop-tau</c>). Default 0.05.</summary>
+        public double DiscoPopTau { get; set; } = 0.05;
+        /// <summary>The weight of CPO's own NLL term (CLI <c>--cpo-alpha</c>). Default 1.</summary>
+        public double CpoAlpha { get; set; } = 1.0;
+        /// <summary>The divergence regularising toward the reference (CLI <c>--f-divergence</c>). Default <see cref="FDivergenceKind.ReverseKL"/> (DPO).</summary>
+        public FDivergenceKind FDivergence { get; set; } = FDivergenceKind.ReverseKL;
+        /// <summary>The α of <see cref="FDivergenceKind.AlphaDivergence"/> (CLI <c>--alpha-divergence-coef</c>). Default 0.5.</summary>
+        public double AlphaDivergenceCoefficient { get; set; } = 0.5;
+        /// <summary>
+        /// LD-DPO's α (Liu et al., 2024, "Length Desensitization in Direct Preference Optimization"; CLI <c>--ld-alpha</c>):
+        /// the completion tokens beyond the shorter completion of each pair count α times in the policy's and the reference's
+        /// log-probs, <c>shared + α·tail</c>. In [0, 1]; null (the default) is plain DPO (= 1).
+        /// </summary>
+        public double? LdAlpha { get; set; }
+        /// <summary>
+        /// WPO weighting (Zhou et al., 2024; CLI <c>--use-weighting</c>): each pair's loss is multiplied by the product of its
+        /// completions' length-normalised, sampling-aligned probabilities. Not with Aot or AotUnpaired. Default false.
+        /// </summary>
+        public bool UseWeighting { get; set; }
+        /// <summary>
+        /// TR-DPO (Gorbatovski et al., 2024; CLI <c>--sync-ref-steps</c>): every this many optimizer steps the reference is
+        /// updated to <c>α·policy + (1 − α)·reference</c> (α = <see cref="SyncReferenceAlpha"/>); 0 (the default) keeps it
+        /// frozen. 1 with α &lt; 1 is the soft update every step; α = 1 is the hard copy every N steps. Not with LoRA (the
+        /// reference is the base model with adapters off), <see cref="PrecomputeReferenceLogProbs"/> or <see cref="TrainingOptions.Resume"/>.
+        /// </summary>
+        public int SyncReferenceSteps { get; set; }
+        /// <summary>
+        /// Held-out prompts for evaluation by generation (CLI <c>--eval-data</c>): the policy answers them every
+        /// <see cref="EvaluationSteps"/> steps and at the end, the reference model's answers are generated once before training,
+        /// and the run logs <c>eval/mean_length</c> (tokens), <c>eval/repeated_ngram_share</c> (degeneration: the share of word
+        /// bigrams that repeat within an answer), <c>eval/reference_mean_length</c>, with <see cref="EvaluationJudge"/>
+        /// <c>eval/win_rate</c> over the reference (ties ½), and three side-by-side samples in the log. Null (the default): off.
+        /// </summary>
+        public IReadOnlyList<string>? EvaluationPrompts { get; set; }
+        /// <summary>Optimizer steps between evaluations by generation (CLI <c>--eval-steps</c>); 0 (the default): at the end only.</summary>
+        public int EvaluationSteps { get; set; }
+        /// <summary>
+        /// Decides which answer is better for <c>eval/win_rate</c>: any <see cref="Feedback.IJudge"/> — a reward model, an
+        /// <c>IChatClient</c> judge (<see cref="Feedback.ChatClientJudge"/>), a fitted ML.NET model (<see cref="Feedback.TransformerJudge"/>)
+        /// or your own. Null (the default): no win rate, only lengths and degeneration.
+        /// </summary>
+        public Feedback.IJudge? EvaluationJudge { get; set; }
+        /// <summary>Decoding for evaluation by generation; null (the default): greedy, 64 new tokens.</summary>
+        public Generation.GenerationOptions? EvaluationGeneration { get; set; }
+        /// <summary>TR-DPO's mixing weight α of the policy, in (0, 1] (CLI <c>--sync-ref-alpha</c>). Default 0.6 (TRL's <c>ref_model_mixup_alpha</c>).</summary>
+        public double SyncReferenceAlpha { get; set; } = 0.6;
         /// <summary>Where the reference comes from. Default <see cref="ReferenceModelSource.FrozenCopyOfBase"/>.</summary>
         public ReferenceModelSource Reference { get; set; } = ReferenceModelSource.FrozenCopyOfBase;
         /// <summary>With <see cref="ReferenceModelSource.Separate"/>: the reference model directory or file.</summary>
@@ -51,14 +108,64 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         /// <summary>Creates options with DPO's customary learning rate (1e-6; small models on a CPU learn faster with ~1e-4).</summary>
         public Options() => LearningRate = 1e-6;
 
-        internal PreferenceLossOptions LossOptions => new() { Kind = LossKind, Beta = Beta, LabelSmoothing = LabelSmoothing, Gamma = SimPOGamma };
+        internal PreferenceLossOptions LossOptions
+        {
+            get
+            {
+                var kinds = (LossKinds ?? [LossKind]).ToList();
+                var weights = (LossWeights ?? (LossKinds is null ? [1.0] : LossKinds.Select(_ => 1.0).ToArray())).ToList();
+                if (RpoAlpha > 0)
+                {
+                    if (kinds.Contains(PreferenceLossKind.Sft))
+                        throw new ArgumentException("RpoAlpha adds PreferenceLossKind.Sft to the losses, which already list it; give its weight in LossWeights or RpoAlpha, not both.", nameof(RpoAlpha));
+                    kinds.Add(PreferenceLossKind.Sft);
+                    weights.Add(RpoAlpha);
+                }
+                bool single = kinds.Count == 1 && weights.Count == 1 && weights[0] == 1;
+                return new()
+                {
+                    Kind = single ? kinds[0] : PreferenceLossKind.Sigmoid, Kinds = single ? null : kinds, Weights = single ? null : weights,
+                    Beta = Beta, LabelSmoothing = LabelSmoothing, Gamma = SimPOGamma, DiscoPopTau = DiscoPopTau, CpoAlpha = CpoAlpha,
+                    FDivergence = FDivergence, AlphaDivergenceCoefficient = AlphaDivergenceCoefficient,
+                };
+            }
+        }
+
+        internal DpoStepOptions StepOptions => new(LdAlpha, UseWeighting, SyncReferenceSteps, SyncReferenceAlpha);
 
         /// <inheritdoc />
         public override void Validate()
         {
             base.Validate();
-            LossOptions.Validate();
-            if (NllWeight < 0) throw new ArgumentOutOfRangeException(nameof(NllWeight), NllWeight, "NllWeight must not be negative.");
+            if (LossKinds is not null && LossKind != PreferenceLossKind.Sigmoid && !LossKinds.Contains(LossKind))
+                throw new ArgumentException($"LossKind is {LossKind} but LossKinds is [{string.Join(", ", LossKinds)}]; set one of them.", nameof(LossKind));
+            if (LossWeights is not null && LossWeights.Count != (LossKinds?.Count ?? 1))
+                throw new ArgumentException($"LossWeights has {LossWeights.Count} entries for {LossKinds?.Count ?? 1} loss kind(s); give one weight per kind.", nameof(LossWeights));
+            if (!(RpoAlpha >= 0) || double.IsInfinity(RpoAlpha)) throw new ArgumentOutOfRangeException(nameof(RpoAlpha), RpoAlpha, "RpoAlpha must be a finite number ≥ 0.");
+            var loss = LossOptions;
+            loss.Validate();
+            if (LdAlpha is double ld && !(ld >= 0 && ld <= 1))
+                throw new ArgumentOutOfRangeException(nameof(LdAlpha), ld, "LdAlpha must lie in [0, 1]: 1 is plain DPO, 0 ignores the tokens beyond the shorter completion.");
+            var sorting = loss.Terms.Select(t => t.Kind).Where(k => k is PreferenceLossKind.Aot or PreferenceLossKind.AotUnpaired).ToList();
+            if (UseWeighting && sorting.Count > 0)
+                throw new ArgumentException($"UseWeighting (WPO) cannot be combined with PreferenceLossKind.{sorting[0]}: it sorts the pairs over the batch, which would misalign the per-pair weights.", nameof(UseWeighting));
+            if (SyncReferenceSteps < 0) throw new ArgumentOutOfRangeException(nameof(SyncReferenceSteps), SyncReferenceSteps, "SyncReferenceSteps must not be negative (0 keeps the reference frozen).");
+            if (!(SyncReferenceAlpha > 0 && SyncReferenceAlpha <= 1))
+                throw new ArgumentOutOfRangeException(nameof(SyncReferenceAlpha), SyncReferenceAlpha, "SyncReferenceAlpha must lie in (0, 1]: the policy's weight in the updated reference.");
+            if (SyncReferenceSteps > 0)
+            {
+                if (PrecomputeReferenceLogProbs)
+                    throw new ArgumentException("SyncReferenceSteps (TR-DPO) updates the reference during training, so precomputed reference log-probs would be stale; set PrecomputeReferenceLogProbs = false.", nameof(SyncReferenceSteps));
+                if (Lora is not null)
+                    throw new NotSupportedException("SyncReferenceSteps (TR-DPO) is not supported with LoRA: the reference is the base model with the adapters switched off, and syncing it would need a second reference adapter, which is not implemented. Train all weights, or leave SyncReferenceSteps at 0.");
+                if (!loss.RequiresReference)
+                    throw new ArgumentException($"SyncReferenceSteps (TR-DPO) updates the reference model, but {loss} is reference-free.", nameof(SyncReferenceSteps));
+                if (Resume)
+                    throw new NotSupportedException("SyncReferenceSteps (TR-DPO) cannot resume: checkpoints do not store the updated reference weights, so a resumed run would compare with a different reference. Start afresh (Resume = false).");
+            }
+            if (EvaluationPrompts is { Count: 0 }) throw new ArgumentException("EvaluationPrompts is empty; give at least one prompt, or leave it null to turn evaluation by generation off.", nameof(EvaluationPrompts));
+            if (EvaluationSteps < 0) throw new ArgumentOutOfRangeException(nameof(EvaluationSteps), EvaluationSteps, "EvaluationSteps must not be negative (0: evaluate at the end only).");
+            EvaluationGeneration?.Validate();
             if (Reference == ReferenceModelSource.Separate && ReferenceModel is null && string.IsNullOrWhiteSpace(ReferenceModelPath))
                 throw new ArgumentException("Reference = Separate needs ReferenceModel or ReferenceModelPath.", nameof(ReferenceModelPath));
         }
@@ -91,7 +198,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         var pairs = options.ReadPairs(input, report);
         var policy = FineTuningRun.LoadPolicy(options);
         FineTuningRun.WarnBeyondContext(options, policy, log);
-        LanguageModel? ownedReference = null;
+        LanguageModel? ownedReference = null, syncedReference = null;
         try
         {
             var examples = FineTuningRun.TokenizePairs(policy, pairs, options, report);
@@ -118,6 +225,14 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 reference.Network.eval();
             }
 
+            // Evaluation by generation compares with the reference's answers, generated now, before a precomputation frees it.
+            GenerationEvaluation? evaluation = null;
+            if (options.EvaluationPrompts is { } prompts)
+            {
+                evaluation = new GenerationEvaluation(prompts, options.EvaluationJudge, options.EvaluationGeneration ?? new Generation.GenerationOptions { MaxNewTokens = 64 }, log);
+                evaluation.GenerateReferenceAnswers(options.Reference == ReferenceModelSource.Separate && reference is not null ? reference : policy);   // else the start is the reference
+            }
+
             // Where reference log-probs come from: a network, and a scope to enter around its forward (LoRA: adapters off).
             CausalLM? referenceNetwork = adapters is not null && loss.RequiresReference ? policy.Network : reference?.Network;
             Func<IDisposable>? enterReference = adapters is not null ? adapters.Disable : null;
@@ -135,24 +250,50 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 if (ownedReference is not null) { ownedReference.Dispose(); ownedReference = null; }
                 if (adapters is null) reference = options.ReferenceModel ?? options.BaseModel; // kept only when the caller owns it
             }
+            else if (referenceNetwork is not null && options.SyncReferenceSteps > 0)
+            {
+                // TR-DPO moves the reference during training: train against a private copy (the caller's models stay untouched),
+                // validate against the starting reference, and give the fitted model the starting reference too.
+                if (ownedReference is not null) { syncedReference = ownedReference; ownedReference = null; reference = null; }   // a copy the run made: sync it
+                else syncedReference = reference!.Clone();                                                                 // the caller's model: sync a copy
+                syncedReference.Network.eval();
+                referenceLogProbs = new ReferenceLogProbs.Live(syncedReference.Network);
+                validationReferenceLogProbs = reference is not null ? new ReferenceLogProbs.Live(reference.Network) : null;
+            }
             else if (referenceNetwork is not null)
             {
                 referenceLogProbs = validationReferenceLogProbs = new ReferenceLogProbs.Live(referenceNetwork, enterReference);
             }
 
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";dpo;{loss};nll={options.NllWeight:R};ref={options.Reference}",
+            var step = options.StepOptions;
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";dpo;{loss};{step};ref={options.Reference}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
-            var objective = FineTuningRun.WithRouterLosses(new DpoObjective(policy.Network, referenceLogProbs, loss, options.NllWeight, policy.PadTokenId), policy.Network, options);
+            var guard = loss.RequiresReference ? new LikelihoodDisplacementGuard(runLog.Warn) : null;
+            var objective = FineTuningRun.WithRouterLosses(new DpoObjective(policy.Network, referenceLogProbs, loss, step, policy.PadTokenId, guard), policy.Network, options);
             policy.Network.train();
             var summary = new TrainingLoop<TokenizedPreference>(options, FineTuningRun.Trainable(policy), objective,
-                FineTuningRun.Checkpoint(options, policy), fingerprint, log).Run(examples);
+                FineTuningRun.Checkpoint(options, policy), fingerprint, log,
+                evaluation is null ? null : (done, last) => last || (options.EvaluationSteps > 0 && done % options.EvaluationSteps == 0)
+                    ? evaluation.Evaluate(policy, done, options.CancellationToken) : null).Run(examples);
             policy.Network.eval();
+            if (syncedReference is not null)
+            {
+                syncedReference.Dispose();
+                syncedReference = null;
+            }
 
             IReadOnlyDictionary<string, double>? validationMetrics = null;
             if (validation is not null)
             {
+                if (validationReferenceLogProbs is null && loss.RequiresReference)
+                {
+                    // TR-DPO with a reference the run owned (a copy of the start, or loaded from ReferenceModelPath): validate against the start, reloaded.
+                    ownedReference = LanguageModel.Load(options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath! : options.BaseModelPath!, options.Precision, options.Device);
+                    ownedReference.Network.eval();
+                    validationReferenceLogProbs = new ReferenceLogProbs.Live(ownedReference.Network);
+                }
                 var validationObjective = FineTuningRun.WithRouterLosses(
-                    new DpoObjective(policy.Network, validationReferenceLogProbs, loss, options.NllWeight, policy.PadTokenId), policy.Network, options);
+                    new DpoObjective(policy.Network, validationReferenceLogProbs, loss, step with { SyncSteps = 0 }, policy.PadTokenId), policy.Network, options);
                 validationMetrics = Evaluation.Average(validationObjective, validation, options.BatchSize, "eval/");
                 log("DPO validation: " + string.Join(" ", validationMetrics.Select(kv => $"{kv.Key}={kv.Value:G4}")));
             }
@@ -171,6 +312,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         {
             policy.Dispose();
             ownedReference?.Dispose();
+            syncedReference?.Dispose();
             throw;
         }
     }

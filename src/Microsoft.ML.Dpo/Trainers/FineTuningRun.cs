@@ -128,6 +128,13 @@ internal static class FineTuningRun
             channel?.Info(MessageSensitivity.None, line);
         }
 
+        /// <summary>Writes one warning: to <see cref="LanguageModelTrainerOptions.Log"/> prefixed "warning: ", and as a warning on the ML.NET channel.</summary>
+        public void Warn(string line)
+        {
+            options.Log?.Invoke("warning: " + line);
+            channel?.Warning(MessageSensitivity.None, line);
+        }
+
         /// <summary>Closes the ML.NET channel.</summary>
         public void Dispose() => channel?.Dispose();
     }

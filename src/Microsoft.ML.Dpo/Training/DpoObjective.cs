@@ -6,51 +6,79 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Dpo.Training;
 
+/// <summary>How the DPO step turns token log-probs into the loss's inputs, and what it does between steps.</summary>
+/// <param name="LdAlpha">LD-DPO's α: log-probs become <c>shared + α·tail</c>; null for plain sums.</param>
+/// <param name="UseWeighting">WPO: weight each pair by its completions' aligned probabilities.</param>
+/// <param name="SyncSteps">TR-DPO: update the live reference every this many steps (0: never).</param>
+/// <param name="SyncAlpha">TR-DPO's mixing weight α of the policy in the updated reference.</param>
+internal sealed record DpoStepOptions(double? LdAlpha = null, bool UseWeighting = false, int SyncSteps = 0, double SyncAlpha = 0.6);
+
 /// <summary>
 /// The DPO step: chosen and rejected sequences through the policy in one concatenated forward pass, completion-token
-/// log-probs summed (per-token mean for IPO and SimPO), reference log-probs from <see cref="ReferenceLogProbs"/>, then
-/// <see cref="PreferenceLoss"/> plus an optional NLL term on the chosen completion (RPO).
+/// log-probs summed (or length-desensitised, LD-DPO), reference log-probs from <see cref="ReferenceLogProbs"/>, then
+/// <see cref="PreferenceLoss"/> over the configured kinds. TRL's metrics (entropy, mean logits, token accuracy) come from
+/// the same completion-position logits, under no_grad.
 /// </summary>
-internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference, PreferenceLossOptions loss, double nllWeight, int padId)
-    : ITrainingObjective<TokenizedPreference>
+internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference, PreferenceLossOptions loss, DpoStepOptions step, int padId,
+    LikelihoodDisplacementGuard? guard = null) : ITrainingObjective<TokenizedPreference>
 {
-    /// <summary>IPO and SimPO compare length-normalised log-probs.</summary>
-    bool UsesMean => loss.Kind is PreferenceLossKind.Ipo or PreferenceLossKind.SimPO;
-
     public ObjectiveResult Compute(IReadOnlyList<TokenizedPreference> examples)
     {
         using var batch = SequenceBatch.Collate(SequenceScoring.PairRows(examples), padId, policy.Device);
-        var (sum, count) = SequenceScoring.CompletionLogProbs(policy, batch);                 // [2B]
-        var (policyChosen, policyRejected) = SequenceLogProbs.SplitPairs(UsesMean ? SequenceLogProbs.Mean(sum, count) : sum);
+        var scores = SequenceScoring.Score(policy, batch,
+            new ScoringRequest(SharedPrefix: step.LdAlpha.HasValue, WpoWeights: step.UseWeighting, Statistics: true));   // all [2B]
+        Tensor logps = ReferenceLogProbs.LengthDesensitized(scores.Sum, scores.SharedSum, step.LdAlpha);
+        var (policyChosen, policyRejected) = SequenceLogProbs.SplitPairs(logps);
+        var (chosenCount, rejectedCount) = SequenceLogProbs.SplitPairs(scores.Count);
         Tensor? referenceChosen = null, referenceRejected = null;
         if (loss.RequiresReference)
         {
-            if (reference is null) throw new InvalidOperationException($"{loss.Kind} needs a reference model.");
-            (referenceChosen, referenceRejected) = reference.For(examples, batch, UsesMean);
+            if (reference is null) throw new InvalidOperationException($"{loss} needs a reference model.");
+            (referenceChosen, referenceRejected) = reference.For(examples, batch, step.LdAlpha);
         }
-        using var output = PreferenceLoss.Compute(loss, policyChosen, policyRejected, referenceChosen, referenceRejected);
-        Tensor perPair = output.Losses;
-        var metrics = new Dictionary<string, double>();
-        if (nllWeight > 0)
+        Tensor? nll = loss.RequiresChosenNll ? PreferenceLoss.ChosenNegativeLogLikelihood(SequenceLogProbs.SplitPairs(scores.Sum).chosen, chosenCount) : null;
+        Tensor? pairWeights = null;
+        if (scores.WpoLogWeight is { } logWeight)
         {
-            var (chosenSum, _) = SequenceLogProbs.SplitPairs(sum);
-            var (chosenCount, _) = SequenceLogProbs.SplitPairs(count);
-            Tensor nll = PreferenceLoss.NegativeLogLikelihood(chosenSum, chosenCount);
-            perPair = perPair + nllWeight * nll;
-            metrics["nll_loss"] = nll.mean().ToDouble();
+            var (chosenWeight, rejectedWeight) = SequenceLogProbs.SplitPairs(logWeight.exp());
+            pairWeights = chosenWeight * rejectedWeight;
         }
-        Tensor lossValue = perPair.mean();
+        using var output = PreferenceLoss.Compute(loss, new PreferenceLossInput
+        {
+            PolicyChosenLogps = policyChosen, PolicyRejectedLogps = policyRejected,
+            ReferenceChosenLogps = referenceChosen, ReferenceRejectedLogps = referenceRejected,
+            ChosenTokenCounts = chosenCount, RejectedTokenCounts = rejectedCount, ChosenNll = nll, PairWeights = pairWeights,
+        });
+        Tensor lossValue = output.Losses.mean();
+        var metrics = new Dictionary<string, double>();
         using (no_grad())
         {
-            var (sumChosen, sumRejected) = SequenceLogProbs.SplitPairs(sum);
+            double Ratio(Tensor numerator, Tensor denominator) { double d = denominator.sum().ToDouble(); return d > 0 ? numerator.sum().ToDouble() / d : 0; }
             metrics["loss"] = lossValue.ToDouble();
+            if (nll is not null) metrics["nll_loss"] = nll.ToDouble();
+            if (pairWeights is not null) metrics["wpo_weight"] = pairWeights.mean().ToDouble();
             metrics["rewards/chosen"] = output.ChosenRewards.mean().ToDouble();
             metrics["rewards/rejected"] = output.RejectedRewards.mean().ToDouble();
             metrics["rewards/accuracies"] = (output.ChosenRewards > output.RejectedRewards).to(float32).mean().ToDouble();
             metrics["rewards/margins"] = (output.ChosenRewards - output.RejectedRewards).mean().ToDouble();
-            metrics["logps/chosen"] = sumChosen.mean().ToDouble();
-            metrics["logps/rejected"] = sumRejected.mean().ToDouble();
+            metrics["logps/chosen"] = policyChosen.mean().ToDouble();
+            metrics["logps/rejected"] = policyRejected.mean().ToDouble();
+            var (logitsChosen, logitsRejected) = SequenceLogProbs.SplitPairs(scores.LogitMeanSum!);
+            metrics["logits/chosen"] = Ratio(logitsChosen, chosenCount);
+            metrics["logits/rejected"] = Ratio(logitsRejected, rejectedCount);
+            metrics["entropy"] = Ratio(scores.EntropySum!, scores.Count);
+            metrics["mean_token_accuracy"] = Ratio(SequenceLogProbs.SplitPairs(scores.CorrectCount!).chosen, chosenCount);
         }
         return new ObjectiveResult(lossValue, metrics, batch.Tokens);
     }
+
+    /// <summary>TR-DPO: every <see cref="DpoStepOptions.SyncSteps"/> steps the live reference moves toward the policy.</summary>
+    public void AfterStep(int stepsDone)
+    {
+        if (step.SyncSteps > 0 && stepsDone % step.SyncSteps == 0)
+            (reference as ReferenceLogProbs.Live ?? throw new InvalidOperationException("Reference syncing needs a live reference model."))
+                .Sync(policy, step.SyncAlpha);
+    }
+
+    public void AfterReport(int stepsDone, IReadOnlyDictionary<string, double> metrics) => guard?.Observe(stepsDone, metrics);
 }

@@ -11,6 +11,12 @@ internal interface ITrainingObjective<TExample>
     /// with metrics to report. Called inside the loop's dispose scope.
     /// </summary>
     ObjectiveResult Compute(IReadOnlyList<TExample> batch);
+
+    /// <summary>Called after each optimizer step (<paramref name="step"/> steps done), e.g. to update a reference model.</summary>
+    void AfterStep(int step) { }
+
+    /// <summary>Called with the averaged metrics of each report, e.g. to watch for a failure mode.</summary>
+    void AfterReport(int step, IReadOnlyDictionary<string, double> metrics) { }
 }
 
 /// <summary>The loss of a micro-batch, its metrics (means over the micro-batch) and how many tokens it processed.</summary>

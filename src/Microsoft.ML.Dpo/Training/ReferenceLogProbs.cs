@@ -9,8 +9,15 @@ namespace Microsoft.ML.Dpo.Training;
 /// <summary>Where the DPO step gets the reference model's log-probabilities of the chosen and rejected completions.</summary>
 internal abstract class ReferenceLogProbs
 {
-    /// <summary>Reference (chosen, rejected) log-probs [B] for the batch: sums, or per-token means when <paramref name="mean"/>.</summary>
-    public abstract (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, bool mean);
+    /// <summary>
+    /// Reference (chosen, rejected) summed log-probs [B] for the batch; with <paramref name="ldAlpha"/> LD-DPO's
+    /// <c>shared + α·tail</c>, the tail being the tokens beyond the shorter completion of the pair.
+    /// </summary>
+    public abstract (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, double? ldAlpha);
+
+    /// <summary>LD-DPO's length-desensitised log-probs: <c>shared + α·(sum − shared)</c>, or the sum without α.</summary>
+    public static Tensor LengthDesensitized(Tensor sum, Tensor? shared, double? ldAlpha) =>
+        ldAlpha is double alpha ? shared! + (sum - shared!) * alpha : sum;
 
     /// <summary>
     /// A frozen model run on every batch (no gradients); <paramref name="enter"/>, when given, is held open around each
@@ -18,27 +25,46 @@ internal abstract class ReferenceLogProbs
     /// </summary>
     public sealed class Live(CausalLM reference, Func<IDisposable>? enter = null) : ReferenceLogProbs
     {
-        public override (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, bool mean)
+        public override (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, double? ldAlpha)
         {
             using var _ = no_grad();
             using var around = enter?.Invoke();
             using var notRecorded = reference.PauseRouterRecording();      // a LoRA policy's reference pass adds no router loss
-            var (sum, count) = SequenceScoring.CompletionLogProbs(reference, batch);
-            return SequenceLogProbs.SplitPairs(mean ? SequenceLogProbs.Mean(sum, count) : sum);
+            var scores = SequenceScoring.Score(reference, batch, new ScoringRequest(SharedPrefix: ldAlpha.HasValue));
+            return SequenceLogProbs.SplitPairs(LengthDesensitized(scores.Sum, scores.SharedSum, ldAlpha));
+        }
+
+        /// <summary>
+        /// TR-DPO's update (Gorbatovski et al., 2024, "Learn Your Reference Model for Real Good Alignment"):
+        /// <c>ref ← α·policy + (1 − α)·ref</c>, parameter by parameter (α = 1 copies the policy).
+        /// </summary>
+        public void Sync(CausalLM policy, double alpha)
+        {
+            using var _ = no_grad();
+            var target = reference.named_parameters().ToList();
+            var source = policy.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+            foreach (var (name, parameter) in target)
+            {
+                if (!source.TryGetValue(name, out var from) || !from.shape.SequenceEqual(parameter.shape))
+                    throw new InvalidOperationException($"Reference syncing needs the reference and the policy to have the same parameters; the policy has no '{name}' of shape [{string.Join(", ", parameter.shape)}].");
+                if (alpha == 1) parameter.copy_(from);
+                else parameter.mul_(1 - alpha).add_(from, alpha: alpha);
+            }
         }
     }
 
     /// <summary>
     /// Values computed once before training (one pass of the reference over the data), looked up by example index.
-    /// The reference model can be freed afterwards.
+    /// The reference model can be freed afterwards. Besides the sums and counts, the shared-part sums of LD-DPO are kept.
     /// </summary>
-    public sealed class Precomputed(float[] chosenSum, float[] chosenCount, float[] rejectedSum, float[] rejectedCount) : ReferenceLogProbs
+    public sealed class Precomputed(float[] chosenSum, float[] chosenCount, float[] rejectedSum, float[] rejectedCount,
+                                    float[] chosenShared, float[] rejectedShared) : ReferenceLogProbs
     {
-        public override (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, bool mean)
+        public override (Tensor Chosen, Tensor Rejected) For(IReadOnlyList<TokenizedPreference> examples, SequenceBatch batch, double? ldAlpha)
         {
             var device = batch.InputIds.device;
-            float[] Pick(float[] sum, float[] count) => examples.Select(e => mean ? sum[e.Index] / Math.Max(1, count[e.Index]) : sum[e.Index]).ToArray();
-            return (tensor(Pick(chosenSum, chosenCount), device: device), tensor(Pick(rejectedSum, rejectedCount), device: device));
+            float[] Pick(float[] sum, float[] shared) => examples.Select(e => ldAlpha is double a ? shared[e.Index] + (float)a * (sum[e.Index] - shared[e.Index]) : sum[e.Index]).ToArray();
+            return (tensor(Pick(chosenSum, chosenShared), device: device), tensor(Pick(rejectedSum, rejectedShared), device: device));
         }
 
         /// <summary>
@@ -61,7 +87,7 @@ internal abstract class ReferenceLogProbs
                 }
             }
             int n = examples.Count;
-            float[] cs = new float[n], cc = new float[n], rs = new float[n], rc = new float[n];
+            float[] cs = new float[n], cc = new float[n], rs = new float[n], rc = new float[n], csh = new float[n], rsh = new float[n];
             using (no_grad())
             {
                 for (int start = 0; start < n; start += batchSize)
@@ -70,16 +96,17 @@ internal abstract class ReferenceLogProbs
                     using var scope = NewDisposeScope();
                     var slice = examples.Skip(start).Take(batchSize).ToList();
                     using var batch = SequenceBatch.Collate(SequenceScoring.PairRows(slice), padId, reference.Device);
-                    var (sum, count) = SequenceScoring.CompletionLogProbs(reference, batch);
-                    float[] s = sum.to(float32).cpu().data<float>().ToArray(), c = count.to(float32).cpu().data<float>().ToArray();
+                    var scores = SequenceScoring.Score(reference, batch, new ScoringRequest(SharedPrefix: true));
+                    float[] Host(Tensor x) => x.to(float32).cpu().data<float>().ToArray();
+                    float[] s = Host(scores.Sum), c = Host(scores.Count), sh = Host(scores.SharedSum!);
                     for (int i = 0; i < slice.Count; i++)
                     {
-                        int k = slice[i].Index;
-                        (cs[k], cc[k], rs[k], rc[k]) = (s[i], c[i], s[slice.Count + i], c[slice.Count + i]);
+                        int k = slice[i].Index, j = slice.Count + i;
+                        (cs[k], cc[k], rs[k], rc[k], csh[k], rsh[k]) = (s[i], c[i], s[j], c[j], sh[i], sh[j]);
                     }
                 }
             }
-            var result = new Precomputed(cs, cc, rs, rc);
+            var result = new Precomputed(cs, cc, rs, rc, csh, rsh);
             if (cacheFile != null) result.Write(cacheFile);
             return result;
         }
@@ -91,7 +118,7 @@ internal abstract class ReferenceLogProbs
             using (var writer = new BinaryWriter(File.Create(temp)))
             {
                 writer.Write(chosenSum.Length);
-                foreach (var array in new[] { chosenSum, chosenCount, rejectedSum, rejectedCount })
+                foreach (var array in new[] { chosenSum, chosenCount, rejectedSum, rejectedCount, chosenShared, rejectedShared })
                     foreach (float v in array) writer.Write(v);
             }
             File.Move(temp, path, overwrite: true);
@@ -101,9 +128,9 @@ internal abstract class ReferenceLogProbs
         {
             if (!File.Exists(path)) return null;
             using var reader = new BinaryReader(File.OpenRead(path));
-            if (reader.BaseStream.Length != 4 + 16L * count || reader.ReadInt32() != count) return null;
+            if (reader.BaseStream.Length != 4 + 24L * count || reader.ReadInt32() != count) return null;   // 6 arrays; older caches are recomputed
             float[] Read() { var a = new float[count]; for (int i = 0; i < count; i++) a[i] = reader.ReadSingle(); return a; }
-            return new Precomputed(Read(), Read(), Read(), Read());
+            return new Precomputed(Read(), Read(), Read(), Read(), Read(), Read());
         }
 
         /// <summary>A hash of the reference weights and the tokenized data: a changed model or data set never reuses a stale cache.</summary>

@@ -5,7 +5,8 @@ using TorchSharp.Modules;
 namespace Microsoft.ML.Dpo.Training;
 
 /// <summary>Where a run stands: enough, with the weights and optimizer state, to resume it exactly.</summary>
-internal sealed record TrainingState(int Step, int Epoch, int NextBatchInEpoch, int TotalSteps, string Fingerprint);
+// Tokens: real (non-padding) tokens of the optimizer steps taken, for num_tokens.
+internal sealed record TrainingState(int Step, int Epoch, int NextBatchInEpoch, int TotalSteps, string Fingerprint, long Tokens = 0);
 
 /// <summary>
 /// Writes and reads training checkpoints in <c>{directory}/checkpoint</c>: the trainable weights (written by the caller's

@@ -17,8 +17,13 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// clip, schedule, AdamW step → report, checkpoint. NaN/Inf stops before the step (weights stay good);
 /// cancellation writes a checkpoint first.
 /// </summary>
+/// <remarks>
+/// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
+/// metrics (e.g. evaluation by generation) that join the next report.
+/// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
-    ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null)
+    ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
+    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null)
 {
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
@@ -39,7 +44,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         var lastMetrics = (IReadOnlyDictionary<string, double>)new Dictionary<string, double>();
         var clock = Stopwatch.StartNew();
         int startStep = state.Step;
-        long tokens = 0;
+        long tokens = 0, stepTokens = 0;
 
         for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps; epoch++)
         {
@@ -58,6 +63,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                     (result.Loss / options.GradientAccumulationSteps).backward();
                     metrics.Add(result.Metrics);
                     tokens += result.Tokens;
+                    stepTokens += result.Tokens;
                 }
                 accumulated++;
                 bool lastOfEpoch = b == batchesPerEpoch - 1;
@@ -72,14 +78,20 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 optimizer.step();
                 optimizer.zero_grad();
                 accumulated = 0;
-                state = state with { Step = state.Step + 1, Epoch = lastOfEpoch ? epoch + 1 : epoch, NextBatchInEpoch = lastOfEpoch ? 0 : b + 1 };
+                state = state with { Step = state.Step + 1, Epoch = lastOfEpoch ? epoch + 1 : epoch, NextBatchInEpoch = lastOfEpoch ? 0 : b + 1,
+                                     Tokens = state.Tokens + stepTokens };
+                stepTokens = 0;
+                objective.AfterStep(state.Step);
+                if (evaluate?.Invoke(state.Step, state.Step == totalSteps) is { } evaluation) metrics.Add(evaluation);
                 metrics.Add("grad_norm", gradNorm);
                 metrics.Add("learning_rate", lr);
 
                 if (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps)
                 {
                     metrics.Add("tokens_per_second", tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds));
+                    metrics.Add("num_tokens", state.Tokens);   // real tokens trained on so far, this run and the resumed ones (TRL's num_tokens)
                     lastMetrics = Report(metrics, state, stepsPerEpoch, totalSteps, startStep, clock.Elapsed);
+                    objective.AfterReport(state.Step, lastMetrics);
                 }
                 if (checkpoint != null && options.CheckpointInterval > 0 && state.Step % options.CheckpointInterval == 0 && state.Step < totalSteps)
                     checkpoint.Save(state, optimizer);

@@ -255,33 +255,6 @@ public sealed class PreferenceLossTests
         AssertClose(Map(l => -0.1 * Sigmoid(-0.1 * l) / 4), pc.grad!, 1e-12);
     }
 
-    // ---- RPO's NLL term ----
-
-    [TestMethod]
-    public void NegativeLogLikelihoodIsMinusMeanTokenLogProb()
-    {
-        using var scope = NewDisposeScope();
-        var sum = T(-6, -1.5, 0).requires_grad_();
-        var nll = PreferenceLoss.NegativeLogLikelihood(sum, tensor(new long[] { 3, 1, 0 }));
-        AssertClose(new[] { 2, 1.5, 0 }, nll, 1e-15);    // 6/3, 1.5/1, empty → 0
-        nll.sum().backward();
-        AssertClose(new[] { -1.0 / 3, -1, -1 }, sum.grad!, 1e-15);
-
-        // RPO = DPO + α·NLL, added per pair by the trainer.
-        var dpo = PreferenceLoss.Compute(new PreferenceLossOptions(), T(-6, -1.5), T(-7, -1), T(-6.5, -1.2), T(-6.5, -1.2));
-        var rpo = dpo.Losses + PreferenceLoss.NegativeLogLikelihood(T(-6, -1.5), T(3, 1)) * 1.0;
-        AssertClose(new[] { -LogSigmoid(0.1), -LogSigmoid(-0.05) }.Select((v, i) => v + new[] { 2, 1.5 }[i]).ToArray(), rpo, 1e-12);
-    }
-
-    [TestMethod]
-    public void NegativeLogLikelihoodValidatesShapes()
-    {
-        using var scope = NewDisposeScope();
-        var ex = Assert.ThrowsExactly<ArgumentException>(() => PreferenceLoss.NegativeLogLikelihood(T(-1, -2), T(1, 2, 3)));
-        StringAssert.Contains(ex.Message, "[3]");
-        StringAssert.Contains(ex.Message, "[2]");
-    }
-
     // ---- validation ----
 
     [TestMethod]

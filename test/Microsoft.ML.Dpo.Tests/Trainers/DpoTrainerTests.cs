@@ -142,48 +142,49 @@ public sealed class DpoTrainerTests
     }
 
     [TestMethod]
-    public void DpoStepGradientsMatchFiniteDifferences()
+    public void HardReferenceCopyEveryStepKeepsTheLossAtLn2()
     {
-        // Double precision so that central differences are accurate.
-        manual_seed(3);
-        using var network = CausalLM.Create(new CausalLMConfig
+        // TR-DPO with α = 1 every step: each step starts with reference = policy, so every reward is 0 and the sigmoid loss is ln 2.
+        float[] before = Weights(baseModel!);
+        var losses = Losses(Options(o => { o.MaxSteps = 4; o.SyncReferenceSteps = 1; o.SyncReferenceAlpha = 1; }), out var synced);
+        var frozen = Losses(Options(o => o.MaxSteps = 4), out var plain);
+        using (synced) using (plain)
         {
-            ModelType = "llama", VocabSize = 11, HiddenSize = 8, IntermediateSize = 12, NumHiddenLayers = 1, NumAttentionHeads = 2,
-            NumKeyValueHeads = 1, HeadDim = 4, MaxPositionEmbeddings = 16, RmsNormEps = 1e-5, TieWordEmbeddings = false, EosTokenIds = [2],
-        }, ScalarType.Float64);
-        manual_seed(4);
-        using var referenceNetwork = CausalLM.Create(network.Config, ScalarType.Float64);
-        var examples = new List<TokenizedPreference>
-        {
-            new([1, 5, 6], [7, 8, 2], [9, 2], 0, 0),
-            new([1, 4], [3, 3, 2], [10, 6, 5, 2], 1, 1),
-        };
-        var objective = new DpoObjective(network, new ReferenceLogProbs.Live(referenceNetwork),
-            new PreferenceLossOptions { Beta = 0.5, LabelSmoothing = 0.1 }, nllWeight: 0.3, padId: 0);
-        double Loss() { using var s = NewDisposeScope(); using var _ = no_grad(); return objective.Compute(examples).Loss.item<double>(); }
-
-        using (var s = NewDisposeScope()) objective.Compute(examples).Loss.backward();
-        var rng = new Random(5);
-        int checkedEntries = 0;
-        foreach (var (name, parameter) in network.named_parameters())
-        {
-            var flat = parameter.detach().view(-1);
-            var grad = parameter.grad!.view(-1);
-            for (int k = 0; k < 2; k++)
-            {
-                long index = rng.NextInt64(flat.shape[0]);
-                double original = flat[index].item<double>(), h = 1e-6;
-                using (no_grad()) flat[index] = original + h;
-                double up = Loss();
-                using (no_grad()) flat[index] = original - h;
-                double down = Loss();
-                using (no_grad()) flat[index] = original;
-                double numeric = (up - down) / (2 * h), analytic = grad[index].item<double>();
-                Assert.AreEqual(numeric, analytic, 1e-6 + 1e-4 * Math.Abs(numeric), $"{name}[{index}]");
-                checkedEntries++;
-            }
+            Assert.HasCount(4, losses);
+            foreach (double loss in losses) Assert.AreEqual(Math.Log(2), loss, 1e-5);
+            Assert.IsTrue(frozen.Skip(1).All(l => Math.Abs(l - Math.Log(2)) > 1e-3), string.Join(", ", frozen));
+            CollectionAssert.AreEqual(before, Weights(baseModel!), "the caller's base model is not synced");
+            Assert.IsTrue(synced.HasReference, "the fitted model keeps the starting reference for implicit rewards");
         }
-        Assert.IsTrue(checkedEntries >= 10);
+    }
+
+    [TestMethod]
+    public void ReferenceSyncingRefusesWhatItCannotDo()
+    {
+        var lora = Assert.ThrowsExactly<NotSupportedException>(() => Options(o => { o.SyncReferenceSteps = 2; o.Lora = new Microsoft.ML.Dpo.Lora.LoraOptions(); }).Validate());
+        StringAssert.Contains(lora.Message, "LoRA");
+        var precomputed = Assert.ThrowsExactly<ArgumentException>(() => Options(o => { o.SyncReferenceSteps = 2; o.PrecomputeReferenceLogProbs = true; }).Validate());
+        StringAssert.Contains(precomputed.Message, "stale");
+        var rpo = Assert.ThrowsExactly<ArgumentException>(() => Options(o => { o.RpoAlpha = 1; o.LossKinds = [PreferenceLossKind.Sigmoid, PreferenceLossKind.Sft]; }).Validate());
+        StringAssert.Contains(rpo.Message, "RpoAlpha");
+        var wpo = Assert.ThrowsExactly<ArgumentException>(() => Options(o => { o.UseWeighting = true; o.LossKind = PreferenceLossKind.Aot; }).Validate());
+        StringAssert.Contains(wpo.Message, "Aot");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => Options(o => o.LdAlpha = 1.5).Validate());
+    }
+
+    [TestMethod]
+    public void TrlMetricsAreLogged()
+    {
+        var reports = new List<IReadOnlyDictionary<string, double>>();
+        var options = Options(o => { o.MaxSteps = 3; o.LossKinds = [PreferenceLossKind.Sigmoid, PreferenceLossKind.BcoPair]; o.LossWeights = [0.8, 0.2]; o.RpoAlpha = 1; o.LdAlpha = 0.5; o.UseWeighting = true; });
+        options.Progress = new SyncProgress(p => reports.Add(p.Metrics));
+        using var model = new MLContext().Alignment().Trainers.Dpo(options).Fit(Pairs(new MLContext()));
+        Assert.HasCount(3, reports);
+        foreach (var name in new[] { "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy", "num_tokens", "nll_loss", "wpo_weight" })
+            Assert.IsTrue(reports.All(r => r.ContainsKey(name) && double.IsFinite(r[name])), name);
+        Assert.IsTrue(reports.All(r => r["entropy"] > 0 && r["entropy"] <= Math.Log(257) + 1e-9), "entropy in (0, ln V]");
+        Assert.IsTrue(reports.All(r => r["mean_token_accuracy"] is >= 0 and <= 1));
+        Assert.IsTrue(reports[0]["num_tokens"] > 0 && reports[1]["num_tokens"] > reports[0]["num_tokens"] && reports[2]["num_tokens"] > reports[1]["num_tokens"], "num_tokens accumulates");
     }
 
     [TestMethod]
