@@ -145,7 +145,7 @@ internal sealed class MoeSuite : IBenchmarkSuite
         int[] Ids(int n) => Enumerable.Range(0, n).Select(_ => random.Next(3, config.VocabSize)).ToArray();
         var examples = Enumerable.Range(0, Pairs).Select(i => new TokenizedPreference(Ids(PromptLength), Ids(SequenceLength - PromptLength), Ids(SequenceLength - PromptLength), i, i)).ToList();
         var objective = RouterAuxLossObjective<TokenizedPreference>.Wrap(
-            new DpoObjective(policy, new ReferenceLogProbs.Live(reference), new PreferenceLossOptions(), nllWeight: 0, padId: 0), policy, null, 0);
+            new DpoObjective(policy, new ReferenceLogProbs.Live(reference), new PreferenceLossOptions(), new DpoStepOptions(), padId: 0), policy, null, 0);
         using var optimizer = optim.AdamW(policy.parameters(), lr: 1e-5);
         policy.train();
         for (int step = 0; step < 2; step++)

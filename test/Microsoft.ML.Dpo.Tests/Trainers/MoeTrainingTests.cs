@@ -186,7 +186,7 @@ public sealed class MoeTrainingTests
         network.train();
         using var scope = NewDisposeScope();
         var sft = new SftObjective(network, model.PadTokenId, completionOnlyLoss: true);
-        var dpo = new DpoObjective(network, new ReferenceLogProbs.Live(network), new PreferenceLossOptions { Beta = 0.1 }, 0, model.PadTokenId);
+        var dpo = new DpoObjective(network, new ReferenceLogProbs.Live(network), new PreferenceLossOptions { Beta = 0.1 }, new DpoStepOptions(), model.PadTokenId);
         foreach (var (name, plain, withAux, off) in new[]
         {
             ("sft", Run(sft, completions), Run(RouterAuxLossObjective<TokenizedCompletion>.Wrap(sft, network, 0.5, 0), completions),
