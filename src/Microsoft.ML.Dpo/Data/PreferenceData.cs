@@ -123,7 +123,7 @@ public static class ExampleReader
             catch (Exception e) when (e is System.Text.Json.JsonException or RecordException or ArgumentException)
             {
                 if (!skipInvalidRows)
-                    throw new InvalidDataException($"Row {row}: the conversation in column '{messagesColumn}' is malformed: {e.Message} Fix the data, or set SkipInvalidRows to skip such rows.", e);
+                    throw new InvalidDataException($"Row {row} of the input data (1-based): the conversation in column '{messagesColumn}' is malformed: {e.Message.ReplaceLineEndings(" ")} Fix the data, or set SkipInvalidRows to skip such rows.", e);
                 report.InvalidRowsSkipped++;
             }
         }
