@@ -208,20 +208,19 @@ public sealed class LoraAdapters
     }
 
     /// <summary>
-    /// Refuses, before anything is allocated, adapters with more parameters than the network itself (a rank far beyond any
-    /// projection's size, e.g. a corrupt <c>r</c>): r × (in + out) summed over the targets.
+    /// Refuses, before anything is allocated, a rank above a target's larger dimension (max(in, out)): the update B·A can have
+    /// rank at most min(in, out), so such a rank only costs memory — r × (in + out) per projection, gigabytes for a corrupt
+    /// <c>r</c>. Ranks up to max(in, out) keep each adapter within a small multiple of its projection's size.
     /// </summary>
     static void CheckAdapterSize(CausalLM network, IReadOnlyList<string> targets, int rank)
     {
-        long adapter = 0, model = network.parameters().Sum(p => p.numel());
         foreach (string name in targets)
         {
             var (inFeatures, outFeatures) = Features(network, name);
-            adapter = adapter > long.MaxValue / 2 ? long.MaxValue : adapter + (long)rank * (inFeatures + outFeatures);
+            if (rank > Math.Max(inFeatures, outFeatures))
+                throw new ArgumentOutOfRangeException(nameof(rank), rank,
+                    $"LoRA rank {rank} is larger than both dimensions of '{name}' ([{outFeatures}, {inFeatures}]); a rank above max(in, out) only costs memory.");
         }
-        if (adapter > model)
-            throw new ArgumentOutOfRangeException(nameof(rank), rank,
-                $"LoRA rank {rank} on {targets.Count} projection(s) would create {adapter:N0} adapter parameters, more than the model's {model:N0}; use a rank below the projections' sizes.");
     }
 
     /// <summary>
