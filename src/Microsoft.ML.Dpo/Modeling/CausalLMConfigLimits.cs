@@ -22,6 +22,7 @@ internal static class CausalLMConfigLimits
     public const int MaxHeads = 4096;
     public const int MaxHeadDim = 1 << 16;              // 65,536
     public const int MaxPositions = 1 << 28;            // 268,435,456
+    public const int MaxExperts = 4096;
 
     /// <summary>Checks each generic size against its range; the message names the field, the value and the range.</summary>
     /// <exception cref="InvalidDataException">A size is out of range.</exception>
@@ -36,6 +37,12 @@ internal static class CausalLMConfigLimits
         Range(c.NumKeyValueHeads, MaxHeads, "num_key_value_heads");
         Range(c.HeadDim, MaxHeadDim, "head_dim");
         Range(c.MaxPositionEmbeddings, MaxPositions, gpt2 ? "n_positions" : "max_position_embeddings");
+        if (c.ModelType is "mixtral" or "qwen3_moe")
+        {
+            Range(c.NumExperts, MaxExperts, c.ModelType == "mixtral" ? "num_local_experts" : "num_experts");
+            Range(c.NumExpertsPerToken, MaxExperts, "num_experts_per_tok");
+            if (c.ModelType == "qwen3_moe") Range(c.MoeIntermediateSize, MaxIntermediateSize, "moe_intermediate_size");
+        }
         if ((long)c.NumAttentionHeads * c.HeadDim > MaxHiddenSize * 4L)
             throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
                 $"Model configuration '{source}': num_attention_heads × head_dim = {c.NumAttentionHeads} × {c.HeadDim} exceeds {MaxHiddenSize * 4L}."));
@@ -70,7 +77,11 @@ internal static class CausalLMConfigLimits
         checked
         {
             long h = c.HiddenSize;
-            long perLayer = 2 * h * ((long)c.NumAttentionHeads * c.HeadDim) + 2 * h * c.IntermediateSize;
+            long mlp = 2 * h * c.IntermediateSize;
+            // Qwen3-MoE's sparse layers hold experts of moe_intermediate_size instead (which layers are sparse does not matter
+            // for a lower bound); Mixtral's experts are each at least the dense MLP.
+            if (c.ModelType == "qwen3_moe") mlp = Math.Min(mlp, 2 * h * c.MoeIntermediateSize * c.NumExperts);
+            long perLayer = 2 * h * ((long)c.NumAttentionHeads * c.HeadDim) + mlp;
             long total = (long)c.VocabSize * h + c.NumHiddenLayers * perLayer;
             if (c.IsGpt2) total += (long)c.MaxPositionEmbeddings * h;
             return total;
