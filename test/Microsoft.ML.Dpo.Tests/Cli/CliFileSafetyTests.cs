@@ -234,12 +234,12 @@ public sealed class CliFileSafetyTests
     }
 
     [TestMethod]
-    public void ConversationalData_WithAnUnrecognisedTemplate_IsRefusedUnlessChatTemplateChoosesOne()
+    public void ConversationalData_WithATemplateThatCannotBeRendered_IsRefusedUnlessChatTemplateChoosesOne()
     {
         using var dir = Project();
         string config = dir.Combine("base", "tokenizer_config.json");
         var json = JsonNode.Parse(File.ReadAllText(config))!.AsObject();
-        json["chat_template"] = "{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}\n{% endfor %}";
+        json["chat_template"] = "{% include 'turns.jinja' %}";      // Jinja outside what chat templates use: refused, never rendered otherwise
         File.WriteAllText(config, json.ToJsonString());
         File.WriteAllLines(dir.Combine("chat.jsonl"), new[] { "apples", "rivers", "clouds", "tigers" }.Select(s => JsonSerializer.Serialize(new
         {
@@ -253,7 +253,7 @@ public sealed class CliFileSafetyTests
 
         var dpo = RunIn(dir.Path, "dpo", "--model", "base", "--data", "chat.jsonl", "--output", "dpo", "--max-steps", "1", "--max-length", "64");
         Assert.AreEqual(1, dpo.Code);
-        StringAssert.Contains(dpo.Error, "not one mldpo recognises");
+        StringAssert.Contains(dpo.Error, "cannot be rendered");
         StringAssert.Contains(dpo.Error, "--chat-template");
         var sft = RunIn(dir.Path, "sft", "--model", "base", "--data", "messages.jsonl", "--output", "sft", "--max-steps", "1", "--max-length", "64");
         Assert.AreEqual(1, sft.Code);
