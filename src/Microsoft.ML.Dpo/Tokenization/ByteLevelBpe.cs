@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using System.IO.Compression;
 using System.Reflection;
 using System.Text;
@@ -156,6 +157,7 @@ internal static class ByteLevelBpe
             json.WriteEndObject();
         }
         File.WriteAllText(Path.Combine(directory, "merges.txt"), "#version: 0.2\n");
+        WriteByteTokenizerJson(directory);
         File.WriteAllText(Path.Combine(directory, "tokenizer_config.json"), """
             {
               "tokenizer_class": "GPT2Tokenizer",
@@ -166,5 +168,52 @@ internal static class ByteLevelBpe
               }
             }
             """);
+    }
+
+    /// <summary>
+    /// The same byte tokenizer as <c>tokenizer.json</c> (which Hugging Face's fast tokenizers, and this library, read first):
+    /// byte-level BPE over the 256 byte symbols and <c>&lt;|endoftext|&gt;</c>, no merges, and a TemplateProcessing
+    /// post-processor that prepends <c>&lt;|endoftext|&gt;</c> as BOS — the convention of the models this library creates from
+    /// scratch, declared in the files so that Hugging Face's <c>add_special_tokens=True</c> gives exactly the same ids.
+    /// </summary>
+    static void WriteByteTokenizerJson(string directory)
+    {
+        const string Eot = "<|endoftext|>";
+        var vocab = new JsonObject();
+        for (int b = 0; b < 256; b++) vocab[ByteToChar((byte)b).ToString()] = b;
+        vocab[Eot] = 256;
+        JsonObject Special(int typeId) => new() { ["SpecialToken"] = new JsonObject { ["id"] = Eot, ["type_id"] = typeId } };
+        JsonObject Seq(string id, int typeId) => new() { ["Sequence"] = new JsonObject { ["id"] = id, ["type_id"] = typeId } };
+        JsonObject ByteLevel() => new() { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = true };
+        var root = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["truncation"] = null,
+            ["padding"] = null,
+            ["added_tokens"] = new JsonArray(new JsonObject
+            {
+                ["id"] = 256, ["content"] = Eot, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true,
+            }),
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = ByteLevel(),
+            ["post_processor"] = new JsonObject
+            {
+                ["type"] = "TemplateProcessing",
+                ["single"] = new JsonArray(Special(0), Seq("A", 0)),
+                ["pair"] = new JsonArray(Special(0), Seq("A", 0), Special(1), Seq("B", 1)),
+                ["special_tokens"] = new JsonObject
+                {
+                    [Eot] = new JsonObject { ["id"] = Eot, ["ids"] = new JsonArray(256), ["tokens"] = new JsonArray(Eot) },
+                },
+            },
+            ["decoder"] = ByteLevel(),
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null,
+                ["fuse_unk"] = false, ["byte_fallback"] = false, ["ignore_merges"] = false, ["vocab"] = vocab, ["merges"] = new JsonArray(),
+            },
+        };
+        File.WriteAllText(Path.Combine(directory, "tokenizer.json"),
+            root.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
     }
 }
