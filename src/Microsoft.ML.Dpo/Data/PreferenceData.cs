@@ -78,28 +78,8 @@ public static class ExampleReader
     /// </summary>
     public static List<CompletionExample> ReadConversations(IDataView data, string messagesColumn,
         Func<IReadOnlyList<(string Role, string Content)>, (string Prompt, string Completion)> split,
-        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default)
-    {
-        var columns = TextColumns.Resolve(data.Schema, ("messages", messagesColumn));
-        var examples = new List<CompletionExample>();
-        foreach (var (row, v) in TextColumns.Read(data, columns, cancellation))
-        {
-            report.RowsRead++;
-            if (!Valid(row, columns, v, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
-            try
-            {
-                var (prompt, completion) = split(RecordLayouts.MessagesFromJson(v[0], messagesColumn));
-                examples.Add(new CompletionExample(prompt, completion, row));
-            }
-            catch (Exception e) when (e is System.Text.Json.JsonException or RecordException or ArgumentException)
-            {
-                if (!skipInvalidRows)
-                    throw new InvalidDataException($"Row {row} of the input data (1-based): the conversation in column '{messagesColumn}' is malformed: {e.Message.ReplaceLineEndings(" ")} Fix the data, or set SkipInvalidRows to skip such rows.", e);
-                report.InvalidRowsSkipped++;
-            }
-        }
-        return examples;
-    }
+        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default) =>
+        ReadChatConversations(data, messagesColumn, turns => split(turns.Select(t => (t.Role, t.Content)).ToList()), skipInvalidRows, report, cancellation);
 
     /// <summary>
     /// Like <see cref="ReadConversations"/>, with each message's other fields (tool calls, names...) kept for a model's own

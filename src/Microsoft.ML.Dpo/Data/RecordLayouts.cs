@@ -284,19 +284,8 @@ internal static class RecordLayouts
         return messages;
     }
 
-    static List<(string Role, string Content)> Messages(JsonElement record, string field)
-    {
-        var list = Array(record, field);
-        var messages = new List<(string, string)>();
-        int i = 0;
-        foreach (var item in list.EnumerateArray())
-        {
-            string itemField = $"{field}[{i++}]";
-            if (item.ValueKind != JsonValueKind.Object) throw new RecordException(itemField, $"expected a message object {{role, content}}, found {Kind(item)}");
-            messages.Add((String(item, "role", itemField + "."), String(item, "content", itemField + ".")));
-        }
-        return messages;
-    }
+    static List<(string Role, string Content)> Messages(JsonElement record, string field) =>
+        Turns(record, field).Select(t => (t.Role, t.Content)).ToList();
 
     static JsonElement Array(JsonElement record, string field)
     {
