@@ -8,12 +8,13 @@ public static class CliApp
     /// <summary>The root command with every verb.</summary>
     public static RootCommand Build()
     {
-        var root = new RootCommand("mldpo: preference alignment of language models (SFT, DPO) with Microsoft.ML.Dpo.");
+        var root = new RootCommand("mldpo: preference alignment of language models (SFT, DPO, ORPO, KTO) with Microsoft.ML.Dpo.");
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(InitCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(TrainCommands.CreateSft());
         root.Subcommands.Add(TrainCommands.CreateDpo());
+        root.Subcommands.Add(TrainCommands.CreateOrpo());
         root.Subcommands.Add(EvaluateCommand.Create());
         root.Subcommands.Add(BinarizeCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());

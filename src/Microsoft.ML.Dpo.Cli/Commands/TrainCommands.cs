@@ -194,16 +194,14 @@ internal static class TrainCommands
         var precompute = Cli.Option("--precompute-reference", "Compute the reference log-probabilities in one pass before training and free the reference model " +
             "(cached in the checkpoint folder).", false);
         var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");
-        var evalData = Cli.Optional<string?>("--eval-data", "Held-out prompts (any pairs or completions file; its prompt column) that the policy and the reference " +
-            "answer during training: logs eval/mean_length, eval/repeated_ngram_share and side-by-side samples.");
-        var evalSteps = Cli.Option("--eval-steps", "Optimizer steps between evaluations by generation (0: at the end only).", 0);
-        var evalTokens = Cli.Option("--eval-max-new-tokens", "New tokens per evaluation answer (greedy).", 64);
+        var evaluation = new EvaluationFlags();
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
-            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, evalData, evalSteps, evalTokens })
+            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference })
             command.Options.Add(option);
+        evaluation.AddTo(command);
         Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, _) = Cli.Writers(result);
@@ -228,12 +226,10 @@ internal static class TrainCommands
                 PrecomputeReferenceLogProbs = result.GetValue(precompute),
                 Reference = referencePath is null ? ReferenceModelSource.FrozenCopyOfBase : ReferenceModelSource.Separate,
                 ReferenceModelPath = referencePath,
-                EvaluationSteps = result.GetValue(evalSteps),
-                EvaluationGeneration = new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = result.GetValue(evalTokens) },
             };
             var chatTemplate = common.ChatTemplate(result, stdout);
-            if (result.GetValue(evalData) is { } evalPath) options.EvaluationPrompts = Prompts(evalPath, chatTemplate);
             string checkpoints = common.Apply(result, options, display, cancellation, referencePath);
+            using var judges = evaluation.Apply(result, options, chatTemplate);
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
@@ -244,8 +240,87 @@ internal static class TrainCommands
         return command;
     }
 
-    /// <summary>The distinct prompts of a pairs or completions file (for --eval-data).</summary>
-    static List<string> Prompts(string path, ChatTemplate? chatTemplate)
+    public static Command CreateOrpo()
+    {
+        var common = new Common();
+        var learningRate = Cli.Option("--learning-rate", $"Peak AdamW learning rate. The default ({Cli.Format(OrpoLearningRate)}) suits the init presets; " +
+            "pretrained models use ~1e-6 to 8e-6 (TRL: 1e-6).", OrpoLearningRate);
+        var beta = Cli.Option("--beta", "λ: the weight of the odds-ratio term against the NLL on the chosen answers (TRL's beta).", 0.1);
+        var evaluation = new EvaluationFlags();
+        var command = new Command("orpo", "ORPO (odds-ratio preference optimization) on (prompt, chosen, rejected) records: SFT on the chosen answers plus an " +
+            "odds-ratio preference term, no reference model; writes the model as a Hugging Face directory with metrics.jsonl.");
+        common.AddTo(command);
+        command.Options.Add(learningRate);
+        command.Options.Add(beta);
+        evaluation.AddTo(command);
+        Cli.SetAction(command, (result, cancellation) =>
+        {
+            var (stdout, _) = Cli.Writers(result);
+            var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
+            var options = new OrpoTrainer.Options { LearningRate = result.GetValue(learningRate), Beta = result.GetValue(beta) };
+            var chatTemplate = common.ChatTemplate(result, stdout);
+            string checkpoints = common.Apply(result, options, display, cancellation);
+            using var judges = evaluation.Apply(result, options, chatTemplate);
+            var ml = new MLContext(seed: options.Seed);
+            var loadReport = new DataLoadReport();
+            var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+            stdout.WriteLine($"Data: {loadReport}");
+            return Train(result, common, stdout, display, "orpo", checkpoints, () => ml.Alignment().Trainers.Orpo(options).Fit(data));
+        });
+        return command;
+    }
+
+    /// <summary>The CLI's ORPO learning rate for the presets (found on the tests' style task; see the README).</summary>
+    internal const double OrpoLearningRate = 1e-3;
+
+    /// <summary>
+    /// The flags of evaluation by generation that the training verbs share: --eval-data, --eval-steps, --eval-max-new-tokens,
+    /// --judge, --save-best (with --save-best-mode) and early stopping.
+    /// </summary>
+    internal sealed class EvaluationFlags
+    {
+        public readonly Option<string?> Data = Cli.Optional<string?>("--eval-data", "Held-out prompts (any pairs, completions or KTO file; its prompt column) that the policy and the reference " +
+            "answer during training: logs eval/mean_length, eval/repeated_ngram_share, eval/degenerate_rate, eval/win_rate with --judge, and side-by-side samples.");
+        public readonly Option<int> Steps = Cli.Option("--eval-steps", "Optimizer steps between evaluations by generation (0: at the end only).", 0);
+        public readonly Option<int> Tokens = Cli.Option("--eval-max-new-tokens", "New tokens per evaluation answer (greedy).", 64);
+        public readonly JudgeOptions Judge = new();
+        public readonly Option<string?> SaveBest = Cli.Optional<string?>("--save-best", "An eval metric (e.g. eval/win_rate, eval/degenerate_rate) that chooses the best evaluation: " +
+            "--output gets that step's weights instead of the last step's (needs --eval-data).");
+        public readonly Option<string?> SaveBestMode = Cli.Optional<string?>("--save-best-mode", "max or min: whether larger --save-best values are better " +
+            "(default: min for losses, lengths and degeneration measures, max otherwise).").AcceptOnlyFromAmong("max", "min");
+        public readonly Option<int> Patience = Cli.Option("--early-stopping-patience", "Stop after this many evaluations without an improvement of --save-best (0: never).", 0);
+        public readonly Option<double> Threshold = Cli.Option("--early-stopping-threshold", "How much --save-best must improve to count as an improvement.", 0.0);
+
+        public void AddTo(Command command)
+        {
+            foreach (Option option in new Option[] { Data, Steps, Tokens, SaveBest, SaveBestMode, Patience, Threshold }) command.Options.Add(option);
+            Judge.AddTo(command);
+        }
+
+        /// <summary>Fills the evaluation options; the returned object disposes the judge's models.</summary>
+        public IDisposable Apply(ParseResult result, LanguageModelTrainerOptions options, ChatTemplate? chatTemplate)
+        {
+            options.EvaluationSteps = result.GetValue(Steps);
+            options.EvaluationGeneration = new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = result.GetValue(Tokens) };
+            if (result.GetValue(Data) is { } path) options.EvaluationPrompts = Prompts(path, chatTemplate);
+            options.BestModelMetric = result.GetValue(SaveBest);
+            options.GreaterIsBetter = result.GetValue(SaveBestMode) is { } mode ? mode == "max" : null;
+            options.EarlyStoppingPatience = result.GetValue(Patience);
+            options.EarlyStoppingThreshold = result.GetValue(Threshold);
+            var owned = new List<IDisposable>();
+            options.EvaluationJudge = Judge.Create(result, owned, options.Device);
+            return new Owned(owned);
+        }
+
+        sealed class Owned(List<IDisposable> items) : IDisposable
+        {
+            public void Dispose() { foreach (var item in items) item.Dispose(); }
+        }
+    }
+
+    /// <summary>The distinct prompts of a pairs, completions or KTO file (for --eval-data and evaluate --generate).</summary>
+    internal static List<string> Prompts(string path, ChatTemplate? chatTemplate)
     {
         if (!File.Exists(path)) throw new CliException($"Evaluation data file '{path}' does not exist.");
         var ml = new MLContext();
@@ -304,6 +379,9 @@ internal static class TrainCommands
             if (transformer.DataReport is { } report) stdout.WriteLine($"Prepared: {report}");
             if (summary is not null)
                 stdout.WriteLine($"Trained {summary.Steps} steps; final " + string.Join(" ", summary.FinalMetrics.Select(kv => $"{kv.Key}={Cli.Format(kv.Value)}")));
+            if (summary is { StoppedEarly: true }) stdout.WriteLine($"Stopped early at step {summary.Steps} (--early-stopping-patience).");
+            if (summary?.BestStep is int best)
+                stdout.WriteLine($"Best evaluation at step {best} ({Cli.Format(summary.BestMetricValue ?? double.NaN)}): --output has that step's weights.");
             stdout.WriteLine($"Model written to {output} (metrics.jsonl inside); checkpoints in {checkpoints}");
         }
         return 0;

@@ -25,6 +25,14 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
 
         /// <summary>Creates options with a reward-model learning rate of 1e-5 (small models on a CPU learn faster with ~1e-3).</summary>
         public Options() => LearningRate = 1e-5;
+
+        /// <inheritdoc />
+        public override void Validate()
+        {
+            base.Validate();
+            if (EvaluationPrompts is not null)
+                throw new NotSupportedException("EvaluationPrompts (evaluation by generation) is not supported by the reward-model trainer: a reward model scores text and does not generate it. Use ValidationData for held-out pairs.");
+        }
     }
 
     readonly IHostEnvironment? env;

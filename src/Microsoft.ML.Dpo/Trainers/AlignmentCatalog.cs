@@ -12,7 +12,7 @@ public sealed class AlignmentCatalog
 
     internal MLContext Context { get; }
 
-    /// <summary>The SFT and DPO trainers.</summary>
+    /// <summary>The SFT, DPO, ORPO, KTO and reward-model trainers.</summary>
     public AlignmentTrainers Trainers { get; }
 
     /// <summary>Saving and loading pipelines that contain language-model transformers.</summary>
@@ -31,6 +31,9 @@ public sealed class AlignmentTrainers
 
     /// <summary>Direct Preference Optimization on (prompt, chosen, rejected) text columns.</summary>
     public DpoTrainer Dpo(DpoTrainer.Options options) => new(context, options);
+
+    /// <summary>ORPO (odds-ratio preference optimization; no reference model) on (prompt, chosen, rejected) text columns.</summary>
+    public OrpoTrainer Orpo(OrpoTrainer.Options options) => new(context, options);
 
     /// <summary>A reward model (scalar head, Bradley–Terry loss) on (prompt, chosen, rejected) text columns.</summary>
     public Feedback.RewardModelTrainer RewardModel(Feedback.RewardModelTrainer.Options options) => new(context, options);

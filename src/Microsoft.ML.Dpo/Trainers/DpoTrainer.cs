@@ -72,24 +72,6 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         /// reference is the base model with adapters off), <see cref="PrecomputeReferenceLogProbs"/> or <see cref="TrainingOptions.Resume"/>.
         /// </summary>
         public int SyncReferenceSteps { get; set; }
-        /// <summary>
-        /// Held-out prompts for evaluation by generation (CLI <c>--eval-data</c>): the policy answers them every
-        /// <see cref="EvaluationSteps"/> steps and at the end, the reference model's answers are generated once before training,
-        /// and the run logs <c>eval/mean_length</c> (tokens), <c>eval/repeated_ngram_share</c> (degeneration: the share of word
-        /// bigrams that repeat within an answer), <c>eval/reference_mean_length</c>, with <see cref="EvaluationJudge"/>
-        /// <c>eval/win_rate</c> over the reference (ties ½), and three side-by-side samples in the log. Null (the default): off.
-        /// </summary>
-        public IReadOnlyList<string>? EvaluationPrompts { get; set; }
-        /// <summary>Optimizer steps between evaluations by generation (CLI <c>--eval-steps</c>); 0 (the default): at the end only.</summary>
-        public int EvaluationSteps { get; set; }
-        /// <summary>
-        /// Decides which answer is better for <c>eval/win_rate</c>: any <see cref="Feedback.IJudge"/> — a reward model, an
-        /// <c>IChatClient</c> judge (<see cref="Feedback.ChatClientJudge"/>), a fitted ML.NET model (<see cref="Feedback.TransformerJudge"/>)
-        /// or your own. Null (the default): no win rate, only lengths and degeneration.
-        /// </summary>
-        public Feedback.IJudge? EvaluationJudge { get; set; }
-        /// <summary>Decoding for evaluation by generation; null (the default): greedy, 64 new tokens.</summary>
-        public Generation.GenerationOptions? EvaluationGeneration { get; set; }
         /// <summary>TR-DPO's mixing weight α of the policy, in (0, 1] (CLI <c>--sync-ref-alpha</c>). Default 0.6 (TRL's <c>ref_model_mixup_alpha</c>).</summary>
         public double SyncReferenceAlpha { get; set; } = 0.6;
         /// <summary>Where the reference comes from. Default <see cref="ReferenceModelSource.FrozenCopyOfBase"/>.</summary>
@@ -163,9 +145,6 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 if (Resume)
                     throw new NotSupportedException("SyncReferenceSteps (TR-DPO) cannot resume: checkpoints do not store the updated reference weights, so a resumed run would compare with a different reference. Start afresh (Resume = false).");
             }
-            if (EvaluationPrompts is { Count: 0 }) throw new ArgumentException("EvaluationPrompts is empty; give at least one prompt, or leave it null to turn evaluation by generation off.", nameof(EvaluationPrompts));
-            if (EvaluationSteps < 0) throw new ArgumentOutOfRangeException(nameof(EvaluationSteps), EvaluationSteps, "EvaluationSteps must not be negative (0: evaluate at the end only).");
-            EvaluationGeneration?.Validate();
             if (Reference == ReferenceModelSource.Separate && ReferenceModel is null && string.IsNullOrWhiteSpace(ReferenceModelPath))
                 throw new ArgumentException("Reference = Separate needs ReferenceModel or ReferenceModelPath.", nameof(ReferenceModelPath));
         }
@@ -226,12 +205,8 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             }
 
             // Evaluation by generation compares with the reference's answers, generated now, before a precomputation frees it.
-            GenerationEvaluation? evaluation = null;
-            if (options.EvaluationPrompts is { } prompts)
-            {
-                evaluation = new GenerationEvaluation(prompts, options.EvaluationJudge, options.EvaluationGeneration ?? new Generation.GenerationOptions { MaxNewTokens = 64 }, log);
-                evaluation.GenerateReferenceAnswers(options.Reference == ReferenceModelSource.Separate && reference is not null ? reference : policy);   // else the start is the reference
-            }
+            var evaluation = FineTuningRun.CreateEvaluation(options, log);
+            evaluation?.GenerateReferenceAnswers(options.Reference == ReferenceModelSource.Separate && reference is not null ? reference : policy);   // else the start is the reference
 
             // Where reference log-probs come from: a network, and a scope to enter around its forward (LoRA: adapters off).
             CausalLM? referenceNetwork = adapters is not null && loss.RequiresReference ? policy.Network : reference?.Network;
@@ -270,12 +245,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
             var guard = loss.RequiresReference ? new LikelihoodDisplacementGuard(runLog.Warn) : null;
             var objective = FineTuningRun.WithRouterLosses(new DpoObjective(policy.Network, referenceLogProbs, loss, step, policy.PadTokenId, guard), policy.Network, options);
-            policy.Network.train();
-            var summary = new TrainingLoop<TokenizedPreference>(options, FineTuningRun.Trainable(policy), objective,
-                FineTuningRun.Checkpoint(options, policy), fingerprint, log,
-                evaluation is null ? null : (done, last) => last || (options.EvaluationSteps > 0 && done % options.EvaluationSteps == 0)
-                    ? evaluation.Evaluate(policy, done, options.CancellationToken) : null).Run(examples);
-            policy.Network.eval();
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples);
             if (syncedReference is not null)
             {
                 syncedReference.Dispose();

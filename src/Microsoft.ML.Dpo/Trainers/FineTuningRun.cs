@@ -116,6 +116,39 @@ internal static class FineTuningRun
     public static ITrainingObjective<TExample> WithRouterLosses<TExample>(ITrainingObjective<TExample> objective, Modeling.CausalLM network, LanguageModelTrainerOptions options) =>
         RouterAuxLossObjective<TExample>.Wrap(objective, network, options.RouterAuxLossCoefficient, options.RouterZLossCoefficient);
 
+    /// <summary>Evaluation by generation as the options ask for it (<see cref="LanguageModelTrainerOptions.EvaluationPrompts"/>), or null.</summary>
+    public static GenerationEvaluation? CreateEvaluation(LanguageModelTrainerOptions options, Action<string> log) =>
+        options.EvaluationPrompts is { } prompts
+            ? new GenerationEvaluation(prompts, options.EvaluationJudge, options.EvaluationGeneration ?? new Generation.GenerationOptions { MaxNewTokens = 64 }, log,
+                options.EvaluationSteps, options.BestModelMetric is { } metric
+                    ? new BestModelRule(metric, options.BestIsGreater, options.EarlyStoppingPatience, options.EarlyStoppingThreshold) : null)
+            : null;
+
+    /// <summary>
+    /// Runs the one training loop on <paramref name="policy"/> with the evaluation by generation hooked in; with a best-model
+    /// metric the policy ends with the best evaluation's weights. The network is in eval mode afterwards.
+    /// </summary>
+    public static TrainingSummary Train<TExample>(LanguageModelTrainerOptions options, LanguageModel policy, ITrainingObjective<TExample> objective,
+        string fingerprint, Action<string> log, GenerationEvaluation? evaluation, IReadOnlyList<TExample> examples)
+    {
+        try
+        {
+            policy.Network.train();
+            var summary = new TrainingLoop<TExample>(options, Trainable(policy), objective, Checkpoint(options, policy), fingerprint, log,
+                evaluation is null ? null : (done, last) => evaluation.AfterStep(policy, done, last, options.CancellationToken),
+                evaluation is null ? null : () => evaluation.StopRequested).Run(examples);
+            policy.Network.eval();
+            if (evaluation?.BestStep is not int bestStep) return summary;
+            evaluation.RestoreBest(policy, summary.Steps);
+            return summary with { BestStep = bestStep, BestMetricValue = evaluation.BestValue };
+        }
+        finally
+        {
+            policy.Network.eval();
+            evaluation?.DisposeSnapshot();
+        }
+    }
+
     /// <summary>Routes log lines to the options' callback and to ML.NET's log channel; dispose it when the run ends (it closes the channel).</summary>
     public sealed class RunLog(IHostEnvironment? env, LanguageModelTrainerOptions options, string component) : IDisposable
     {

@@ -38,6 +38,51 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
     /// </summary>
     public double RouterZLossCoefficient { get; set; }
 
+    /// <summary>
+    /// Held-out prompts for evaluation by generation (CLI <c>--eval-data</c>): the policy answers them every
+    /// <see cref="EvaluationSteps"/> steps and at the end, the reference's answers (DPO's reference model; the starting model for
+    /// the other trainers) are generated once before training, and the run logs <c>eval/mean_length</c> (tokens),
+    /// <c>eval/repeated_ngram_share</c> (the share of word bigrams that repeat within an answer), <c>eval/degenerate_rate</c>
+    /// (the share of answers that loop: half or more of their word bigrams or character 4-grams repeat),
+    /// <c>eval/reference_mean_length</c>, with <see cref="EvaluationJudge"/> <c>eval/win_rate</c> over the reference (ties ½),
+    /// and three side-by-side samples in the log. Null (the default): off.
+    /// </summary>
+    public IReadOnlyList<string>? EvaluationPrompts { get; set; }
+    /// <summary>Optimizer steps between evaluations by generation (CLI <c>--eval-steps</c>); 0 (the default): at the end only.</summary>
+    public int EvaluationSteps { get; set; }
+    /// <summary>
+    /// Decides which answer is better for <c>eval/win_rate</c>: any <see cref="Feedback.IJudge"/> — a reward model, an
+    /// <c>IChatClient</c> judge (<see cref="Feedback.ChatClientJudge"/>), a fitted ML.NET model (<see cref="Feedback.TransformerJudge"/>)
+    /// or your own (CLI <c>--judge</c>). Null (the default): no win rate, only lengths and degeneration.
+    /// </summary>
+    public Feedback.IJudge? EvaluationJudge { get; set; }
+    /// <summary>Decoding for evaluation by generation; null (the default): greedy, 64 new tokens.</summary>
+    public Generation.GenerationOptions? EvaluationGeneration { get; set; }
+    /// <summary>
+    /// An evaluation metric (e.g. <c>eval/win_rate</c>, <c>eval/degenerate_rate</c>) that chooses the best model (CLI
+    /// <c>--save-best</c>; Hugging Face's <c>metric_for_best_model</c> with <c>load_best_model_at_end</c>): the trainable weights
+    /// of the best evaluation are kept (in memory, on the CPU) and the fitted model gets them at the end. Needs
+    /// <see cref="EvaluationPrompts"/>. Null (the default): the fitted model is the last step's.
+    /// </summary>
+    public string? BestModelMetric { get; set; }
+    /// <summary>
+    /// Whether larger values of <see cref="BestModelMetric"/> are better (CLI <c>--save-best-mode max|min</c>). Null (the
+    /// default): false for lengths, losses and degeneration measures (names containing <c>loss</c>, <c>length</c>,
+    /// <c>repeated</c>, <c>degenerate</c> or <c>unjudged</c>), true otherwise.
+    /// </summary>
+    public bool? GreaterIsBetter { get; set; }
+    /// <summary>
+    /// Stop training after this many evaluations in a row without an improvement of <see cref="BestModelMetric"/> by more
+    /// than <see cref="EarlyStoppingThreshold"/> (CLI <c>--early-stopping-patience</c>; Hugging Face's <c>EarlyStoppingCallback</c>);
+    /// a checkpoint is written at the step it stops. 0 (the default): never.
+    /// </summary>
+    public int EarlyStoppingPatience { get; set; }
+    /// <summary>How much <see cref="BestModelMetric"/> must beat its best value to count as an improvement (CLI <c>--early-stopping-threshold</c>). Default 0.</summary>
+    public double EarlyStoppingThreshold { get; set; }
+
+    /// <summary>The direction of <see cref="BestModelMetric"/>: <see cref="GreaterIsBetter"/>, or inferred from the metric's name.</summary>
+    internal bool BestIsGreater => GreaterIsBetter ?? !new[] { "loss", "length", "repeated", "degenerate", "unjudged" }.Any(w => BestModelMetric!.Contains(w, StringComparison.OrdinalIgnoreCase));
+
     /// <summary>Receives progress lines (the trainers also write them to ML.NET's log channel).</summary>
     public Action<string>? Log { get; set; }
 
@@ -52,6 +97,18 @@ public abstract class LanguageModelTrainerOptions : TrainingOptions
             throw new ArgumentOutOfRangeException(nameof(RouterAuxLossCoefficient), aux, "RouterAuxLossCoefficient must be null or a finite number ≥ 0.");
         if (!(RouterZLossCoefficient >= 0 && double.IsFinite(RouterZLossCoefficient)))
             throw new ArgumentOutOfRangeException(nameof(RouterZLossCoefficient), RouterZLossCoefficient, "RouterZLossCoefficient must be a finite number ≥ 0.");
+        if (EvaluationPrompts is { Count: 0 }) throw new ArgumentException("EvaluationPrompts is empty; give at least one prompt, or leave it null to turn evaluation by generation off.", nameof(EvaluationPrompts));
+        if (EvaluationSteps < 0) throw new ArgumentOutOfRangeException(nameof(EvaluationSteps), EvaluationSteps, "EvaluationSteps must not be negative (0: evaluate at the end only).");
+        EvaluationGeneration?.Validate();
+        if (BestModelMetric is not null && EvaluationPrompts is null)
+            throw new ArgumentException($"BestModelMetric ('{BestModelMetric}') chooses among evaluations by generation; set EvaluationPrompts (--eval-data) too.", nameof(BestModelMetric));
+        if (BestModelMetric == "eval/win_rate" && EvaluationJudge is null)
+            throw new ArgumentException("BestModelMetric 'eval/win_rate' needs a judge: set EvaluationJudge (--judge).", nameof(BestModelMetric));
+        if (EarlyStoppingPatience < 0) throw new ArgumentOutOfRangeException(nameof(EarlyStoppingPatience), EarlyStoppingPatience, "EarlyStoppingPatience must not be negative (0: never stop early).");
+        if (EarlyStoppingPatience > 0 && BestModelMetric is null)
+            throw new ArgumentException("EarlyStoppingPatience watches BestModelMetric; set it (--save-best METRIC) too.", nameof(EarlyStoppingPatience));
+        if (!(EarlyStoppingThreshold >= 0 && double.IsFinite(EarlyStoppingThreshold)))
+            throw new ArgumentOutOfRangeException(nameof(EarlyStoppingThreshold), EarlyStoppingThreshold, "EarlyStoppingThreshold must be a finite number ≥ 0.");
     }
 }
 

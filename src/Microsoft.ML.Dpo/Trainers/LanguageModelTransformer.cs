@@ -161,7 +161,7 @@ public sealed class LanguageModelTransformer : ComputedColumnsTransformer, IDisp
     IEnumerable<string?> ProtectedPaths =>
         [ReferencePath, reference?.SourcePath, TrainingSummary?.MetricsFile is { } m ? Path.GetDirectoryName(Path.GetFullPath(m)) : null];
 
-    static float LogProbability(LanguageModel model, string prompt, string response)
+    internal static float LogProbability(LanguageModel model, string prompt, string response)
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();

@@ -70,10 +70,9 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";sft;completionOnly={options.CompletionOnlyLoss}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Completion }));
             var objective = FineTuningRun.WithRouterLosses(new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss), policy.Network, options);
-            policy.Network.train();
-            var summary = new TrainingLoop<TokenizedCompletion>(options, FineTuningRun.Trainable(policy), objective,
-                FineTuningRun.Checkpoint(options, policy), fingerprint, log).Run(examples);
-            policy.Network.eval();
+            var evaluation = FineTuningRun.CreateEvaluation(options, log);
+            evaluation?.GenerateReferenceAnswers(policy);   // the starting model's answers
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples);
             IReadOnlyDictionary<string, double>? validation = null;
             if (options.ValidationData is { } validationData)
             {

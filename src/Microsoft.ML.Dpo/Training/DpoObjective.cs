@@ -53,7 +53,6 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
         var metrics = new Dictionary<string, double>();
         using (no_grad())
         {
-            double Ratio(Tensor numerator, Tensor denominator) { double d = denominator.sum().ToDouble(); return d > 0 ? numerator.sum().ToDouble() / d : 0; }
             metrics["loss"] = lossValue.ToDouble();
             if (nll is not null) metrics["nll_loss"] = nll.ToDouble();
             if (pairWeights is not null) metrics["wpo_weight"] = pairWeights.mean().ToDouble();
@@ -63,13 +62,25 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
             metrics["rewards/margins"] = (output.ChosenRewards - output.RejectedRewards).mean().ToDouble();
             metrics["logps/chosen"] = policyChosen.mean().ToDouble();
             metrics["logps/rejected"] = policyRejected.mean().ToDouble();
-            var (logitsChosen, logitsRejected) = SequenceLogProbs.SplitPairs(scores.LogitMeanSum!);
-            metrics["logits/chosen"] = Ratio(logitsChosen, chosenCount);
-            metrics["logits/rejected"] = Ratio(logitsRejected, rejectedCount);
-            metrics["entropy"] = Ratio(scores.EntropySum!, scores.Count);
-            metrics["mean_token_accuracy"] = Ratio(SequenceLogProbs.SplitPairs(scores.CorrectCount!).chosen, chosenCount);
+            AddStatistics(metrics, scores);
         }
         return new ObjectiveResult(lossValue, metrics, batch.Tokens);
+    }
+
+    /// <summary>
+    /// TRL's statistics of a pair batch scored with <see cref="ScoringRequest.Statistics"/>: <c>logits/chosen</c>,
+    /// <c>logits/rejected</c> (mean logit over the vocabulary at completion tokens), <c>entropy</c> (chosen and rejected) and
+    /// <c>mean_token_accuracy</c> (greedy prediction = chosen token). Call under no_grad.
+    /// </summary>
+    internal static void AddStatistics(Dictionary<string, double> metrics, CompletionScores scores)
+    {
+        static double Ratio(Tensor numerator, Tensor denominator) { double d = denominator.sum().ToDouble(); return d > 0 ? numerator.sum().ToDouble() / d : 0; }
+        var (chosenCount, rejectedCount) = SequenceLogProbs.SplitPairs(scores.Count);
+        var (logitsChosen, logitsRejected) = SequenceLogProbs.SplitPairs(scores.LogitMeanSum!);
+        metrics["logits/chosen"] = Ratio(logitsChosen, chosenCount);
+        metrics["logits/rejected"] = Ratio(logitsRejected, rejectedCount);
+        metrics["entropy"] = Ratio(scores.EntropySum!, scores.Count);
+        metrics["mean_token_accuracy"] = Ratio(SequenceLogProbs.SplitPairs(scores.CorrectCount!).chosen, chosenCount);
     }
 
     /// <summary>TR-DPO: every <see cref="DpoStepOptions.SyncSteps"/> steps the live reference moves toward the policy.</summary>

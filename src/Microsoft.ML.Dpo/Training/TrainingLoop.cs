@@ -9,7 +9,15 @@ namespace Microsoft.ML.Dpo.Training;
 /// <param name="Steps">Optimizer steps taken (including those of a resumed run before this one).</param>
 /// <param name="FinalMetrics">The metrics of the last report.</param>
 /// <param name="MetricsFile">The metrics.jsonl path, when a checkpoint directory was given.</param>
-public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, double> FinalMetrics, string? MetricsFile);
+public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, double> FinalMetrics, string? MetricsFile)
+{
+    /// <summary>With a best-model metric (<c>BestModelMetric</c>, <c>--save-best</c>): the step whose weights the fitted model has.</summary>
+    public int? BestStep { get; init; }
+    /// <summary>With a best-model metric: its value at <see cref="BestStep"/>.</summary>
+    public double? BestMetricValue { get; init; }
+    /// <summary>Whether early stopping ended training before the planned last step.</summary>
+    public bool StoppedEarly { get; init; }
+}
 
 /// <summary>
 /// The one training loop behind SFT, DPO and reward-model training. Read top to bottom:
@@ -19,11 +27,12 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// </summary>
 /// <remarks>
 /// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
-/// metrics (e.g. evaluation by generation) that join the next report.
+/// metrics (e.g. evaluation by generation) that join the next report; <c>stopRequested</c>, when given and true after a step
+/// (early stopping), ends training there (reported and checkpointed like a last step).
 /// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
-    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null)
+    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null)
 {
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
@@ -45,8 +54,9 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         var clock = Stopwatch.StartNew();
         int startStep = state.Step;
         long tokens = 0, stepTokens = 0;
+        bool stopped = false;
 
-        for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps; epoch++)
+        for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps && !stopped; epoch++)
         {
             int[] order = ShuffledOrder(examples.Count, options.Seed, epoch);
             int firstBatch = epoch == state.Epoch ? state.NextBatchInEpoch : 0;
@@ -83,10 +93,11 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 stepTokens = 0;
                 objective.AfterStep(state.Step);
                 if (evaluate?.Invoke(state.Step, state.Step == totalSteps) is { } evaluation) metrics.Add(evaluation);
+                stopped = state.Step < totalSteps && stopRequested?.Invoke() == true;
                 metrics.Add("grad_norm", gradNorm);
                 metrics.Add("learning_rate", lr);
 
-                if (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps)
+                if (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps || stopped)
                 {
                     metrics.Add("tokens_per_second", tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds));
                     metrics.Add("num_tokens", state.Tokens);   // real tokens trained on so far, this run and the resumed ones (TRL's num_tokens)
@@ -101,10 +112,11 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                     log?.Invoke(checkpoint != null ? $"Cancelled at step {state.Step}; checkpoint written to {checkpoint.Path}." : $"Cancelled at step {state.Step}.");
                     options.CancellationToken.ThrowIfCancellationRequested();
                 }
+                if (stopped) break;
             }
         }
         checkpoint?.Save(state, optimizer);
-        return new TrainingSummary(state.Step, lastMetrics, metrics.FilePath);
+        return new TrainingSummary(state.Step, lastMetrics, metrics.FilePath) { StoppedEarly = stopped };
 
         TrainingDivergedException Diverged(string what)
         {

@@ -48,6 +48,16 @@ internal static class StylePreferenceTask
         }).Fit(ml.Data.LoadFromEnumerable(MostlyCurtCompletions(TrainSubjects)));
     }
 
+    /// <summary>The model's greedy answers (up to 20 new tokens) to the held-out prompts.</summary>
+    public static IReadOnlyList<string> HeldOutAnswers(LanguageModel model) =>
+        model.CreateGenerator().Generate(HeldOutSubjects.Select(Prompt).ToList(), new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = 20 });
+
+    /// <summary>The share of answers that are exactly one of the warm answers (the task's ground truth; a loop or a mangled answer does not count).</summary>
+    public static double PreferredShare(IReadOnlyList<string> answers) => answers.Average(a => Warm.Contains(a.Trim()) ? 1.0 : 0.0);
+
+    /// <summary>The answers that loop (GenerationEvaluation.IsDegenerate).</summary>
+    public static List<string> Degenerate(IReadOnlyList<string> answers) => answers.Where(Microsoft.ML.Dpo.Training.GenerationEvaluation.IsDegenerate).ToList();
+
     /// <summary>A tiny random Llama over the byte-level tokenizer.</summary>
     public static LanguageModel CreateBaseModel(string directory, int seed = 1)
     {
