@@ -15,6 +15,7 @@ public static class CliApp
         root.Subcommands.Add(TrainCommands.CreateSft());
         root.Subcommands.Add(TrainCommands.CreateDpo());
         root.Subcommands.Add(TrainCommands.CreateOrpo());
+        root.Subcommands.Add(TrainCommands.CreateKto());
         root.Subcommands.Add(EvaluateCommand.Create());
         root.Subcommands.Add(BinarizeCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());

@@ -271,6 +271,47 @@ internal static class TrainCommands
         return command;
     }
 
+    public static Command CreateKto()
+    {
+        var common = new Common();
+        var learningRate = Cli.Option("--learning-rate", $"Peak AdamW learning rate. The default ({Cli.Format(KtoLearningRate)}) suits the init presets; " +
+            "pretrained models use ~5e-7 to 5e-6 (TRL: 1e-6).", KtoLearningRate);
+        var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", 0.1);
+        var desirableWeight = Cli.Option("--desirable-weight", "Weight of the desirable examples' losses.", 1.0);
+        var undesirableWeight = Cli.Option("--undesirable-weight", "Weight of the undesirable examples' losses.", 1.0);
+        var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");
+        var evaluation = new EvaluationFlags();
+        var command = new Command("kto", "KTO (Kahneman-Tversky optimization) on unpaired (prompt, completion, label) records — or preference pairs, unpaired as " +
+            "chosen: desirable, rejected: undesirable — against a frozen reference; writes the model as a Hugging Face directory with metrics.jsonl.");
+        common.AddTo(command);
+        foreach (Option option in new Option[] { learningRate, beta, desirableWeight, undesirableWeight, reference }) command.Options.Add(option);
+        evaluation.AddTo(command);
+        Cli.SetAction(command, (result, cancellation) =>
+        {
+            var (stdout, _) = Cli.Writers(result);
+            var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
+            string? referencePath = result.GetValue(reference);
+            var options = new KtoTrainer.Options
+            {
+                LearningRate = result.GetValue(learningRate), Beta = result.GetValue(beta), ReferenceModelPath = referencePath,
+                DesirableWeight = result.GetValue(desirableWeight), UndesirableWeight = result.GetValue(undesirableWeight),
+            };
+            var chatTemplate = common.ChatTemplate(result, stdout);
+            string checkpoints = common.Apply(result, options, display, cancellation, referencePath);
+            using var judges = evaluation.Apply(result, options, chatTemplate);
+            var ml = new MLContext(seed: options.Seed);
+            var loadReport = new DataLoadReport();
+            var data = ml.Data.LoadUnpairedPreferences(common.DataPath(result),
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+            stdout.WriteLine($"Data: {loadReport}" + (loadReport.PreferenceLayout is not null ? " (pairs unpaired: chosen desirable, rejected undesirable)" : ""));
+            return Train(result, common, stdout, display, "kto", checkpoints, () => ml.Alignment().Trainers.Kto(options).Fit(data));
+        });
+        return command;
+    }
+
+    /// <summary>The CLI's KTO learning rate for the presets (found on the tests' style task; see the README).</summary>
+    internal const double KtoLearningRate = 5e-4;
+
     /// <summary>The CLI's ORPO learning rate for the presets (found on the tests' style task; see the README).</summary>
     internal const double OrpoLearningRate = 1e-3;
 

@@ -1,3 +1,5 @@
+using Microsoft.ML.Data;
+
 namespace Microsoft.ML.Dpo.Data;
 
 /// <summary>One preference example: a prompt, the preferred completion and the dispreferred one.</summary>
@@ -12,6 +14,13 @@ public sealed record PreferencePair(string Prompt, string Chosen, string Rejecte
 /// <param name="Completion">The target completion.</param>
 /// <param name="Row">The record's 1-based line or row number in its source file, or its 1-based row in the data view, for error messages.</param>
 public sealed record CompletionExample(string Prompt, string Completion, long Row = -1);
+
+/// <summary>One unpaired preference example (KTO): a prompt, a completion and whether the completion is desirable.</summary>
+/// <param name="Prompt">The prompt (already rendered with a chat template when the data was conversational).</param>
+/// <param name="Completion">The completion.</param>
+/// <param name="Label">True for a desirable completion, false for an undesirable one.</param>
+/// <param name="Row">The record's 1-based line or row number in its source file, or its 1-based row in the data view, for error messages.</param>
+public sealed record UnpairedPreference(string Prompt, string Completion, bool Label, long Row = -1);
 
 /// <summary>What data preparation skipped or changed, reported after reading and tokenizing a data set.</summary>
 public sealed class DataPreparationReport
@@ -106,6 +115,39 @@ public static class ExampleReader
                     throw new InvalidDataException($"Row {row} of the input data (1-based): the conversation in column '{messagesColumn}' is malformed: {e.Message.ReplaceLineEndings(" ")} Fix the data, or set SkipInvalidRows to skip such rows.", e);
                 report.InvalidRowsSkipped++;
             }
+        }
+        return examples;
+    }
+
+    /// <summary>
+    /// Reads (prompt, completion, label) rows — text, text and Boolean columns — with the same null/empty handling as
+    /// <see cref="ReadCompletions"/>.
+    /// </summary>
+    public static List<UnpairedPreference> ReadUnpairedPreferences(IDataView data, string promptColumn, string completionColumn, string labelColumn,
+        bool skipInvalidRows, DataPreparationReport report, CancellationToken cancellation = default)
+    {
+        var columns = TextColumns.Resolve(data.Schema, ("prompt", promptColumn), ("completion", completionColumn));
+        var label = data.Schema.GetColumnOrNull(labelColumn)
+            ?? throw new ArgumentOutOfRangeException("label", $"The label column '{labelColumn}' was not found in the input data. Columns present: {string.Join(", ", data.Schema.Where(c => !c.IsHidden).Select(c => $"'{c.Name}' ({c.Type})"))}.");
+        if (label.Type is not BooleanDataViewType)
+            throw new ArgumentOutOfRangeException("label", $"The label column '{labelColumn}' has type {label.Type}; a Boolean column is required (true: desirable, false: undesirable).");
+        var examples = new List<UnpairedPreference>();
+        using var cursor = data.GetRowCursor([.. columns, label]);
+        var text = columns.Select(c => cursor.GetGetter<ReadOnlyMemory<char>>(c)).ToArray();
+        var flag = cursor.GetGetter<bool>(label);
+        ReadOnlyMemory<char> value = default;
+        bool desirable = false;
+        long row = 0;
+        while (cursor.MoveNext())
+        {
+            cancellation.ThrowIfCancellationRequested();
+            row++;
+            report.RowsRead++;
+            var values = new string[2];
+            for (int i = 0; i < 2; i++) { text[i](ref value); values[i] = value.ToString(); }
+            flag(ref desirable);
+            if (!Valid(row, columns, values, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
+            examples.Add(new UnpairedPreference(values[0], values[1], desirable, row));
         }
         return examples;
     }

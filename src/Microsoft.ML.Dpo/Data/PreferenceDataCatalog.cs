@@ -13,6 +13,8 @@ public static class StandardColumns
     public const string Rejected = "rejected";
     /// <summary>The SFT target completion: "completion".</summary>
     public const string Completion = "completion";
+    /// <summary>Whether an unpaired (KTO) completion is desirable: "label" (Boolean).</summary>
+    public const string Label = "label";
 }
 
 /// <summary>
@@ -48,6 +50,32 @@ public static class PreferenceDataCatalog
     /// <exception cref="InvalidDataException">A record is malformed (and skipping is off); the message names the file, line and field.</exception>
     public static IDataView LoadCompletions(this DataOperationsCatalog catalog, string path, CompletionDataLoadOptions? options = null, DataLoadReport? report = null) =>
         catalog.LoadFromCompletions(PreferenceDataFile.ReadCompletions(path, options, report));
+
+    /// <summary>
+    /// Loads unpaired preferences for KTO (JSON Lines, JSON array or Parquet): records with <c>prompt</c>, <c>completion</c> and a
+    /// boolean <c>label</c>, or preference pairs in any layout, unpaired (chosen: desirable, rejected: undesirable; see
+    /// <see cref="PreferenceDataFile.ReadUnpairedPreferences"/>), as a view with text columns <c>prompt</c>, <c>completion</c> and
+    /// the Boolean column <c>label</c>.
+    /// </summary>
+    /// <param name="catalog">The data catalog (<c>mlContext.Data</c>).</param>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format, rendering and error handling; the defaults when null.</param>
+    /// <param name="report">Filled with what was read, produced and skipped, when given.</param>
+    /// <returns>The examples as a data view.</returns>
+    /// <exception cref="InvalidDataException">A record is malformed (and skipping is off); the message names the file, line and field.</exception>
+    public static IDataView LoadUnpairedPreferences(this DataOperationsCatalog catalog, string path, PreferenceDataLoadOptions? options = null, DataLoadReport? report = null) =>
+        catalog.LoadFromUnpairedPreferences(PreferenceDataFile.ReadUnpairedPreferences(path, options, report));
+
+    /// <summary>A view of <paramref name="examples"/> with text columns <c>prompt</c>, <c>completion</c> and the Boolean column <c>label</c>.</summary>
+    /// <param name="catalog">The data catalog (<c>mlContext.Data</c>).</param>
+    /// <param name="examples">The examples.</param>
+    /// <returns>The data view.</returns>
+    public static IDataView LoadFromUnpairedPreferences(this DataOperationsCatalog catalog, IEnumerable<UnpairedPreference> examples)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(examples);
+        return catalog.LoadFromEnumerable(examples.Select(e => new UnpairedRow { Prompt = e.Prompt, Completion = e.Completion, Label = e.Label }).ToList());
+    }
 
     /// <summary>
     /// Binarizes prompts with scored completions (see <see cref="PreferenceBinarizer"/>; Zephyr, Notus) into a view with text columns
@@ -88,6 +116,13 @@ public static class PreferenceDataCatalog
         [ColumnName(StandardColumns.Prompt)] public string Prompt { get; set; } = "";
         [ColumnName(StandardColumns.Chosen)] public string Chosen { get; set; } = "";
         [ColumnName(StandardColumns.Rejected)] public string Rejected { get; set; } = "";
+    }
+
+    sealed class UnpairedRow
+    {
+        [ColumnName(StandardColumns.Prompt)] public string Prompt { get; set; } = "";
+        [ColumnName(StandardColumns.Completion)] public string Completion { get; set; } = "";
+        [ColumnName(StandardColumns.Label)] public bool Label { get; set; }
     }
 
     sealed class CompletionRow

@@ -85,6 +85,59 @@ public static class PreferenceDataFile
     }
 
     /// <summary>
+    /// Reads the unpaired preferences (KTO) of <paramref name="path"/>: records with <c>prompt</c>, <c>completion</c> (strings, or
+    /// message lists rendered as an SFT record is) and a boolean <c>label</c>; a file of preference pairs instead (any layout of
+    /// <see cref="ReadPreferencePairs"/>) is converted with <see cref="Unpair"/>. Which one is decided by the first record.
+    /// </summary>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format, rendering and error handling (and, for a file of pairs, its layout); the defaults when null.</param>
+    /// <param name="report">Filled with what was read, produced and skipped, when given.</param>
+    /// <returns>The examples; <see cref="UnpairedPreference.Row"/> is the record's 1-based line (or row) number.</returns>
+    /// <exception cref="InvalidDataException">A record is malformed (and skipping is off); the message names the file, line and field.</exception>
+    public static List<UnpairedPreference> ReadUnpairedPreferences(string path, PreferenceDataLoadOptions? options = null, DataLoadReport? report = null)
+    {
+        options ??= new PreferenceDataLoadOptions();
+        report ??= new DataLoadReport();
+        if (!FirstRecordIsUnpaired(path, options))
+        {
+            var unpaired = Unpair(ReadPreferencePairs(path, options, report));
+            report.ExamplesProduced = unpaired.Count;
+            return unpaired;
+        }
+        var examples = new List<UnpairedPreference>();
+        Read(path, options, report, CompletionLayout.Auto, record => RecordLayouts.IsUnpaired(record) ? CompletionLayout.PromptCompletion : throw new RecordException("label", "missing"),
+            layout => report.CompletionLayout = layout, (record, row, _) =>
+            {
+                var e = RecordLayouts.ReadUnpaired(record, row, options);
+                RequireText(e.Prompt, StandardColumns.Prompt);
+                RequireText(e.Completion, StandardColumns.Completion);
+                examples.Add(e);
+            });
+        report.ExamplesProduced = examples.Count;
+        return examples;
+    }
+
+    /// <summary>
+    /// Unpairs preference pairs as TRL's <c>unpair_preference_dataset</c> does: each pair gives its chosen completion as a
+    /// desirable example and its rejected one as an undesirable example, with the same prompt and row.
+    /// </summary>
+    /// <param name="pairs">The pairs.</param>
+    /// <returns>Two examples per pair, in order.</returns>
+    public static List<UnpairedPreference> Unpair(IEnumerable<PreferencePair> pairs)
+    {
+        ArgumentNullException.ThrowIfNull(pairs);
+        return pairs.SelectMany(p => new[] { new UnpairedPreference(p.Prompt, p.Chosen, true, p.Row), new UnpairedPreference(p.Prompt, p.Rejected, false, p.Row) }).ToList();
+    }
+
+    static bool FirstRecordIsUnpaired(string path, DataFileOptions options)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        foreach (var record in DataRecords.Read(path, DataRecords.ResolveFormat(path, options.Format), out _))
+            if (record.Error is null) return RecordLayouts.IsUnpaired(record.Value);
+        return false;
+    }
+
+    /// <summary>
     /// Writes <paramref name="pairs"/> as JSON Lines in the <see cref="PreferenceLayout.Standard"/> layout — one
     /// <c>{"prompt": …, "chosen": …, "rejected": …}</c> object per line, UTF-8 — which <see cref="ReadPreferencePairs"/> reads back.
     /// The file is written to a temporary name first and then renamed, so a failed write leaves no partial file.

@@ -212,7 +212,7 @@ internal static class RecordLayouts
 
     // ---- SFT layouts ----
 
-    public static CompletionExample ReadCompletion(JsonElement record, long row, CompletionLayout layout, CompletionDataLoadOptions options)
+    public static CompletionExample ReadCompletion(JsonElement record, long row, CompletionLayout layout, DataFileOptions options)
     {
         RequireObject(record);
         bool conversational = layout == CompletionLayout.Messages || (Present(record, "prompt") && record.GetProperty("prompt").ValueKind == JsonValueKind.Array);
@@ -235,6 +235,24 @@ internal static class RecordLayouts
             return new CompletionExample(options.Renderer(context, true), text, row);
         }
         return new CompletionExample(String(record, "prompt"), String(record, "completion"), row);
+    }
+
+    // ---- unpaired (KTO) layout ----
+
+    /// <summary>Whether a record is an unpaired preference (<c>prompt</c>, <c>completion</c>, <c>label</c>), as TRL's unpaired preference type.</summary>
+    public static bool IsUnpaired(JsonElement record) => record.ValueKind == JsonValueKind.Object && Present(record, "label");
+
+    /// <summary>An unpaired preference: the prompt and completion as an SFT record (strings or message lists) and a boolean <c>label</c>.</summary>
+    public static UnpairedPreference ReadUnpaired(JsonElement record, long row, DataFileOptions options)
+    {
+        RequireObject(record);
+        if (!record.TryGetProperty("label", out var label) || label.ValueKind == JsonValueKind.Null) throw new RecordException("label", "missing");
+        if (label.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
+            throw new RecordException("label", $"expected true (desirable) or false (undesirable), found {Kind(label)}");
+        if (!Present(record, "prompt") || !Present(record, "completion"))
+            throw new RecordException(Present(record, "prompt") ? "completion" : "prompt", "missing", "an unpaired record has 'prompt', 'completion' and 'label'; fields present: " + Describe(record));
+        var example = ReadCompletion(record, row, CompletionLayout.PromptCompletion, options);
+        return new UnpairedPreference(example.Prompt, example.Completion, label.ValueKind == JsonValueKind.True, row);
     }
 
     // ---- fields ----

@@ -10,6 +10,9 @@ internal sealed record TokenizedPreference(int[] Prompt, int[] Chosen, int[] Rej
 /// <summary>A prompt and a completion as token ids (SFT).</summary>
 internal sealed record TokenizedCompletion(int[] Prompt, int[] Completion, long Row, int Index);
 
+/// <summary>An unpaired (KTO) example as token ids: prompt, completion, and whether the completion is desirable.</summary>
+internal sealed record TokenizedUnpaired(int[] Prompt, int[] Completion, bool Desirable, long Row, int Index);
+
 /// <summary>Fits prompt and completions into the length limits.</summary>
 internal static class SequenceTruncation
 {

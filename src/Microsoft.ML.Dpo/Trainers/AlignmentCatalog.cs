@@ -35,6 +35,9 @@ public sealed class AlignmentTrainers
     /// <summary>ORPO (odds-ratio preference optimization; no reference model) on (prompt, chosen, rejected) text columns.</summary>
     public OrpoTrainer Orpo(OrpoTrainer.Options options) => new(context, options);
 
+    /// <summary>KTO (Kahneman–Tversky optimization) on unpaired (prompt, completion, label) columns.</summary>
+    public KtoTrainer Kto(KtoTrainer.Options options) => new(context, options);
+
     /// <summary>A reward model (scalar head, Bradley–Terry loss) on (prompt, chosen, rejected) text columns.</summary>
     public Feedback.RewardModelTrainer RewardModel(Feedback.RewardModelTrainer.Options options) => new(context, options);
 }

@@ -19,7 +19,7 @@ public sealed class OrpoTrainer : IEstimator<LanguageModelTransformer>
         /// <summary>λ, the weight of the odds-ratio term against the NLL (TRL's <c>beta</c>, CLI <c>--beta</c>). Default 0.1.</summary>
         public double Beta { get; set; } = 0.1;
 
-        /// <summary>Creates options with TRL's ORPO learning rate (1e-6; the small presets trained from scratch learn with ~3e-4, the CLI's default).</summary>
+        /// <summary>Creates options with TRL's ORPO learning rate (1e-6; the small presets trained from scratch learn with ~1e-3, the CLI's default).</summary>
         public Options() => LearningRate = 1e-6;
 
         /// <inheritdoc />

@@ -69,4 +69,56 @@ public sealed class OrpoKtoLossTests
             Assert.AreEqual(c.Length, nT.grad!.item<double>(), 1e-12, "each pair's loss holds the NLL once");
         }
     }
+
+    // Two input sets for KTO: summed log-probs of the policy and the reference, labels, and mismatched-pair log-probs for z.
+    static readonly (double[] P, double[] R, bool[] D, double[] Pk, double[] Rk)[] KtoInputs =
+    [
+        ([-4.0, -7.5, -2.0, -9.0], [-5.0, -7.0, -2.5, -8.0], [true, false, true, false], [-12.0, -11.0, -10.0, -9.0], [-12.5, -11.2, -10.1, -9.6]),
+        ([-1.0, -3.0, -20.0], [-0.5, -4.0, -18.0], [false, true, true], [-6.0, -7.0, -8.0], [-5.0, -6.5, -7.0]),   // z < 0 before clamping
+    ];
+
+    static double KtoZ(double[] pk, double[] rk) => Math.Max(0, pk.Select((p, i) => p - rk[i]).Average());
+
+    static double KtoClosedForm(double p, double r, bool desirable, double z, double beta, double wd, double wu) =>
+        desirable ? wd * (1 - Sigmoid(beta * (p - r - z))) : wu * (1 - Sigmoid(beta * (z - (p - r))));
+
+    [TestMethod]
+    public void KtoMatchesTheClosedForm()
+    {
+        foreach (var (p, r, d, pk, rk) in KtoInputs)
+            foreach (var (beta, wd, wu) in new[] { (0.1, 1.0, 1.0), (0.5, 1.33, 0.7) })
+            {
+                using var scope = NewDisposeScope();
+                var z = KtoLoss.KlEstimate(T(pk), T(rk));
+                Assert.AreEqual(KtoZ(pk, rk), z.item<double>(), 1e-12, "z: the clamped mean log-ratio of the mismatched pairs");
+                var output = KtoLoss.Compute(T(p), T(r), tensor(d), z, beta, wd, wu);
+                AssertClose(p.Select((pi, i) => KtoClosedForm(pi, r[i], d[i], KtoZ(pk, rk), beta, wd, wu)).ToArray(), output.Losses, 1e-12, $"β={beta}");
+                AssertClose(p.Select((pi, i) => beta * (pi - r[i])).ToArray(), output.Rewards, 1e-12, "rewards");
+            }
+        Assert.AreEqual(0.0, KtoZ(KtoInputs[1].Pk, KtoInputs[1].Rk), "the second set's mean log-ratio is negative: z is clamped to 0");
+    }
+
+    [TestMethod]
+    public void KtoGradientsMatchFiniteDifferencesAndNoneFlowsIntoTheReferencePoint()
+    {
+        foreach (var (p, r, d, pk, rk) in KtoInputs)
+        {
+            const double beta = 0.3, wd = 1.2, wu = 0.8, h = 1e-6;
+            double z = KtoZ(pk, rk);
+            double Total(double[] pp) => pp.Select((pi, i) => KtoClosedForm(pi, r[i], d[i], z, beta, wd, wu)).Sum();
+            using var scope = NewDisposeScope();
+            var pT = T(p).requires_grad_();
+            var pkT = T(pk).requires_grad_();
+            var zT = KtoLoss.KlEstimate(pkT, T(rk));
+            Assert.IsFalse(zT.requires_grad, "z is detached");
+            KtoLoss.Compute(pT, T(r), tensor(d), zT, beta, wd, wu).Losses.sum().backward();
+            for (int i = 0; i < p.Length; i++)
+            {
+                double[] up = (double[])p.Clone(), down = (double[])p.Clone();
+                up[i] += h; down[i] -= h;
+                Assert.AreEqual((Total(up) - Total(down)) / (2 * h), D(pT.grad!)[i], 1e-7, $"dL/dπ[{i}]");
+            }
+            Assert.IsNull(pkT.grad, "no gradient through the mismatched pairs");
+        }
+    }
 }

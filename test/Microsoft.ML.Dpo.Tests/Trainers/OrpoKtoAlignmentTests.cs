@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Trainers;
 using MlDpo.Commands;
 
@@ -40,7 +41,7 @@ public sealed class OrpoKtoAlignmentTests
     /// The CLI as a new user runs it: init a tiny preset over bytes, <c>mldpo sft</c> with its defaults on the mostly-curt data, then
     /// the verb with its defaults (only model, data, output, epochs, seed); returns the held-out greedy answers of the result.
     /// </summary>
-    static IReadOnlyList<string> CliRun(string verb, object[] data, int epochs)
+    static IReadOnlyList<string> CliRun(string verb, object[] data, int epochs, params string[] extra)
     {
         using var work = new TempDirectory();
         string sftData = work.Combine("sft.jsonl"), verbData = work.Combine("data.jsonl");
@@ -55,7 +56,7 @@ public sealed class OrpoKtoAlignmentTests
             Console.WriteLine("SFT answers: " + string.Join(" | ", sftAnswers));
             Assert.IsTrue(StylePreferenceTask.PreferredShare(sftAnswers) <= 0.3, "the SFT model answers mostly curtly");
         }
-        var run = Cli(verb, "--model", work.Combine("sft"), "--data", verbData, "--output", work.Combine(verb), "--epochs", epochs.ToString(), "--seed", "0");
+        var run = Cli([verb, "--model", work.Combine("sft"), "--data", verbData, "--output", work.Combine(verb), "--epochs", epochs.ToString(), "--seed", "0", .. extra]);
         Assert.AreEqual(0, run.Code, run.Error);
         using var model = LanguageModel.Load(work.Combine(verb));
         return StylePreferenceTask.HeldOutAnswers(model);
@@ -89,4 +90,30 @@ public sealed class OrpoKtoAlignmentTests
         Assert.IsFalse(orpo.HasReference, "ORPO has no reference model");
         AssertAligned(StylePreferenceTask.HeldOutAnswers(orpo.Model), "OrpoTrainer");
     }
+
+    [TestMethod]
+    public void KtoAlignsTheStyleThroughTheEstimatorFromConvertedPairs()
+    {
+        var ml = new MLContext(seed: 0);
+        var unpaired = PreferenceDataFile.Unpair(StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects).Select(p => new PreferencePair(p.prompt, p.chosen, p.rejected)));
+        Assert.HasCount(60, unpaired);
+        Assert.IsTrue(unpaired[0].Label && !unpaired[1].Label && unpaired[0].Prompt == unpaired[1].Prompt, "chosen → desirable, rejected → undesirable");
+        using var kto = ml.Alignment().Trainers.Kto(new KtoTrainer.Options
+        {
+            BaseModel = sft!.Model, Epochs = 1, LearningRate = 3e-4, MaxLength = 64, MaxPromptLength = 32,
+        }).Fit(ml.Data.LoadFromUnpairedPreferences(unpaired));
+        var final = kto.TrainingSummary!.FinalMetrics;
+        foreach (var name in new[] { "kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logits/chosen", "entropy", "mean_token_accuracy", "num_tokens" })
+            Assert.IsTrue(final.ContainsKey(name), name);
+        Assert.IsTrue(final["kl"] >= 0, "the reference point is clamped at 0");
+        Assert.IsTrue(kto.HasReference);
+        var pair = StylePreferenceTask.Pairs(StylePreferenceTask.HeldOutSubjects)[0];
+        Assert.IsTrue(kto.ImplicitReward(pair.prompt, pair.chosen) > kto.ImplicitReward(pair.prompt, pair.rejected), "held-out implicit reward prefers the warm answer");
+        AssertAligned(StylePreferenceTask.HeldOutAnswers(kto.Model), "KtoTrainer");
+    }
+
+    [TestMethod]
+    public void KtoAlignsTheStyleThroughTheCliFromUnpairedRecords() =>
+        AssertAligned(CliRun("kto", StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects)
+            .SelectMany(p => new object[] { new { p.prompt, completion = p.chosen, label = true }, new { p.prompt, completion = p.rejected, label = false } }).ToArray(), epochs: 3), "mldpo kto");
 }
