@@ -13,6 +13,16 @@ namespace Microsoft.ML.Dpo.Trainers;
 /// <param name="Truncated">Pairs that were cut to fit the models' context (see <see cref="PreferenceEvaluator.Evaluate"/>).</param>
 public sealed record PreferenceEvaluation(int Pairs, double PreferenceAccuracy, double MeanMargin, double MeanChosenReward, double MeanRejectedReward, int Truncated = 0);
 
+/// <summary>A model's and a reference's answers to the same prompts, compared (see <see cref="PreferenceEvaluator.EvaluateByGeneration"/>).</summary>
+/// <param name="Metrics">
+/// <c>eval/mean_length</c>, <c>eval/reference_mean_length</c> (tokens), <c>eval/repeated_ngram_share</c>, <c>eval/degenerate_rate</c>,
+/// <c>eval/reference_degenerate_rate</c>, and with a judge <c>eval/win_rate</c> (ties ½) and <c>eval/unjudged</c> — the names training logs.
+/// </param>
+/// <param name="Prompts">The prompts.</param>
+/// <param name="Answers">The model's answers, one per prompt.</param>
+/// <param name="ReferenceAnswers">The reference's answers, one per prompt.</param>
+public sealed record GenerationComparison(IReadOnlyDictionary<string, double> Metrics, IReadOnlyList<string> Prompts, IReadOnlyList<string> Answers, IReadOnlyList<string> ReferenceAnswers);
+
 /// <summary>
 /// Scores preference pairs with DPO's implicit reward r(x, y) = β·(log π(y|x) − log π_ref(y|x)) — "your language model is secretly a
 /// reward model" — and reports how often the chosen completion out-scores the rejected one. Log-probabilities are summed over the
@@ -20,6 +30,31 @@ public sealed record PreferenceEvaluation(int Pairs, double PreferenceAccuracy, 
 /// </summary>
 public static class PreferenceEvaluator
 {
+    /// <summary>
+    /// Evaluation by generation outside training, with the metrics training logs: <paramref name="policy"/> and
+    /// <paramref name="reference"/> answer <paramref name="prompts"/>, and <paramref name="judge"/>, when given, decides which answer is better.
+    /// </summary>
+    /// <param name="policy">The trained model.</param>
+    /// <param name="reference">The model to compare with (typically the one training started from).</param>
+    /// <param name="prompts">The prompts.</param>
+    /// <param name="judge">Any judge (a reward model, an <c>IChatClient</c> judge, a function); null: no win rate.</param>
+    /// <param name="generation">Decoding; null: greedy, 64 new tokens.</param>
+    /// <param name="cancellationToken">Cancels the judge.</param>
+    public static GenerationComparison EvaluateByGeneration(LanguageModel policy, LanguageModel reference, IReadOnlyList<string> prompts,
+        Feedback.IJudge? judge = null, Generation.GenerationOptions? generation = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(policy);
+        ArgumentNullException.ThrowIfNull(reference);
+        ArgumentNullException.ThrowIfNull(prompts);
+        if (prompts.Count == 0) throw new ArgumentException("There are no prompts to answer.", nameof(prompts));
+        generation ??= new Generation.GenerationOptions { MaxNewTokens = 64 };
+        generation.Validate();
+        var evaluation = new GenerationEvaluation(prompts, judge, generation, _ => { });
+        evaluation.GenerateReferenceAnswers(reference);
+        var metrics = evaluation.Evaluate(policy, 0, cancellationToken);
+        return new GenerationComparison(metrics, prompts, evaluation.LastAnswers!, evaluation.ReferenceAnswers!);
+    }
+
     /// <summary>Evaluates <paramref name="policy"/> against <paramref name="reference"/> on <paramref name="pairs"/>.</summary>
     /// <param name="policy">The trained model; its tokenizer tokenizes the pairs for both models.</param>
     /// <param name="reference">The reference model (typically the model DPO started from); same vocabulary as the policy.</param>

@@ -116,4 +116,59 @@ public sealed class OrpoKtoAlignmentTests
     public void KtoAlignsTheStyleThroughTheCliFromUnpairedRecords() =>
         AssertAligned(CliRun("kto", StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects)
             .SelectMany(p => new object[] { new { p.prompt, completion = p.chosen, label = true }, new { p.prompt, completion = p.rejected, label = false } }).ToArray(), epochs: 3), "mldpo kto");
+
+    sealed class SyncProgress(Action<Microsoft.ML.Dpo.Training.TrainingProgress> report) : IProgress<Microsoft.ML.Dpo.Training.TrainingProgress>
+    {
+        public void Report(Microsoft.ML.Dpo.Training.TrainingProgress value) => report(value);
+    }
+
+    /// <summary>A C# function as a judge: 1 for a curt answer, 0 otherwise (so ORPO toward the warm style makes it worse).</summary>
+    sealed class CurtJudge : Microsoft.ML.Dpo.Feedback.IJudge
+    {
+        public Task<IReadOnlyList<double?>> ScoreAsync(IReadOnlyList<(string Prompt, string Completion)> items, CancellationToken cancellationToken = default) =>
+            Task.FromResult<IReadOnlyList<double?>>(items.Select(i => (double?)(StylePreferenceTask.Curt.Contains(i.Completion.Trim()) ? 1 : 0)).ToList());
+    }
+
+    [TestMethod]
+    public void SaveBestKeepsTheBestEvaluationsWeightsAndEarlyStoppingStops()
+    {
+        // A judge that prefers the curt answers: ORPO toward the warm style only lowers eval/win_rate, so the first evaluation stays
+        // the best, training stops after `patience` evaluations without an improvement, and the fitted model is rolled back.
+        var prompts = StylePreferenceTask.HeldOutSubjects.Select(StylePreferenceTask.Prompt).ToList();
+        var data = new MLContext(seed: 0).Data.LoadFromEnumerable(StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects));
+        OrpoTrainer.Options Options() => new()
+        {
+            BaseModel = sft!.Model, Epochs = 3, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 32, LoggingInterval = 1,
+            Schedule = Microsoft.ML.Dpo.Training.LearningRateScheduleKind.Constant,   // step k's weights do not depend on the planned length
+        };
+        var evals = new List<(int Step, double WinRate)>();
+        var lines = new List<string>();
+        var options = Options();
+        options.EvaluationPrompts = prompts;
+        options.EvaluationSteps = 1;
+        options.EvaluationJudge = new CurtJudge();
+        options.EvaluationGeneration = new Microsoft.ML.Dpo.Generation.GenerationOptions { MaxNewTokens = 20 };
+        options.BestModelMetric = "eval/win_rate";
+        options.EarlyStoppingPatience = 3;
+        options.Log = lines.Add;
+        options.Progress = new SyncProgress(p => { if (p.Metrics.TryGetValue("eval/win_rate", out double v)) evals.Add((p.Step, v)); });
+        using var orpo = new MLContext(seed: 0).Alignment().Trainers.Orpo(options).Fit(data);
+        var summary = orpo.TrainingSummary!;
+        Console.WriteLine("eval/win_rate per step: " + string.Join(", ", evals.Select(e => $"{e.Step}:{e.WinRate:G4}")) + $"; best {summary.BestStep} ({summary.BestMetricValue}), steps {summary.Steps}");
+        var best = evals.First(e => e.WinRate == evals.Max(x => x.WinRate));   // the first maximum: later ties are no improvement
+        Assert.AreEqual(best.Step, summary.BestStep);
+        Assert.AreEqual(best.WinRate, summary.BestMetricValue);
+        Assert.IsTrue(summary.StoppedEarly);
+        Assert.AreEqual(best.Step + 3, summary.Steps, "stopped after 3 evaluations without an improvement");
+        Assert.IsTrue(lines.Any(l => l.StartsWith("Early stopping at step", StringComparison.Ordinal)));
+        Assert.IsTrue(lines.Any(l => l.StartsWith("Best model: eval/win_rate=", StringComparison.Ordinal)));
+
+        // The fitted model has exactly the weights of a run that stopped at the best step.
+        var reference = Options();
+        reference.MaxSteps = summary.BestStep!.Value;
+        using var atBest = new MLContext(seed: 0).Alignment().Trainers.Orpo(reference).Fit(data);
+        var expected = atBest.Model.Network.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, parameter) in orpo.Model.Network.named_parameters())
+            Assert.AreEqual(0.0, (parameter - expected[name]).abs().max().item<float>(), 1e-6, name);
+    }
 }
