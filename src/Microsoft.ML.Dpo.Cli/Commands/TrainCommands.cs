@@ -154,16 +154,20 @@ internal static class TrainCommands
         common.AddTo(command);
         command.Options.Add(learningRate);
         command.Options.Add(allTokens);
+        var evaluation = new EvaluationFlags();
+        evaluation.AddTo(command);
         Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, _) = Cli.Writers(result);
             var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
             var options = new SftTrainer.Options { LearningRate = result.GetValue(learningRate), CompletionOnlyLoss = !result.GetValue(allTokens) };
             string checkpoints = common.Apply(result, options, display, cancellation);
+            var chatTemplate = common.ChatTemplate(result, stdout);
+            using var judges = evaluation.Apply(result, options, chatTemplate);
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadCompletions(common.DataPath(result),
-                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
+                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
         });

@@ -28,7 +28,13 @@ public sealed class EvaluationCliTests
         File.WriteAllLines(pairs, Subjects.Select(s => JsonSerializer.Serialize(new { prompt = $"Tell me about {s}.\n", chosen = "Happy to help!", rejected = "No." })));
         File.WriteAllLines(held, new[] { "owls", "kites", "bees", "whales" }.Select(s => JsonSerializer.Serialize(new { prompt = $"Tell me about {s}.\n", completion = "x", label = true })));
         Assert.AreEqual(0, Run("init", "--preset", "tiny", "--tokenizer", "bytes", "--seed", "1", "--output", dir.Combine("base")).Code);
-        Assert.AreEqual(0, Run("sft", "--model", dir.Combine("base"), "--data", sftData, "--output", dir.Combine("sft"), "--epochs", "20", "--learning-rate", "3e-3").Code);
+        var sft = Run("sft", "--model", dir.Combine("base"), "--data", sftData, "--output", dir.Combine("sft"), "--epochs", "20", "--learning-rate", "3e-3",
+            "--eval-data", held, "--eval-max-new-tokens", "8");
+        Assert.AreEqual(0, sft.Code, sft.Error);
+        StringAssert.Contains(sft.Out, "eval at step 40:");   // SFT evaluates by generation too, against the starting model
+        var sftLast = JsonDocument.Parse(File.ReadAllLines(dir.Combine("sft", "metrics.jsonl"))[^1]).RootElement;
+        foreach (var name in new[] { "eval/mean_length", "eval/degenerate_rate", "eval/reference_mean_length" })
+            Assert.IsTrue(sftLast.TryGetProperty(name, out _), name);
 
         // evaluate --generate on a KTO file's prompts, with a regex judge: the win rate is recomputed from the printed samples.
         var evaluated = Run("evaluate", "--model", dir.Combine("sft"), "--reference", dir.Combine("base"), "--data", held, "--generate",
