@@ -26,7 +26,9 @@ internal static class TrainCommands
         public readonly Option<bool> Force = Cli.Option("--force", "Replace --output even when it holds files mldpo did not write (never the current folder, " +
             "--model, --data, --reference or the checkpoint folder, nor a folder containing them).", false);
         public readonly Option<int> Epochs = Cli.Option("--epochs", "Passes over the data.", 1);
-        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs).", 4);
+        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs), over all ranks of an MPI launch.", 4);
+        public readonly Option<int> PerRankBatchSize = Cli.Option("--per-rank-batch-size", "Under mpirun: the most examples a rank runs in one forward pass " +
+            "(its share of --batch-size is run in passes of this size; same result, less memory). 0: the whole share.", 0);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
         public readonly Option<int?> MaxPromptLength = Cli.Optional<int?>("--max-prompt-length", "Longest prompt in tokens; longer prompts keep their end (default: half of --max-length).");
         public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", 0);
@@ -52,7 +54,7 @@ internal static class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
@@ -79,6 +81,7 @@ internal static class TrainCommands
             options.BaseModelPath = model;
             options.Epochs = result.GetValue(Epochs);
             options.BatchSize = result.GetValue(BatchSize);
+            options.PerRankBatchSize = result.GetValue(PerRankBatchSize);
             options.MaxLength = maxLength;
             options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
             options.WarmupSteps = result.GetValue(WarmupSteps);
@@ -294,6 +297,7 @@ internal static class TrainCommands
         }
         using (transformer)
         {
+            if (!Microsoft.ML.Dpo.Distributed.DistributedWorld.Current.IsMain) return 0;   // data parallel: rank 0 writes the output
             transformer.ExportHuggingFace(output, common.Overwrite(result));   // with LoRA: the merged weights; metrics.jsonl inside
             if (transformer.Model.Lora is not null)
             {

@@ -51,6 +51,12 @@ internal sealed unsafe class NcclCommunicator : IDisposable
     /// </summary>
     public void AllReduceSum(nint buffer, long count) => Check(ncclAllReduce(buffer, buffer, (nuint)count, NcclFloat32, NcclSum, comm, 0), "ncclAllReduce");
 
+    [DllImport("LibTorchSharp")]
+    static extern nint THSTensor_data(nint handle);
+
+    /// <summary>The address of a contiguous tensor's first element (TorchSharp's native export; device memory for a CUDA tensor).</summary>
+    public static nint DataPointer(TorchSharp.torch.Tensor tensor) => THSTensor_data(tensor.Handle);
+
     static void Check(int result, string function)
     {
         if (result != 0)

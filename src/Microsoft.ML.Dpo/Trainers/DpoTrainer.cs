@@ -215,7 +215,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             if (loss.RequiresReference && adapters is null)
             {
                 if (options.Reference == ReferenceModelSource.Separate)
-                    reference = options.ReferenceModel ?? (ownedReference = LanguageModel.Load(options.ReferenceModelPath!, options.Precision, options.Device));
+                    reference = options.ReferenceModel ?? (ownedReference = LanguageModel.Load(options.ReferenceModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device)));
                 else if (options.BaseModel is not null)
                     reference = options.BaseModel;
                 else if (!options.PrecomputeReferenceLogProbs)
@@ -288,7 +288,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 if (validationReferenceLogProbs is null && loss.RequiresReference)
                 {
                     // TR-DPO with a reference the run owned (a copy of the start, or loaded from ReferenceModelPath): validate against the start, reloaded.
-                    ownedReference = LanguageModel.Load(options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath! : options.BaseModelPath!, options.Precision, options.Device);
+                    ownedReference = LanguageModel.Load(options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath! : options.BaseModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device));
                     ownedReference.Network.eval();
                     validationReferenceLogProbs = new ReferenceLogProbs.Live(ownedReference.Network);
                 }
