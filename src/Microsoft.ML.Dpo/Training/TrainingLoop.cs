@@ -118,7 +118,8 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 if (parallel?.Cancelled ?? options.CancellationToken.IsCancellationRequested)
                 {
                     if (main) checkpoint?.Save(state, optimizer);
-                    log?.Invoke(checkpoint != null ? $"Cancelled at step {state.Step}; checkpoint written to {checkpoint.Path}." : $"Cancelled at step {state.Step}.");
+                    world!.Barrier();   // data parallel: no rank ends the job before rank 0's checkpoint is written
+                    if (main) log?.Invoke(checkpoint != null ? $"Cancelled at step {state.Step}; checkpoint written to {checkpoint.Path}." : $"Cancelled at step {state.Step}.");
                     throw new OperationCanceledException(options.CancellationToken.IsCancellationRequested ? options.CancellationToken : CancellationToken.None);
                 }
             }
