@@ -201,11 +201,13 @@ internal static class TrainCommands
             "answer during training: logs eval/mean_length, eval/repeated_ngram_share and side-by-side samples.");
         var evalSteps = Cli.Option("--eval-steps", "Optimizer steps between evaluations by generation (0: at the end only).", 0);
         var evalTokens = Cli.Option("--eval-max-new-tokens", "New tokens per evaluation answer (greedy).", 64);
+        var shard = Cli.Optional<string?>("--shard", "With --precompute-reference: compute only shard i/n of the reference log-probs (0-based i), write it into the " +
+            "checkpoint folder and stop; once all n shards are there, the same command without --shard joins them and trains.");
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
-            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, evalData, evalSteps, evalTokens })
+            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, evalData, evalSteps, evalTokens, shard })
             command.Options.Add(option);
         Cli.SetAction(command, (result, cancellation) =>
         {
@@ -242,6 +244,16 @@ internal static class TrainCommands
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
                 new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
+            if (result.GetValue(shard) is { } spec)
+            {
+                var parts = spec.Split('/');
+                if (parts.Length != 2 || !int.TryParse(parts[0], out int index) || !int.TryParse(parts[1], out int count) || count < 1 || index < 0 || index >= count)
+                    throw new CliException($"--shard '{spec}' is not i/n with 0 <= i < n (e.g. 0/4).");
+                if (!options.PrecomputeReferenceLogProbs) throw new CliException("--shard needs --precompute-reference: it shards the reference precomputation.");
+                string path = ml.Alignment().Trainers.Dpo(options).PrecomputeReferenceShard(data, index, count);
+                stdout.WriteLine($"Reference shard {index}/{count} written to {path}");
+                return 0;
+            }
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });
         return command;

@@ -173,6 +173,36 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
 
     readonly IHostEnvironment? env;
     readonly Options options;
+    (int Index, int Count)? referenceShard;   // set by PrecomputeReferenceShard for one pass through Fit
+
+    /// <summary>
+    /// Computes shard <paramref name="index"/> of <paramref name="count"/> of the precomputed reference log-probabilities of
+    /// <paramref name="input"/> — the batches <c>b</c> of <see cref="TrainingOptions.BatchSize"/> pairs with <c>b mod count = index</c> —
+    /// and writes it as a shard file (JSON lines keyed by record) into <see cref="TrainingOptions.CheckpointDirectory"/>; no
+    /// training. Once every shard is there, <see cref="Fit"/> joins them into its reference cache (equal, bit for bit, to
+    /// computing it in one pass) instead of running the reference. For array jobs (Slurm, Kubernetes indexed Jobs) without MPI.
+    /// </summary>
+    /// <returns>The shard file's path.</returns>
+    public string PrecomputeReferenceShard(IDataView input, int index, int count)
+    {
+        if (count < 1 || index < 0 || index >= count) throw new ArgumentOutOfRangeException(nameof(index), $"Shard {index}/{count}: the index must lie in 0 … count − 1.");
+        if (!options.PrecomputeReferenceLogProbs || options.CheckpointDirectory is null)
+            throw new ArgumentException("Sharded reference precomputation needs PrecomputeReferenceLogProbs (--precompute-reference) and a CheckpointDirectory, where the shard files go.");
+        referenceShard = (index, count);
+        try
+        {
+            Fit(input).Dispose();
+            throw new InvalidOperationException($"{options.LossOptions} uses no reference model, so there are no reference log-probs to precompute.");
+        }
+        catch (ReferenceShardWrittenException written)
+        {
+            return written.Path;
+        }
+        finally
+        {
+            referenceShard = null;
+        }
+    }
 
     internal DpoTrainer(IHostEnvironment? env, Options options)
     {
@@ -243,7 +273,8 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 {
                     string? key = options.CheckpointDirectory is null ? null : WeightsFingerprint.Of(referenceNetwork);   // hashed once for both sets
                     ReferenceLogProbs.Precomputed Precompute(List<TokenizedPreference> set) => ReferenceLogProbs.Precomputed.Compute(
-                        referenceNetwork, set, options.BatchSize, policy.PadTokenId, options.CheckpointDirectory, log, options.CancellationToken, key);
+                        referenceNetwork, set, options.BatchSize, policy.PadTokenId, options.CheckpointDirectory, log, options.CancellationToken, key,
+                        ReferenceEquals(set, examples) ? referenceShard : null);
                     referenceLogProbs = Precompute(examples);
                     if (validation is not null) validationReferenceLogProbs = Precompute(validation);
                 }

@@ -74,14 +74,31 @@ internal abstract class ReferenceLogProbs
         /// the weights are hashed once.
         /// </summary>
         public static Precomputed Compute(CausalLM reference, IReadOnlyList<TokenizedPreference> examples, int batchSize, int padId,
-            string? cacheDirectory, Action<string>? log, CancellationToken cancellation, string? referenceFingerprint = null)
+            string? cacheDirectory, Action<string>? log, CancellationToken cancellation, string? referenceFingerprint = null, (int Index, int Count)? shard = null)
         {
             var world = Distributed.DistributedWorld.Current;
             string? cacheFile = null;
             if (cacheDirectory != null)
             {
-                cacheFile = Path.Combine(cacheDirectory, $"reference_logps.{CacheKey(referenceFingerprint ?? WeightsFingerprint.Of(reference), examples)}.bin");
+                string key = CacheKey(referenceFingerprint ?? WeightsFingerprint.Of(reference), examples);
+                cacheFile = Path.Combine(cacheDirectory, $"reference_logps.{key}.bin");
+                if (shard is (int index, int count))
+                {
+                    // Offline shard i of n: its batches only, written as a shard file; training does not start.
+                    var part = ComputeShard(reference, examples, batchSize, padId, index, count, cancellation);
+                    string path = ReferenceShards.ShardPath(cacheFile, index, count);
+                    var arrays = part.Arrays;
+                    ReferenceShards.Write(path, key, index, count, examples, ShardPositions(examples.Count, batchSize, index, count),
+                        k => [.. arrays.Select(a => a[k])]);
+                    throw new ReferenceShardWrittenException(path);
+                }
                 var cached = TryRead(cacheFile, examples.Count);
+                if (cached is null && ReferenceShards.TryMerge(cacheFile, key, examples) is { } merged)
+                {
+                    cached = new Precomputed(merged[0], merged[1], merged[2], merged[3], merged[4], merged[5]);
+                    if (world.IsMain) cached.Write(cacheFile);
+                    log?.Invoke($"Reference log-probs joined from the shard files beside {cacheFile}.");
+                }
                 var missing = new double[] { cached is null ? 1 : 0 };
                 world.AllReduceMax(missing);          // data parallel: all ranks read it, or all compute their shares
                 if (cached is not null && missing[0] == 0)
