@@ -90,7 +90,7 @@ public sealed class DistributedWorld
 
     static DistributedWorld Detect()
     {
-        int? mpiSize = Integer("OMPI_COMM_WORLD_SIZE") ?? Integer("PMI_SIZE") ?? Integer("MV2_COMM_WORLD_SIZE") ?? Integer("SLURM_NTASKS");
+        int? mpiSize = Integer("OMPI_COMM_WORLD_SIZE") ?? Integer("PMI_SIZE") ?? Integer("MV2_COMM_WORLD_SIZE");
         bool mpiLaunch = mpiSize is not null || Integer("PMIX_RANK") is not null;
         int? torchrunSize = Integer("WORLD_SIZE");
         if (!mpiLaunch)
@@ -100,11 +100,12 @@ public sealed class DistributedWorld
                     "mldpo's collectives run over MPI: launch with mpirun/mpiexec, srun --mpi=pmix or an MPIJob (RANK, WORLD_SIZE and LOCAL_RANK are then only checked).");
             return Single;
         }
-        // srun without --mpi sets SLURM_NTASKS for every step; only a size above 1 loads MPI.
-        if (mpiSize is 1 or null && Integer("PMIX_RANK") is null) return Single;
+        if (mpiSize is 1) return Single;   // mpirun -np 1: nothing to share, nothing loaded
         var timeout = TimeSpan.FromSeconds(Integer("MLDPO_DISTRIBUTED_TIMEOUT") is int t && t > 0 ? t : 1800);
         var mpi = MpiLibrary.Open();
         int rank = mpi.Rank, size = mpi.Size;
+        if (size == 1 && mpiSize is > 1)
+            throw new InvalidOperationException($"The launcher's environment names {mpiSize} processes, but MPI ('{mpi.LibraryName}') sees only this one: the library does not match the launcher (set MLDPO_MPI_LIBRARY to the launcher's libmpi).");
         if (size == 1) { mpi.FinalizeMpi(); return Single; }
         if (torchrunSize is int ws && ws != size || Integer("RANK") is int r && r != rank)
             throw new InvalidOperationException($"RANK/WORLD_SIZE ({Integer("RANK")}/{torchrunSize}) disagree with MPI's rank {rank} of {size}; unset them or launch consistently.");
