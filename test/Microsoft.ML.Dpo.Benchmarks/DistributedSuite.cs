@@ -33,12 +33,14 @@ internal sealed class DistributedSuite : IBenchmarkSuite
         var two = Worker(mpirun, steps);
         double t1 = (double)one["stepSeconds"]!, t2 = (double)two["stepSeconds"]!;
         double efficiency = t1 / (2 * t2);
+        double cpuRatio = (double)two["cpuSecondsPerStepAllRanks"]! / (double)one["cpuSecondsPerStepAllRanks"]!;
         Console.WriteLine($"  1 process: {t1:F3} s/step; 2 ranks: {t2:F3} s/step (all-reduce {(double)two["allReduceSeconds"]!:F3} s); " +
-                          $"scaling efficiency {efficiency:F2}, all-reduce share {(double)two["allReduceShare"]!:F2}");
+                          $"scaling efficiency {efficiency:F2}, all-reduce share {(double)two["allReduceShare"]!:F2}; CPU seconds per step, 2 ranks ÷ 1 process: {cpuRatio:F2}");
         return new JsonObject
         {
             ["globalPairs"] = GlobalPairs, ["sequenceLength"] = SequenceLength, ["threadsPerProcess"] = 1,
             ["oneProcess"] = one, ["twoRanks"] = two, ["scalingEfficiency"] = Math.Round(efficiency, 3),
+            ["cpuSecondsRatioTwoRanksToOne"] = Math.Round(cpuRatio, 3),
         };
     }
 
@@ -46,16 +48,19 @@ internal sealed class DistributedSuite : IBenchmarkSuite
     {
         string self = typeof(DistributedSuite).Assembly.Location;
         var start = new ProcessStartInfo(mpirun ?? "dotnet") { RedirectStandardOutput = true };
-        if (mpirun is not null) foreach (string a in new[] { "--allow-run-as-root", "--oversubscribe", "-np", "2", "dotnet" }) start.ArgumentList.Add(a);
+        // --bind-to none: on a machine shared with other jobs, pinning each rank to one core keeps it off a less busy one.
+        if (mpirun is not null) foreach (string a in new[] { "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2", "dotnet" }) start.ArgumentList.Add(a);
         foreach (string a in new[] { self, "distributed-worker", steps.ToString() }) start.ArgumentList.Add(a);
         start.Environment["OMP_NUM_THREADS"] = "1";
         start.Environment["MKL_NUM_THREADS"] = "1";
         using var process = Process.Start(start)!;
         string output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
-        string? line = output.Split('\n').FirstOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
+        // Under mpirun a rank's stdout may be a terminal, and .NET may then write terminal escapes before the line.
+        string? line = output.Split('\n').FirstOrDefault(l => l.Contains("RESULT {", StringComparison.Ordinal));
+        Console.WriteLine($"  {(mpirun is null ? "1 process" : "2 ranks")}: {line?.Trim()}");
         if (process.ExitCode != 0 || line is null) throw new InvalidOperationException($"distributed worker failed (exit {process.ExitCode}):\n{output}");
-        return JsonNode.Parse(line["RESULT ".Length..])!.AsObject();
+        return JsonNode.Parse(line[(line.IndexOf("RESULT {", StringComparison.Ordinal) + "RESULT ".Length)..])!.AsObject();
     }
 
     /// <summary>The worker: times <paramref name="steps"/> DPO steps (after one warm-up) in this world; rank 0 prints the result.</summary>
@@ -76,11 +81,13 @@ internal sealed class DistributedSuite : IBenchmarkSuite
         using var optimizer = optim.AdamW(trainable, lr: 1e-5);
         var parallel = DataParallel<TokenizedPreference>.For(new TrainingOptions { BatchSize = GlobalPairs }, world, objective, null);
         var stepTimes = new List<double>();
+        var cpu = TimeSpan.Zero;   // this process's CPU time over the measured steps (a shared machine slows wall time, not this)
         var reduceTimes = new List<double>();
         for (int s = 0; s <= steps; s++)
         {
             world.Barrier();
             var clock = Stopwatch.StartNew();
+            var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
             if (parallel is null)
             {
                 using var scope = NewDisposeScope();
@@ -93,9 +100,12 @@ internal sealed class DistributedSuite : IBenchmarkSuite
             optimizer.step();
             optimizer.zero_grad();
             if (s == 0) continue;   // warm-up
+            cpu += Process.GetCurrentProcess().TotalProcessorTime - cpuBefore;
             stepTimes.Add(clock.Elapsed.TotalSeconds);
             reduceTimes.Add(reduce.Elapsed.TotalSeconds);
         }
+        var cpuSeconds = new[] { cpu.TotalSeconds };
+        world.AllReduceSum(cpuSeconds);   // all ranks together
         if (world.IsMain)
         {
             double step = Measure.Median(stepTimes), allReduce = Measure.Median(reduceTimes);
@@ -104,6 +114,7 @@ internal sealed class DistributedSuite : IBenchmarkSuite
                 ranks = world.Size, parameters, steps, stepSeconds = Math.Round(step, 4), allReduceSeconds = Math.Round(allReduce, 4),
                 allReduceShare = Math.Round(allReduce / step, 3), backend = world.Backend,
                 gradientMiB = Math.Round(parameters * 4 / 1048576.0, 1),
+                cpuSecondsPerStepAllRanks = Math.Round(cpuSeconds[0] / steps, 3),
             }));
         }
         world.Finish();

@@ -197,6 +197,25 @@ public sealed class DataParallelTests
 
     [TestMethod]
     [Timeout(180_000)]
+    public void ADivergingRun_StopsEveryRankAtTheSameStep()
+    {
+        Mpirun();
+        using var dir = new TempDirectory();
+        var (model, data) = Setup(dir, 40);
+        string[] args = [.. Dpo(model, data, dir.Combine("two"))];
+        args[Array.IndexOf(args, "--learning-rate") + 1] = "1e30";
+        var run = new Captured(Start(2, args));
+        int code = run.Wait(TimeSpan.FromSeconds(120));
+        Assert.AreNotEqual(0, code);
+        // Both ranks print the error (stderr is kept on every rank); the loss they check is the global one, so the step is the same.
+        var errors = run.Text.Split('\n').Where(l => l.Contains("mldpo dpo: error: The ")).Select(l => l[l.IndexOf("mldpo dpo: error:")..].Trim()).ToList();
+        Assert.AreEqual(2, errors.Count, run.Text);
+        Assert.AreEqual(errors[0], errors[1]);
+        StringAssert.Contains(errors[0], "training stopped without applying it");
+    }
+
+    [TestMethod]
+    [Timeout(180_000)]
     public void KillingOneRank_EndsTheOtherWithAnErrorWithinSixtySeconds()
     {
         Mpirun();
