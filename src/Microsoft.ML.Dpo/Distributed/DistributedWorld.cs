@@ -83,7 +83,8 @@ public sealed class DistributedWorld
     /// quiet the console of ranks other than 0 before anything else runs.
     /// </summary>
     public static int RankFromEnvironment() =>
-        Integer("OMPI_COMM_WORLD_RANK") ?? Integer("PMIX_RANK") ?? Integer("PMI_RANK") ?? Integer("MV2_COMM_WORLD_RANK") ?? Integer("RANK") ?? 0;
+        Integer("OMPI_COMM_WORLD_RANK") ?? Integer("PMIX_RANK") ?? Integer("PMI_RANK") ?? Integer("MV2_COMM_WORLD_RANK")
+        ?? (Integer("WORLD_SIZE") is > 1 ? Integer("RANK") : null) ?? 0;
 
     static int? Integer(string name) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null;

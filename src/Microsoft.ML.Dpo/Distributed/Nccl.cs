@@ -11,7 +11,7 @@ namespace Microsoft.ML.Dpo.Distributed;
 /// </summary>
 internal sealed unsafe class NcclCommunicator : IDisposable
 {
-    const string Library = "nccl";   // libnccl.so(.2), as NVIDIA's packages and the CUDA containers install it
+    const string Library = "libnccl.so.2";   // the runtime soname NVIDIA's packages and the CUDA containers install
     const int NcclFloat32 = 7, NcclSum = 0;   // nccl.h: ncclFloat32 = 7, ncclSum = 0
 
     [InlineArray(128)]
@@ -43,7 +43,7 @@ internal sealed unsafe class NcclCommunicator : IDisposable
     /// <c>MLDPO_NCCL=0</c> turns it off (gradients then travel through host memory and MPI).
     /// </summary>
     public static bool Available(bool onCuda) =>
-        onCuda && Environment.GetEnvironmentVariable("MLDPO_NCCL") != "0" && NativeLibrary.TryLoad("libnccl.so.2", out _);
+        onCuda && Environment.GetEnvironmentVariable("MLDPO_NCCL") != "0" && NativeLibrary.TryLoad(Library, out _);
 
     /// <summary>
     /// Sums <paramref name="count"/> float32 values at device pointer <paramref name="buffer"/> over all ranks, in place, on the
