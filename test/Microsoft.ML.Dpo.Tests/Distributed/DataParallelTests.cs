@@ -116,7 +116,10 @@ public sealed class DataParallelTests
         Console.WriteLine($"max |weight - start| {moved:E2}, max |2 ranks - 1 rank| {difference:E2}");
         Assert.IsTrue(moved > 1e-3, $"training moved the weights by only {moved}");
         Assert.IsTrue(difference <= 1e-5, $"2-rank weights differ from 1-rank weights by {difference}");
-        Assert.IsFalse(Directory.EnumerateFileSystemEntries(dir.Path, "two*").Any(p => p.Contains(".tmp-")), "only rank 0 writes");
+        // Rank 0 alone prints and writes: one summary line, one metrics row (logging every 10 steps), no temporary folder left.
+        Assert.AreEqual(1, text.Split('\n').Count(l => l.Contains("Trained 10 steps")), text);
+        Assert.AreEqual(1, File.ReadAllLines(dir.Combine("two.checkpoints", "metrics.jsonl")).Length);
+        Assert.IsFalse(Directory.EnumerateFileSystemEntries(dir.Path, "*", SearchOption.AllDirectories).Any(p => p.Contains(".tmp-")), "no temporary folder is left");
     }
 
     [TestMethod]
