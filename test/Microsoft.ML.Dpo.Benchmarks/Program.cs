@@ -12,9 +12,12 @@ var suites = new IBenchmarkSuite[]
     new MoeSuite(),
     new TokenizerSuite(),
     new ChatTemplateSuite(),
+    new DistributedSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
+// Internal: timed DPO steps in this process's world, 1 process or an MPI rank (DistributedSuite starts it).
+if (args.Length == 2 && args[0] == "distributed-worker") return DistributedSuite.RunWorker(int.Parse(args[1]));
 // Internal: one DPO step variant in a fresh process, for its peak memory (DpoSuite starts it).
 if (args.Length == 2 && args[0] == "dpo-variant") return DpoSuite.RunVariantAndReportPeak(args[1]);
 // Internal: one DPO step on the MoE benchmark model or its dense twin, for its peak memory (MoeSuite starts it).

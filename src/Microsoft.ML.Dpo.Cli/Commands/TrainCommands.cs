@@ -26,7 +26,9 @@ internal static class TrainCommands
         public readonly Option<bool> Force = Cli.Option("--force", "Replace --output even when it holds files mldpo did not write (never the current folder, " +
             "--model, --data, --reference or the checkpoint folder, nor a folder containing them).", false);
         public readonly Option<int> Epochs = Cli.Option("--epochs", "Passes over the data.", 1);
-        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs).", 4);
+        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs), over all ranks of an MPI launch.", 4);
+        public readonly Option<int> PerRankBatchSize = Cli.Option("--per-rank-batch-size", "Under mpirun: the most examples a rank runs in one forward pass " +
+            "(its share of --batch-size is run in passes of this size; same result, less memory). 0: the whole share.", 0);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
         public readonly Option<int?> MaxPromptLength = Cli.Optional<int?>("--max-prompt-length", "Longest prompt in tokens; longer prompts keep their end (default: half of --max-length).");
         public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", 0);
@@ -52,7 +54,7 @@ internal static class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
@@ -79,6 +81,7 @@ internal static class TrainCommands
             options.BaseModelPath = model;
             options.Epochs = result.GetValue(Epochs);
             options.BatchSize = result.GetValue(BatchSize);
+            options.PerRankBatchSize = result.GetValue(PerRankBatchSize);
             options.MaxLength = maxLength;
             options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
             options.WarmupSteps = result.GetValue(WarmupSteps);
@@ -199,11 +202,13 @@ internal static class TrainCommands
             "(cached in the checkpoint folder).", false);
         var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");
         var evaluation = new EvaluationFlags();
+        var shard = Cli.Optional<string?>("--shard", "With --precompute-reference: compute only shard i/n of the reference log-probs (0-based i), write it into the " +
+            "checkpoint folder and stop; once all n shards are there, the same command without --shard joins them and trains.");
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
-            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference })
+            fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, shard })
             command.Options.Add(option);
         evaluation.AddTo(command);
         Cli.SetAction(command, (result, cancellation) =>
@@ -239,6 +244,16 @@ internal static class TrainCommands
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
                 new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
+            if (result.GetValue(shard) is { } spec)
+            {
+                var parts = spec.Split('/');
+                if (parts.Length != 2 || !int.TryParse(parts[0], out int index) || !int.TryParse(parts[1], out int count) || count < 1 || index < 0 || index >= count)
+                    throw new CliException($"--shard '{spec}' is not i/n with 0 <= i < n (e.g. 0/4).");
+                if (!options.PrecomputeReferenceLogProbs) throw new CliException("--shard needs --precompute-reference: it shards the reference precomputation.");
+                string path = ml.Alignment().Trainers.Dpo(options).PrecomputeReferenceShard(data, index, count);
+                stdout.WriteLine($"Reference shard {index}/{count} written to {path}");
+                return 0;
+            }
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });
         return command;
@@ -414,6 +429,7 @@ internal static class TrainCommands
         }
         using (transformer)
         {
+            if (!Microsoft.ML.Dpo.Distributed.DistributedWorld.Current.IsMain) return 0;   // data parallel: rank 0 writes the output
             transformer.ExportHuggingFace(output, common.Overwrite(result));   // with LoRA: the merged weights; metrics.jsonl inside
             if (transformer.Model.Lora is not null)
             {

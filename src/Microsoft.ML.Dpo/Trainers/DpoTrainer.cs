@@ -152,6 +152,36 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
 
     readonly IHostEnvironment? env;
     readonly Options options;
+    (int Index, int Count)? referenceShard;   // set by PrecomputeReferenceShard for one pass through Fit
+
+    /// <summary>
+    /// Computes shard <paramref name="index"/> of <paramref name="count"/> of the precomputed reference log-probabilities of
+    /// <paramref name="input"/> — the batches <c>b</c> of <see cref="TrainingOptions.BatchSize"/> pairs with <c>b mod count = index</c> —
+    /// and writes it as a shard file (JSON lines keyed by record) into <see cref="TrainingOptions.CheckpointDirectory"/>; no
+    /// training. Once every shard is there, <see cref="Fit"/> joins them into its reference cache (equal, bit for bit, to
+    /// computing it in one pass) instead of running the reference. For array jobs (Slurm, Kubernetes indexed Jobs) without MPI.
+    /// </summary>
+    /// <returns>The shard file's path.</returns>
+    public string PrecomputeReferenceShard(IDataView input, int index, int count)
+    {
+        if (count < 1 || index < 0 || index >= count) throw new ArgumentOutOfRangeException(nameof(index), $"Shard {index}/{count}: the index must lie in 0 … count − 1.");
+        if (!options.PrecomputeReferenceLogProbs || options.CheckpointDirectory is null)
+            throw new ArgumentException("Sharded reference precomputation needs PrecomputeReferenceLogProbs (--precompute-reference) and a CheckpointDirectory, where the shard files go.");
+        referenceShard = (index, count);
+        try
+        {
+            Fit(input).Dispose();
+            throw new InvalidOperationException($"{options.LossOptions} uses no reference model, so there are no reference log-probs to precompute.");
+        }
+        catch (ReferenceShardWrittenException written)
+        {
+            return written.Path;
+        }
+        finally
+        {
+            referenceShard = null;
+        }
+    }
 
     internal DpoTrainer(IHostEnvironment? env, Options options)
     {
@@ -194,7 +224,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             if (loss.RequiresReference && adapters is null)
             {
                 if (options.Reference == ReferenceModelSource.Separate)
-                    reference = options.ReferenceModel ?? (ownedReference = LanguageModel.Load(options.ReferenceModelPath!, options.Precision, options.Device));
+                    reference = options.ReferenceModel ?? (ownedReference = LanguageModel.Load(options.ReferenceModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device)));
                 else if (options.BaseModel is not null)
                     reference = options.BaseModel;
                 else if (!options.PrecomputeReferenceLogProbs)
@@ -218,7 +248,8 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 {
                     string? key = options.CheckpointDirectory is null ? null : WeightsFingerprint.Of(referenceNetwork);   // hashed once for both sets
                     ReferenceLogProbs.Precomputed Precompute(List<TokenizedPreference> set) => ReferenceLogProbs.Precomputed.Compute(
-                        referenceNetwork, set, options.BatchSize, policy.PadTokenId, options.CheckpointDirectory, log, options.CancellationToken, key);
+                        referenceNetwork, set, options.BatchSize, policy.PadTokenId, options.CheckpointDirectory, log, options.CancellationToken, key,
+                        ReferenceEquals(set, examples) ? referenceShard : null);
                     referenceLogProbs = Precompute(examples);
                     if (validation is not null) validationReferenceLogProbs = Precompute(validation);
                 }
@@ -258,7 +289,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 if (validationReferenceLogProbs is null && loss.RequiresReference)
                 {
                     // TR-DPO with a reference the run owned (a copy of the start, or loaded from ReferenceModelPath): validate against the start, reloaded.
-                    ownedReference = LanguageModel.Load(options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath! : options.BaseModelPath!, options.Precision, options.Device);
+                    ownedReference = LanguageModel.Load(options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath! : options.BaseModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device));
                     ownedReference.Network.eval();
                     validationReferenceLogProbs = new ReferenceLogProbs.Live(ownedReference.Network);
                 }

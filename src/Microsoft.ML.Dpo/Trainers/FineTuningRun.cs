@@ -16,7 +16,7 @@ internal static class FineTuningRun
     /// <summary>A fresh copy of the starting model that training may modify (with fresh LoRA adapters when <see cref="LanguageModelTrainerOptions.Lora"/> is set).</summary>
     public static LanguageModel LoadPolicy(LanguageModelTrainerOptions options)
     {
-        var policy = options.BaseModel?.Clone() ?? LanguageModel.Load(options.BaseModelPath!, options.Precision, options.Device);
+        var policy = options.BaseModel?.Clone() ?? LanguageModel.Load(options.BaseModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device));   // one GPU per rank
         if (options.Lora is null) return policy;
         try
         {

@@ -92,4 +92,7 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
     }
 
     public void AfterReport(int stepsDone, IReadOnlyDictionary<string, double> metrics) => guard?.Observe(stepsDone, metrics);
+
+    public string? ShardingCaveat => (loss.Kinds ?? [loss.Kind]).Any(k => k is PreferenceLossKind.Aot or PreferenceLossKind.AotUnpaired)
+        ? "The aot and aot_unpaired losses sort the log-ratios over the micro-batch, so a shard sorts fewer of them." : null;
 }

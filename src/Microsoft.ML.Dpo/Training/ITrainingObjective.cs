@@ -17,6 +17,15 @@ internal interface ITrainingObjective<TExample>
 
     /// <summary>Called with the averaged metrics of each report, e.g. to watch for a failure mode.</summary>
     void AfterReport(int step, IReadOnlyDictionary<string, double> metrics) { }
+
+    /// <summary>
+    /// What <see cref="Compute"/>'s mean loss divides by for <paramref name="batch"/>: the number of examples (the default),
+    /// or of target tokens for a token-mean loss. Data parallelism weights each shard's loss by its share of this.
+    /// </summary>
+    double LossDenominator(IReadOnlyList<TExample> batch) => batch.Count;
+
+    /// <summary>Why a micro-batch's loss is not the weighted mean of its shards' losses (terms over the whole batch), or null when it is.</summary>
+    string? ShardingCaveat => null;
 }
 
 /// <summary>The loss of a micro-batch, its metrics (means over the micro-batch) and how many tokens it processed.</summary>

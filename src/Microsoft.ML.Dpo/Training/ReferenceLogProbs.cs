@@ -74,23 +74,61 @@ internal abstract class ReferenceLogProbs
         /// the weights are hashed once.
         /// </summary>
         public static Precomputed Compute(CausalLM reference, IReadOnlyList<TokenizedPreference> examples, int batchSize, int padId,
-            string? cacheDirectory, Action<string>? log, CancellationToken cancellation, string? referenceFingerprint = null)
+            string? cacheDirectory, Action<string>? log, CancellationToken cancellation, string? referenceFingerprint = null, (int Index, int Count)? shard = null)
         {
+            var world = Distributed.DistributedWorld.Current;
             string? cacheFile = null;
             if (cacheDirectory != null)
             {
-                cacheFile = Path.Combine(cacheDirectory, $"reference_logps.{CacheKey(referenceFingerprint ?? WeightsFingerprint.Of(reference), examples)}.bin");
-                if (TryRead(cacheFile, examples.Count) is { } cached)
+                string key = CacheKey(referenceFingerprint ?? WeightsFingerprint.Of(reference), examples);
+                cacheFile = Path.Combine(cacheDirectory, $"reference_logps.{key}.bin");
+                if (shard is (int index, int count))
+                {
+                    // Offline shard i of n: its batches only, written as a shard file; training does not start.
+                    var part = ComputeShard(reference, examples, batchSize, padId, index, count, cancellation);
+                    string path = ReferenceShards.ShardPath(cacheFile, index, count);
+                    var arrays = part.Arrays;
+                    ReferenceShards.Write(path, key, index, count, examples, ShardPositions(examples.Count, batchSize, index, count),
+                        k => [.. arrays.Select(a => a[k])]);
+                    throw new ReferenceShardWrittenException(path);
+                }
+                var cached = TryRead(cacheFile, examples.Count);
+                if (cached is null && ReferenceShards.TryMerge(cacheFile, key, examples) is { } merged)
+                {
+                    cached = new Precomputed(merged[0], merged[1], merged[2], merged[3], merged[4], merged[5]);
+                    if (world.IsMain) cached.Write(cacheFile);
+                    log?.Invoke($"Reference log-probs joined from the shard files beside {cacheFile}.");
+                }
+                var missing = new double[] { cached is null ? 1 : 0 };
+                world.AllReduceMax(missing);          // data parallel: all ranks read it, or all compute their shares
+                if (cached is not null && missing[0] == 0)
                 {
                     log?.Invoke($"Reference log-probs read from {cacheFile}.");
                     return cached;
                 }
             }
+            var result = ComputeShard(reference, examples, batchSize, padId, world.Rank, world.Size, cancellation);
+            if (world.IsDistributed) result = result.GatherShards(examples, batchSize, world);
+            if (cacheFile != null && world.IsMain) result.Write(cacheFile);
+            return result;
+        }
+
+        /// <summary>The batches <c>b</c> of <paramref name="batchSize"/> examples with <c>b mod parts = part</c>: a shard's share (exactly the values of the whole run, which has the same batches).</summary>
+        internal static IEnumerable<int> ShardPositions(int count, int batchSize, int part, int parts)
+        {
+            for (int start = part * batchSize; start < count; start += parts * batchSize)
+                for (int i = start; i < Math.Min(count, start + batchSize); i++) yield return i;
+        }
+
+        /// <summary>Runs the reference over the examples of shard <paramref name="part"/> of <paramref name="parts"/> (the other entries stay 0).</summary>
+        internal static Precomputed ComputeShard(CausalLM reference, IReadOnlyList<TokenizedPreference> examples, int batchSize, int padId,
+            int part, int parts, CancellationToken cancellation)
+        {
             int n = examples.Count;
             float[] cs = new float[n], cc = new float[n], rs = new float[n], rc = new float[n], csh = new float[n], rsh = new float[n];
             using (no_grad())
             {
-                for (int start = 0; start < n; start += batchSize)
+                for (int start = part * batchSize; start < n; start += parts * batchSize)
                 {
                     cancellation.ThrowIfCancellationRequested();
                     using var scope = NewDisposeScope();
@@ -106,9 +144,27 @@ internal abstract class ReferenceLogProbs
                     }
                 }
             }
-            var result = new Precomputed(cs, cc, rs, rc, csh, rsh);
-            if (cacheFile != null) result.Write(cacheFile);
-            return result;
+            return new Precomputed(cs, cc, rs, rc, csh, rsh);
+        }
+
+        float[][] Arrays => [chosenSum, chosenCount, rejectedSum, rejectedCount, chosenShared, rejectedShared];
+
+        /// <summary>Every rank's share, gathered onto every rank (rank r computed the batches <c>b mod size = r</c>).</summary>
+        Precomputed GatherShards(IReadOnlyList<TokenizedPreference> examples, int batchSize, Distributed.DistributedWorld world)
+        {
+            var owned = Enumerable.Range(0, world.Size).Select(r => ShardPositions(examples.Count, batchSize, r, world.Size).Select(p => examples[p].Index).ToArray()).ToArray();
+            int width = owned.Max(o => o.Length) * 6;
+            var mine = new float[width];
+            var arrays = Arrays;
+            for (int i = 0; i < owned[world.Rank].Length; i++)
+                for (int a = 0; a < 6; a++) mine[i * 6 + a] = arrays[a][owned[world.Rank][i]];
+            var all = new float[width * world.Size];
+            world.AllGather<float>(mine, all);
+            var merged = arrays.Select(x => new float[x.Length]).ToArray();
+            for (int r = 0; r < world.Size; r++)
+                for (int i = 0; i < owned[r].Length; i++)
+                    for (int a = 0; a < 6; a++) merged[a][owned[r][i]] = all[r * width + i * 6 + a];
+            return new Precomputed(merged[0], merged[1], merged[2], merged[3], merged[4], merged[5]);
         }
 
         void Write(string path)

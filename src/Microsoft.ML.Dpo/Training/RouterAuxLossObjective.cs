@@ -26,6 +26,14 @@ internal sealed class RouterAuxLossObjective<TExample>(ITrainingObjective<TExamp
         return new RouterAuxLossObjective<TExample>(objective, network, aux, zCoefficient);
     }
 
+    public double LossDenominator(IReadOnlyList<TExample> batch) => inner.LossDenominator(batch);
+
+    public string? ShardingCaveat => "The MoE load-balancing loss is a product of means over the tokens of one forward pass, so it differs between one batch and its shards.";
+
+    public void AfterStep(int step) => inner.AfterStep(step);
+
+    public void AfterReport(int step, IReadOnlyDictionary<string, double> metrics) => inner.AfterReport(step, metrics);
+
     public ObjectiveResult Compute(IReadOnlyList<TExample> batch)
     {
         using var recording = network.RecordRouterLogits()!;

@@ -16,4 +16,11 @@ internal sealed class SftObjective(CausalLM model, int padId, bool completionOnl
         double value = loss.ToDouble();
         return new ObjectiveResult(loss, new Dictionary<string, double> { ["loss"] = value, ["perplexity"] = Math.Exp(Math.Min(value, 50)) }, batch.Tokens);
     }
+
+    /// <summary>The target tokens <see cref="SequenceBatch.Collate"/> marks: the loss is a mean over them (the first token of a row is never one).</summary>
+    public double LossDenominator(IReadOnlyList<TokenizedCompletion> batch) => Math.Max(1, batch.Sum(e =>
+    {
+        int total = e.Prompt.Length + e.Completion.Length;
+        return completionOnlyLoss ? e.Completion.Length - (e.Prompt.Length == 0 && e.Completion.Length > 0 ? 1 : 0) : Math.Max(0, total - 1);
+    }));
 }

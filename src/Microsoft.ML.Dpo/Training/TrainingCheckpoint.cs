@@ -38,6 +38,7 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
     public static void Prepare(TrainingOptions options, Action<string>? log)
     {
         if (options.CheckpointDirectory is not { } directory || !Directory.Exists(directory)) return;
+        if (!Distributed.DistributedWorld.Current.IsMain) return;   // data parallel: rank 0 owns the folder (its refusal stops the job)
         string current = System.IO.Path.Combine(directory, "checkpoint");
         string prefix = AtomicDirectory.TemporaryPrefix(current);
         int removed = 0;

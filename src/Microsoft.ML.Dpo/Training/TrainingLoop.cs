@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Microsoft.ML.Dpo.Distributed;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -26,14 +27,20 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// cancellation writes a checkpoint first.
 /// </summary>
 /// <remarks>
+/// Launched by MPI (<see cref="DistributedWorld.Current"/>), the loop is data parallel (<see cref="DataParallel{TExample}"/>):
+/// every rank walks the same shuffled order, computes its shard of each micro-batch, and the gradients are summed over
+/// ranks before clipping; rank 0 alone reports, writes metrics.jsonl and checkpoints.
 /// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
 /// metrics (e.g. evaluation by generation) that join the next report; <c>stopRequested</c>, when given and true after a step
 /// (early stopping), ends training there (reported and checkpointed like a last step).
 /// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
-    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null)
+    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null, DistributedWorld? world = null)
 {
+    readonly DataParallel<TExample>? parallel = DataParallel<TExample>.For(options, world ??= DistributedWorld.Current, objective, log);
+    readonly bool main = world.IsMain;
+
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
         if (examples.Count == 0) throw new InvalidOperationException("There is no training example left after data preparation.");
@@ -47,9 +54,11 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         if (options.Resume && checkpoint?.TryLoad(optimizer, fingerprint) is { } resumed)
         {
             state = resumed;
-            log?.Invoke($"Resumed from {checkpoint.Path} at step {state.Step}.");
+            if (main) log?.Invoke($"Resumed from {checkpoint.Path} at step {state.Step}.");
         }
-        using var metrics = new MetricsLog(options.CheckpointDirectory, resumedStep: state.Step);
+        if (world!.IsDistributed) AgreeOnStart(state.Step);
+        parallel?.BroadcastParameters(trainable);
+        using var metrics = new MetricsLog(main ? options.CheckpointDirectory : null, resumedStep: state.Step);
         var lastMetrics = (IReadOnlyDictionary<string, double>)new Dictionary<string, double>();
         var clock = Stopwatch.StartNew();
         int startStep = state.Step;
@@ -64,7 +73,17 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
             for (int b = firstBatch; b < batchesPerEpoch && state.Step < totalSteps; b++)
             {
                 var batch = order.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
-                using (var scope = NewDisposeScope())
+                if (parallel is not null)
+                {
+                    // This rank's shard, forward and backward; the loss, metrics and tokens returned are the global ones.
+                    var (loss, batchMetrics, batchTokens) = parallel.Backward(objective, batch, options.GradientAccumulationSteps, options.CancellationToken.IsCancellationRequested);
+                    if (!double.IsFinite(loss))
+                        throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
+                    metrics.Add(batchMetrics);
+                    tokens += batchTokens;
+                    stepTokens += batchTokens;
+                }
+                else using (var scope = NewDisposeScope())
                 {
                     ObjectiveResult result = objective.Compute(batch);
                     double loss = result.Loss.ToDouble();
@@ -80,6 +99,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 if (accumulated < options.GradientAccumulationSteps && !lastOfEpoch) continue;
 
                 // One optimizer step.
+                parallel?.SyncGradients(trainable);
                 double gradNorm = ClipGradients();
                 if (!double.IsFinite(gradNorm))
                     throw Diverged($"The gradient norm became {gradNorm} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
@@ -92,31 +112,42 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                                      Tokens = state.Tokens + stepTokens };
                 stepTokens = 0;
                 objective.AfterStep(state.Step);
-                if (evaluate?.Invoke(state.Step, state.Step == totalSteps) is { } evaluation) metrics.Add(evaluation);
-                stopped = state.Step < totalSteps && stopRequested?.Invoke() == true;
+                if (main && evaluate?.Invoke(state.Step, state.Step == totalSteps) is { } evaluation) metrics.Add(evaluation);
+                stopped = state.Step < totalSteps && StopRequestedOnAnyRank();
                 metrics.Add("grad_norm", gradNorm);
                 metrics.Add("learning_rate", lr);
 
-                if (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps || stopped)
+                if (main && (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps || stopped))
                 {
                     metrics.Add("tokens_per_second", tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds));
                     metrics.Add("num_tokens", state.Tokens);   // real tokens trained on so far, this run and the resumed ones (TRL's num_tokens)
                     lastMetrics = Report(metrics, state, stepsPerEpoch, totalSteps, startStep, clock.Elapsed);
                     objective.AfterReport(state.Step, lastMetrics);
                 }
-                if (checkpoint != null && options.CheckpointInterval > 0 && state.Step % options.CheckpointInterval == 0 && state.Step < totalSteps)
+                if (main && checkpoint != null && options.CheckpointInterval > 0 && state.Step % options.CheckpointInterval == 0 && state.Step < totalSteps)
                     checkpoint.Save(state, optimizer);
-                if (options.CancellationToken.IsCancellationRequested)
+                if (parallel?.Cancelled ?? options.CancellationToken.IsCancellationRequested)
                 {
-                    checkpoint?.Save(state, optimizer);
-                    log?.Invoke(checkpoint != null ? $"Cancelled at step {state.Step}; checkpoint written to {checkpoint.Path}." : $"Cancelled at step {state.Step}.");
-                    options.CancellationToken.ThrowIfCancellationRequested();
+                    if (main) checkpoint?.Save(state, optimizer);
+                    world!.Barrier();   // data parallel: no rank ends the job before rank 0's checkpoint is written
+                    if (main) log?.Invoke(checkpoint != null ? $"Cancelled at step {state.Step}; checkpoint written to {checkpoint.Path}." : $"Cancelled at step {state.Step}.");
+                    throw new OperationCanceledException(options.CancellationToken.IsCancellationRequested ? options.CancellationToken : CancellationToken.None);
                 }
                 if (stopped) break;
             }
         }
-        checkpoint?.Save(state, optimizer);
+        if (main) checkpoint?.Save(state, optimizer);
         return new TrainingSummary(state.Step, lastMetrics, metrics.FilePath) { StoppedEarly = stopped };
+
+        // Early stopping is decided where evaluation runs (rank 0); data parallel, every rank learns it in the same step.
+        bool StopRequestedOnAnyRank()
+        {
+            bool stop = main && stopRequested?.Invoke() == true;
+            if (parallel is null) return stop;
+            Span<double> flag = [stop ? 1 : 0];
+            world!.AllReduceMax(flag);
+            return flag[0] > 0;
+        }
 
         TrainingDivergedException Diverged(string what)
         {
@@ -125,6 +156,16 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                                              : File.Exists(Path.Combine(checkpoint.Path, "trainer_state.json")) ? $"The last good checkpoint is kept in {checkpoint.Path}." : "No checkpoint had been written yet.";
             return new TrainingDivergedException($"{what}; training stopped without applying it. {kept} Lower the learning rate or check the data.");
         }
+    }
+
+    /// <summary>Every rank must resume from the same step: a checkpoint folder that only some ranks see (not shared) is an error.</summary>
+    void AgreeOnStart(int step)
+    {
+        var bounds = new double[] { step, -step };
+        world!.AllReduceMax(bounds);
+        if (bounds[0] != -bounds[1])
+            throw new InvalidOperationException($"The ranks would resume from different steps ({-bounds[1]} to {bounds[0]}; this rank {step}): " +
+                $"the checkpoint folder '{options.CheckpointDirectory}' must be one shared folder that every rank reads.");
     }
 
     double ClipGradients()

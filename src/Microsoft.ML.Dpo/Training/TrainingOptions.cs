@@ -52,8 +52,17 @@ public class TrainingOptions
 {
     /// <summary>Passes over the training data. Default 1.</summary>
     public int Epochs { get; set; } = 1;
-    /// <summary>Examples per micro-batch (for DPO, pairs: each contributes a chosen and a rejected sequence). Default 4.</summary>
+    /// <summary>
+    /// Examples per micro-batch (for DPO, pairs: each contributes a chosen and a rejected sequence), over all ranks of a
+    /// data-parallel run (see <see cref="PerRankBatchSize"/>). Default 4.
+    /// </summary>
     public int BatchSize { get; set; } = 4;
+    /// <summary>
+    /// Data parallelism (an MPI launch, <see cref="Distributed.DistributedWorld"/>): the most examples a rank runs in one
+    /// forward pass. Each rank takes a contiguous share of ⌈<see cref="BatchSize"/> ÷ ranks⌉ examples of every micro-batch
+    /// and runs it in passes of this size, which bounds its memory without changing the result. 0 (the default): the whole share at once.
+    /// </summary>
+    public int PerRankBatchSize { get; set; }
     /// <summary>Micro-batches whose gradients are summed before each optimizer step. Default 1.</summary>
     public int GradientAccumulationSteps { get; set; } = 1;
     /// <summary>Peak AdamW learning rate. Default 1e-5.</summary>
@@ -119,6 +128,7 @@ public class TrainingOptions
         Positive(MaxLength, nameof(MaxLength));
         Positive(MaxPromptLength, nameof(MaxPromptLength));
         Positive(LoggingInterval, nameof(LoggingInterval));
+        if (PerRankBatchSize < 0) throw new ArgumentOutOfRangeException(nameof(PerRankBatchSize), PerRankBatchSize, "PerRankBatchSize must not be negative (0: the whole share of each rank).");
         if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "WeightDecay must not be negative.");
         if (WarmupSteps < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "WarmupSteps must not be negative.");
         if (MaxPromptLength >= MaxLength) throw new ArgumentOutOfRangeException(nameof(MaxPromptLength), MaxPromptLength, $"MaxPromptLength must be less than MaxLength ({MaxLength}).");
