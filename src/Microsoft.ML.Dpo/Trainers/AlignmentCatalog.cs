@@ -32,6 +32,12 @@ public sealed class AlignmentTrainers
     /// <summary>Direct Preference Optimization on (prompt, chosen, rejected) text columns.</summary>
     public DpoTrainer Dpo(DpoTrainer.Options options) => new(context, options);
 
+    /// <summary>GRPO (online RL): K sampled completions per prompt, group-relative advantages, clipped surrogate; rewards from any judge or function.</summary>
+    public GrpoTrainer Grpo(GrpoTrainer.Options options) => new(context, options);
+
+    /// <summary>RLOO (online RL): K sampled completions per prompt, leave-one-out baseline, KL-shaped reward, REINFORCE.</summary>
+    public RlooTrainer Rloo(RlooTrainer.Options options) => new(context, options);
+
     /// <summary>A reward model (scalar head, Bradley–Terry loss) on (prompt, chosen, rejected) text columns.</summary>
     public Feedback.RewardModelTrainer RewardModel(Feedback.RewardModelTrainer.Options options) => new(context, options);
 }

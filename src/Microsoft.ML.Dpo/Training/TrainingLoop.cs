@@ -18,17 +18,20 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// cancellation writes a checkpoint first.
 /// </summary>
 /// <remarks>
+/// <c>order</c>, when given, replaces the shuffle: it returns the example indices of an epoch (online RL presents each
+/// micro-batch of prompts several times in a row, GRPO's μ); it must be deterministic so a resumed run sees the same order.
 /// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
 /// metrics (e.g. evaluation by generation) that join the next report.
 /// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
-    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null)
+    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<int, int[]>? order = null)
 {
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
         if (examples.Count == 0) throw new InvalidOperationException("There is no training example left after data preparation.");
-        int batchesPerEpoch = (examples.Count + options.BatchSize - 1) / options.BatchSize;
+        int[] EpochOrder(int epoch) => order?.Invoke(epoch) ?? ShuffledOrder(examples.Count, options.Seed, epoch);
+        int batchesPerEpoch = (EpochOrder(0).Length + options.BatchSize - 1) / options.BatchSize;
         int stepsPerEpoch = (batchesPerEpoch + options.GradientAccumulationSteps - 1) / options.GradientAccumulationSteps;
         int totalSteps = stepsPerEpoch * options.Epochs;
         if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
@@ -48,12 +51,12 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
 
         for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps; epoch++)
         {
-            int[] order = ShuffledOrder(examples.Count, options.Seed, epoch);
+            int[] indices = EpochOrder(epoch);
             int firstBatch = epoch == state.Epoch ? state.NextBatchInEpoch : 0;
             int accumulated = 0;
             for (int b = firstBatch; b < batchesPerEpoch && state.Step < totalSteps; b++)
             {
-                var batch = order.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
+                var batch = indices.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
                 using (var scope = NewDisposeScope())
                 {
                     ObjectiveResult result = objective.Compute(batch);
