@@ -14,6 +14,9 @@ public static class CliApp
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(TrainCommands.CreateSft());
         root.Subcommands.Add(TrainCommands.CreateDpo());
+        root.Subcommands.Add(TrainCommands.CreateGrpo());
+        root.Subcommands.Add(TrainCommands.CreateRloo());
+        root.Subcommands.Add(TrainCommands.CreateReward());
         root.Subcommands.Add(EvaluateCommand.Create());
         root.Subcommands.Add(BinarizeCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());

@@ -1,0 +1,76 @@
+using Microsoft.ML.Dpo.Generation;
+using Microsoft.ML.Dpo.Reinforcement;
+using Microsoft.ML.Dpo.Tests.Trainers;
+using Microsoft.ML.Dpo.Trainers;
+
+namespace Microsoft.ML.Dpo.Tests.Reinforcement;
+
+/// <summary>
+/// End to end on the style task: the SFT model answers mostly curtly ("No.", "Go away."); a verifiable reward — the answer is
+/// exactly one of the warm answers (a regular expression; a looser rule such as "ends with !" is gamed within a few steps by
+/// answering "!") — must move its held-out greedy answers to the warm style.
+/// </summary>
+[TestClass]
+public sealed class OnlineRlTrainingTests
+{
+    static TempDirectory? dir;
+    static LanguageModelTransformer? sft;
+
+    [ClassInitialize]
+    public static void TrainSft(TestContext _)
+    {
+        dir = new TempDirectory();
+        sft = StylePreferenceTask.TrainSft(dir.Path);
+    }
+
+    [ClassCleanup]
+    public static void Cleanup()
+    {
+        sft?.Dispose();
+        dir?.Dispose();
+    }
+
+    /// <summary>The verifiable reward: the whole answer is one of the warm answers.</summary>
+    internal const string WarmPattern = "^(Happy to help!|Gladly, friend!)$";
+
+    /// <summary>
+    /// The rewards: 1 for exactly a warm answer, plus 0.5 for starting like one (the tiny SFT model rarely samples a whole warm
+    /// answer, so the partial credit gives the first steps a signal; it cannot be gamed past the exact answer, which scores 1.5).
+    /// </summary>
+    internal static RewardFunction[] Rewards => [RewardFunction.Matches(WarmPattern).WithName("warm"), RewardFunction.Matches("^(Happy|Gladly)", weight: 0.5).WithName("warm_start")];
+
+    internal static double IsWarm(string completion) => System.Text.RegularExpressions.Regex.IsMatch(completion, WarmPattern) ? 1 : 0;
+
+    /// <summary>Mean reward of the greedy answers to the held-out prompts.</summary>
+    internal static double HeldOutReward(LanguageModel model, out IReadOnlyList<string> answers)
+    {
+        var prompts = StylePreferenceTask.HeldOutSubjects.Select(StylePreferenceTask.Prompt).ToList();
+        answers = model.CreateGenerator().Generate(prompts, new GenerationOptions { MaxNewTokens = 20 });
+        return answers.Average(IsWarm);
+    }
+
+    static IDataView Prompts() => new MLContext().Data.LoadFromEnumerable(StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects));
+
+    [TestMethod]
+    public void GrpoRaisesTheHeldOutRewardOfTheSftModel()
+    {
+        double before = HeldOutReward(sft!.Model, out _);
+        var lines = new List<string>();
+        var ml = new MLContext(seed: 0);
+        using var grpo = ml.Alignment().Trainers.Grpo(new GrpoTrainer.Options
+        {
+            BaseModel = sft.Model, Rewards = Rewards,
+            NumGenerations = 8, MaxCompletionLength = 16, Temperature = 0.7, Epochs = 3, BatchSize = 4, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 40,
+            LoggingInterval = 2, Log = lines.Add,
+        }).Fit(Prompts());
+        double after = HeldOutReward(grpo.Model, out var answers);
+        foreach (var line in lines) Console.WriteLine(line);
+        Console.WriteLine($"held-out mean reward: SFT {before:F2} -> GRPO {after:F2}; answers: {string.Join(" | ", answers.Take(6))}");
+        Assert.IsTrue(before <= 0.2, $"the SFT model should mostly answer curtly (reward {before})");
+        Assert.IsTrue(after >= 0.9, $"held-out mean reward after GRPO {after}");
+        Assert.IsFalse(grpo.HasReference, "β = 0: no reference model");
+        var final = grpo.TrainingSummary!.FinalMetrics;
+        foreach (var name in new[] { "reward", "reward_std", "rewards/warm/mean", "rewards/warm_start/std", "completions/mean_length", "completions/clipped_ratio", "entropy", "clip_ratio/region_mean", "frac_reward_zero_std" })
+            Assert.IsTrue(final.ContainsKey(name), $"metric {name} is logged");
+    }
+}
