@@ -51,7 +51,7 @@ public sealed class GrpoTrainer : IEstimator<LanguageModelTransformer>
     public SchemaShape GetOutputSchema(SchemaShape inputSchema) => OnlineRlRun.OutputSchema(inputSchema, options);
 
     /// <summary>Trains a copy of the base model with GRPO on the prompts of <paramref name="input"/>.</summary>
-    public LanguageModelTransformer Fit(IDataView input) => OnlineRlRun.Fit(env, input, options, nameof(GrpoTrainer), (_, _) =>
+    public LanguageModelTransformer Fit(IDataView input) => OnlineRlRun.Fit(env, input, options, nameof(GrpoTrainer),
         new OnlineRlSettings(OnlineRlAlgorithm.Grpo, options.NumGenerations, options.Generation, options.Beta, options.Seed, options.NumIterations,
             options.Epsilon, options.EpsilonHigh ?? options.Epsilon, options.LossType, options.ScaleRewards, MaskTruncatedCompletions: options.MaskTruncatedCompletions));
 }

@@ -90,8 +90,17 @@ internal static class OnlineRlRun
         return order.ToArray();
     }
 
-    public static LanguageModelTransformer Fit(IHostEnvironment? env, IDataView input, OnlineRlTrainerOptions options, string component,
-        Func<LanguageModel, ReferencePolicy?, OnlineRlSettings> settings)
+    /// <summary>Fits a GRPO or RLOO run.</summary>
+    public static LanguageModelTransformer Fit(IHostEnvironment? env, IDataView input, OnlineRlTrainerOptions options, string component, OnlineRlSettings settings) =>
+        Fit(env, input, options, component, settings.ToString(), settings.NumIterations, (policy, tokenizer, reference) =>
+            new OnlineRlObjective(policy.Network, tokenizer, reference, options.Rewards, settings, policy.PadTokenId, options.CancellationToken));
+
+    /// <summary>
+    /// Reads and tokenizes the prompts, creates the reference (<see cref="Reference"/>), and runs the loop with the objective
+    /// <paramref name="objective"/> makes, presenting each micro-batch <paramref name="iterations"/> times in a row.
+    /// </summary>
+    public static LanguageModelTransformer Fit(IHostEnvironment? env, IDataView input, OnlineRlTrainerOptions options, string component, string summary, int iterations,
+        Func<LanguageModel, Tokenization.TextTokenizer, ReferencePolicy?, ITrainingObjective<TokenizedPrompt>> objective)
     {
         options.Validate();
         using var runLog = new FineTuningRun.RunLog(env, options, component);
@@ -119,18 +128,16 @@ internal static class OnlineRlRun
             var reference = Reference(options, policy, out owned, out var inMemory);
             log(reference is null ? "Reference model: none (β = 0)." : policy.Lora is not null ? "Reference model: the policy with its LoRA adapters off."
                 : owned is not null ? "Reference model: a frozen copy of the starting model." : "Reference model: the base model given in memory.");
-            var resolved = settings(policy, reference);
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";{component};{options.Summary};{resolved}", prompts.Select(p => p.Ids));
-            var objective = FineTuningRun.WithRouterLosses(
-                new OnlineRlObjective(policy.Network, tokenizer, reference, options.Rewards, resolved, policy.PadTokenId, options.CancellationToken), policy.Network, options);
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";{component};{options.Summary};{summary}", prompts.Select(p => p.Ids));
+            var step = FineTuningRun.WithRouterLosses(objective(policy, tokenizer, reference), policy.Network, options);
             policy.Network.train();
-            var summary = new TrainingLoop<TokenizedPrompt>(options, FineTuningRun.Trainable(policy), objective, FineTuningRun.Checkpoint(options, policy), fingerprint, log,
-                order: epoch => RepeatedOrder(prompts.Count, options.Seed, epoch, options.BatchSize, resolved.NumIterations)).Run(prompts);
+            var trained = new TrainingLoop<TokenizedPrompt>(options, FineTuningRun.Trainable(policy), step, FineTuningRun.Checkpoint(options, policy), fingerprint, log,
+                order: epoch => RepeatedOrder(prompts.Count, options.Seed, epoch, options.BatchSize, iterations)).Run(prompts);
             policy.Network.eval();
             var transformer = new LanguageModelTransformer(policy, owned ?? inMemory, options.Beta, options.PromptColumnName, ownsReference: owned is not null,
                 referencePath: owned is null && inMemory is null && policy.Lora is null && options.Beta != 0 ? options.BaseModelPath : null)
             {
-                TrainingSummary = summary, DataReport = report,
+                TrainingSummary = trained, DataReport = report,
             };
             owned = null;
             return transformer;

@@ -33,7 +33,7 @@ public sealed class RlooTrainer : IEstimator<LanguageModelTransformer>
     public SchemaShape GetOutputSchema(SchemaShape inputSchema) => OnlineRlRun.OutputSchema(inputSchema, options);
 
     /// <summary>Trains a copy of the base model with RLOO on the prompts of <paramref name="input"/>.</summary>
-    public LanguageModelTransformer Fit(IDataView input) => OnlineRlRun.Fit(env, input, options, nameof(RlooTrainer), (_, _) =>
+    public LanguageModelTransformer Fit(IDataView input) => OnlineRlRun.Fit(env, input, options, nameof(RlooTrainer),
         new OnlineRlSettings(OnlineRlAlgorithm.Rloo, options.NumGenerations, options.Generation, options.Beta, options.Seed,
             NormalizeAdvantages: options.NormalizeAdvantages, MaskTruncatedCompletions: options.MaskTruncatedCompletions));
 }

@@ -54,19 +54,27 @@ public sealed class OnlineRlCliTests
         using var dir = new TempDirectory();
         string sftDir = dir.Combine("sft"), pairs = dir.Combine("pairs.jsonl"), rewardDir = dir.Combine("rm"), output = dir.Combine("rloo");
         double before;
+        var records = StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects).ToList();
         using (var sft = StylePreferenceTask.TrainSft(dir.Combine("work")))
         {
             sft.ExportHuggingFace(sftDir);
             before = OnlineRlTrainingTests.HeldOutReward(sft.Model, out _);
+            // RLHF's comparisons are made on the SFT policy's own samples: besides warm over curt, warm over what the SFT model
+            // writes when sampled (often garbled at this size), so the reward model has seen the policy's distribution.
+            var prompts = StylePreferenceTask.TrainSubjects.Select(StylePreferenceTask.Prompt).ToList();
+            var samples = sft.Model.CreateGenerator().Generate(prompts, new Microsoft.ML.Dpo.Generation.GenerationOptions { Temperature = 1.0, MaxNewTokens = 16, Seed = 7 });
+            for (int i = 0; i < prompts.Count; i++)
+                if (OnlineRlTrainingTests.IsWarm(samples[i]) == 0 && samples[i].Length > 0)
+                    records.Add(new StylePreferenceTask.Pair { prompt = prompts[i], chosen = StylePreferenceTask.Warm[i % 2], rejected = samples[i] });
         }
-        File.WriteAllLines(pairs, StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects).Select(p => JsonSerializer.Serialize(p)));
+        File.WriteAllLines(pairs, records.Select(p => JsonSerializer.Serialize(p)));
         var reward = Run("reward", "--model", sftDir, "--data", pairs, "--output", rewardDir, "--epochs", "8", "--batch-size", "8",
             "--learning-rate", "1e-3", "--max-length", "64", "--max-prompt-length", "40");
         Assert.AreEqual(0, reward.Code, reward.Error);
         // The preference file serves as the prompt source (its chosen and rejected answers are ignored).
         var run = Run("rloo", "--model", sftDir, "--data", pairs, "--output", output, "--reward-model", rewardDir,
             "--num-generations", "8", "--max-completion-length", "16", "--temperature", "0.7", "--epochs", "3", "--batch-size", "4",
-            "--learning-rate", "1e-3", "--beta", "0.01", "--max-length", "64", "--max-prompt-length", "40", "--logging-steps", "4");
+            "--learning-rate", "3e-4", "--beta", "0.05", "--max-length", "64", "--max-prompt-length", "40", "--logging-steps", "4");
         Assert.AreEqual(0, run.Code, run.Error);
         StringAssert.Contains(run.Out, "rewards/reward_model/mean");
         StringAssert.Contains(run.Out, "kl=");

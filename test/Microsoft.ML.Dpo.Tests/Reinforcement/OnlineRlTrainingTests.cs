@@ -73,4 +73,41 @@ public sealed class OnlineRlTrainingTests
         foreach (var name in new[] { "reward", "reward_std", "rewards/warm/mean", "rewards/warm_start/std", "completions/mean_length", "completions/clipped_ratio", "entropy", "clip_ratio/region_mean", "frac_reward_zero_std" })
             Assert.IsTrue(final.ContainsKey(name), $"metric {name} is logged");
     }
+
+    /// <summary>
+    /// The rubric judge of the samples as an <c>IChatClient</c>: the library's rating request goes through
+    /// <see cref="Feedback.ChatClientJudge"/> to a deterministic chat client that rates 9 for a warm answer, 3 for a curt one,
+    /// 1 for anything else, and the rating is parsed back from its reply.
+    /// </summary>
+    internal static Microsoft.ML.Dpo.Feedback.ChatClientJudge RubricJudge(out Feedback.FakeChatClient client)
+    {
+        client = new Feedback.FakeChatClient(request =>
+        {
+            string answer = Feedback.FakeChatClient.AnswerOf(request).Trim();
+            int rating = IsWarm(answer) == 1 ? 9 : StylePreferenceTask.Curt.Contains(answer) ? 3 : 1;
+            return $"Judged against the rubric.\nRating: {rating}";
+        });
+        return new Microsoft.ML.Dpo.Feedback.ChatClientJudge(client);
+    }
+
+    [TestMethod]
+    public void OnlineDpoWithTheRubricChatJudgeReachesThePreferredStyle()
+    {
+        var judge = RubricJudge(out var client);
+        var lines = new List<string>();
+        var ml = new MLContext(seed: 0);
+        using var online = ml.Alignment().Trainers.OnlineDpo(new OnlineDpoTrainer.Options
+        {
+            BaseModel = sft!.Model, Rewards = [RewardFunction.FromJudge(judge, "rubric")], Beta = 0.1,
+            MaxCompletionLength = 16, Temperature = 0.7, Epochs = 4, BatchSize = 8, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 40,
+            LoggingInterval = 2, Log = lines.Add,
+        }).Fit(Prompts());
+        double after = HeldOutReward(online.Model, out var answers);
+        foreach (var line in lines) Console.WriteLine(line);
+        Console.WriteLine($"held-out preferred style: SFT 0 -> online DPO {after:F2} ({client.Calls} judge calls); answers: {string.Join(" | ", answers.Take(6))}");
+        Assert.AreEqual(0, judge.Statistics.Unparsable);
+        Assert.IsTrue(after >= 0.8, $"held-out preferred-style share after online DPO {after}");
+        Assert.IsTrue(online.TrainingSummary!.FinalMetrics.ContainsKey("rewards/accuracies"), "the DPO step's metrics are logged");
+        Assert.IsTrue(online.TrainingSummary.FinalMetrics.ContainsKey("pairs/tied_share"));
+    }
 }
