@@ -31,7 +31,9 @@ internal sealed class OnlineDpoObjective(CausalLM policy, TextTokenizer tokenize
             MaxNewTokens = generation.MaxNewTokens, Temperature = generation.Temperature, TopP = generation.TopP, TopK = generation.TopK, Seed = s & long.MaxValue,
         };
         List<Rollout> rollouts;
-        using (no_grad()) rollouts = RolloutSampler.Sample(policy, tokenizer, prompts, 2, options);
+        using (no_grad())
+        using (policy.PauseRouterRecording())   // an MoE policy's sampling passes add no router loss
+            rollouts = RolloutSampler.Sample(policy, tokenizer, prompts, 2, options);
         var metrics = new Dictionary<string, double>();
         var scores = RewardScoring.Score(rewards, rollouts.Select(r => (r.Prompt.Text, r.Text)).ToList(), metrics, cancellation);
         JudgedCompletions += rollouts.Count * rewards.Count;

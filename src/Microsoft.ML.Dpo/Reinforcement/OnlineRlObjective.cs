@@ -92,7 +92,9 @@ internal sealed class OnlineRlObjective(CausalLM policy, TextTokenizer tokenizer
         foreach (int index in key) seed = unchecked(seed * 1_000_003 + index);
         var generation = Clone(settings.Generation, seed & long.MaxValue);
         List<Rollout> rollouts;
-        using (no_grad()) rollouts = RolloutSampler.Sample(policy, tokenizer, prompts, settings.NumGenerations, generation);
+        using (no_grad())
+        using (policy.PauseRouterRecording())   // an MoE policy's sampling passes add no router loss
+            rollouts = RolloutSampler.Sample(policy, tokenizer, prompts, settings.NumGenerations, generation);
 
         var metrics = new Dictionary<string, double>();
         var total = RewardScoring.Score(rewards, rollouts.Select(r => (r.Prompt.Text, r.Text)).ToList(), metrics, cancellation);
@@ -116,6 +118,7 @@ internal sealed class OnlineRlObjective(CausalLM policy, TextTokenizer tokenizer
                 var network = reference ?? throw new InvalidOperationException("β ≠ 0 needs a reference model.");
                 using var batch = RolloutSampler.Batch(rollouts, padId, device);
                 using (network.Enter?.Invoke())
+                using (network.Network.PauseRouterRecording())
                 {
                     var scores = SequenceScoring.Score(network.Network, batch, new ScoringRequest(Temperature: settings.Generation.Temperature));
                     referenceLogProbs = RolloutSampler.Padded(scores.TokenLogProbs!, mask).to(float32).cpu().data<float>().ToArray();

@@ -76,15 +76,16 @@ public sealed class OnlineRlTrainingTests
 
     /// <summary>
     /// The rubric judge of the samples as an <c>IChatClient</c>: the library's rating request goes through
-    /// <see cref="Feedback.ChatClientJudge"/> to a deterministic chat client that rates 9 for a warm answer, 3 for a curt one,
-    /// 1 for anything else, and the rating is parsed back from its reply.
+    /// <see cref="Feedback.ChatClientJudge"/> to a deterministic chat client that rates 9 for a warm answer, 5 for an answer that
+    /// opens warmly ("Happy…", "Gladly…"), 3 for a curt one, 1 for anything else, and the rating is parsed back from its reply.
     /// </summary>
     internal static Microsoft.ML.Dpo.Feedback.ChatClientJudge RubricJudge(out Feedback.FakeChatClient client)
     {
         client = new Feedback.FakeChatClient(request =>
         {
             string answer = Feedback.FakeChatClient.AnswerOf(request).Trim();
-            int rating = IsWarm(answer) == 1 ? 9 : StylePreferenceTask.Curt.Contains(answer) ? 3 : 1;
+            int rating = IsWarm(answer) == 1 ? 9 : answer.StartsWith("Happy", StringComparison.Ordinal) || answer.StartsWith("Gladly", StringComparison.Ordinal) ? 5
+                : StylePreferenceTask.Curt.Contains(answer) ? 3 : 1;
             return $"Judged against the rubric.\nRating: {rating}";
         });
         return new Microsoft.ML.Dpo.Feedback.ChatClientJudge(client);
@@ -99,7 +100,7 @@ public sealed class OnlineRlTrainingTests
         using var online = ml.Alignment().Trainers.OnlineDpo(new OnlineDpoTrainer.Options
         {
             BaseModel = sft!.Model, Rewards = [RewardFunction.FromJudge(judge, "rubric")], Beta = 0.1,
-            MaxCompletionLength = 16, Temperature = 0.7, Epochs = 4, BatchSize = 8, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 40,
+            MaxCompletionLength = 16, Temperature = 0.7, Epochs = 6, BatchSize = 8, LearningRate = 5e-4, MaxLength = 64, MaxPromptLength = 40,
             LoggingInterval = 2, Log = lines.Add,
         }).Fit(Prompts());
         double after = HeldOutReward(online.Model, out var answers);
@@ -109,5 +110,40 @@ public sealed class OnlineRlTrainingTests
         Assert.IsTrue(after >= 0.8, $"held-out preferred-style share after online DPO {after}");
         Assert.IsTrue(online.TrainingSummary!.FinalMetrics.ContainsKey("rewards/accuracies"), "the DPO step's metrics are logged");
         Assert.IsTrue(online.TrainingSummary.FinalMetrics.ContainsKey("pairs/tied_share"));
+    }
+
+    sealed class Progress(Action<Microsoft.ML.Dpo.Training.TrainingProgress> report) : IProgress<Microsoft.ML.Dpo.Training.TrainingProgress>
+    {
+        public void Report(Microsoft.ML.Dpo.Training.TrainingProgress value) => report(value);
+    }
+
+    [TestMethod]
+    public void GrpoCancelledAndResumedEndsWithTheWeightsOfAnUninterruptedRun()
+    {
+        using var work = new TempDirectory();
+        GrpoTrainer.Options Options(string checkpoints) => new()
+        {
+            BaseModel = sft!.Model, Rewards = Rewards, NumGenerations = 4, MaxCompletionLength = 8, Temperature = 0.7, Epochs = 1, BatchSize = 4, MaxSteps = 4,
+            NumIterations = 2, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 40, LoggingInterval = 1, CheckpointDirectory = checkpoints,
+        };
+        static float[] Weights(LanguageModel model) => model.Network.parameters().SelectMany(p => p.detach().cpu().data<float>().ToArray()).ToArray();
+        var ml = new MLContext(seed: 0);
+        float[] uninterrupted;
+        using (var full = ml.Alignment().Trainers.Grpo(Options(work.Combine("full"))).Fit(Prompts()))
+            uninterrupted = Weights(full.Model);
+
+        using var cancel = new CancellationTokenSource();
+        var first = Options(work.Combine("resumed"));
+        first.CancellationToken = cancel.Token;
+        first.Progress = new Progress(p => { if (p.Step == 2) cancel.Cancel(); });   // after the first rollout batch's μ = 2 steps (a resume inside a batch resamples it)
+        Assert.ThrowsExactly<OperationCanceledException>(() => ml.Alignment().Trainers.Grpo(first).Fit(Prompts()));
+        var second = Options(work.Combine("resumed"));
+        second.ExistingCheckpoint = Microsoft.ML.Dpo.Training.ExistingCheckpointAction.Resume;
+        using var resumed = ml.Alignment().Trainers.Grpo(second).Fit(Prompts());
+        Assert.AreEqual(4, resumed.TrainingSummary!.Steps);
+        var weights = Weights(resumed.Model);
+        double maxDiff = uninterrupted.Zip(weights, (a, b) => Math.Abs(a - b)).Max();
+        Console.WriteLine($"max |Δ weight| resumed vs uninterrupted: {maxDiff:G3}");
+        Assert.AreEqual(0.0, maxDiff, 1e-6);
     }
 }
