@@ -87,6 +87,27 @@ internal static partial class TrainCommands
         return command;
     }
 
+    public static Command CreateOnlineDpo()
+    {
+        var common = new Common();
+        var online = new OnlineRl();
+        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; pretrained models use ~5e-7.", 1e-4);
+        var beta = Cli.Option("--beta", "DPO's β (> 0).", 0.1);
+        var command = new Command("online-dpo", "Online DPO on the prompts of --data: two completions per prompt sampled from the policy, the rewards " +
+            "(--reward-model, --reward-function) pick the better, DPO loss on the fresh pair; writes a Hugging Face directory with metrics.jsonl.");
+        common.AddTo(command);
+        online.AddTo(command);
+        online.NumGenerations.DefaultValueFactory = _ => 2;
+        command.Options.Add(learningRate);
+        command.Options.Add(beta);
+        Cli.SetAction(command, (result, cancellation) =>
+        {
+            var options = new OnlineDpoTrainer.Options { LearningRate = result.GetValue(learningRate), Beta = result.GetValue(beta) };
+            return RunOnline(result, common, online, options, "online-dpo", cancellation, ml => ml.Alignment().Trainers.OnlineDpo(options));
+        });
+        return command;
+    }
+
     public static Command CreateReward()
     {
         var common = new Common();

@@ -85,6 +85,21 @@ public sealed class OnlineRlCliTests
     }
 
     [TestMethod]
+    public void OnlineDpoVerbTrainsAndWritesTheModel()
+    {
+        using var dir = new TempDirectory();
+        string prompts = dir.Combine("prompts.jsonl");
+        WritePrompts(prompts, StylePreferenceTask.TrainSubjects.Take(4));
+        Assert.AreEqual(0, Run("init", "--arch", "llama", "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("base")).Code);
+        var run = Run("online-dpo", "--model", dir.Combine("base"), "--data", prompts, "--output", dir.Combine("out"), "--reward-function", "ends-with:.",
+            "--max-completion-length", "8", "--batch-size", "4", "--max-steps", "2", "--logging-steps", "1", "--max-length", "64", "--max-prompt-length", "40");
+        Assert.AreEqual(0, run.Code, run.Error);
+        StringAssert.Contains(run.Out, "pairs/tied_share");
+        StringAssert.Contains(run.Out, "Reference model: a frozen copy of the starting model.");
+        Assert.IsTrue(File.Exists(Path.Combine(dir.Combine("out"), "config.json")));
+    }
+
+    [TestMethod]
     public void RewardOptionsAreCheckedOnOneLine()
     {
         using var dir = new TempDirectory();

@@ -146,4 +146,52 @@ public sealed class OnlineRlTrainingTests
         Console.WriteLine($"max |Δ weight| resumed vs uninterrupted: {maxDiff:G3}");
         Assert.AreEqual(0.0, maxDiff, 1e-6);
     }
+
+    [TestMethod]
+    public void GrpoWithLoraUsesTheAdaptersOffAsItsReference()
+    {
+        var lines = new List<string>();
+        var ml = new MLContext(seed: 0);
+        using var grpo = ml.Alignment().Trainers.Grpo(new GrpoTrainer.Options
+        {
+            BaseModel = sft!.Model, Rewards = Rewards, Beta = 0.04, NumGenerations = 4, MaxCompletionLength = 8, Temperature = 0.7, BatchSize = 4, MaxSteps = 2,
+            LearningRate = 1e-2, MaxLength = 64, MaxPromptLength = 40, LoggingInterval = 1, Log = lines.Add,
+            Lora = new Microsoft.ML.Dpo.Lora.LoraOptions { Rank = 4, Alpha = 8 },
+        }).Fit(Prompts());
+        Assert.IsTrue(lines.Any(l => l.Contains("the policy with its LoRA adapters off")), string.Join("\n", lines));
+        Assert.IsNotNull(grpo.Model.Lora);
+        var final = grpo.TrainingSummary!.FinalMetrics;
+        Assert.IsTrue(final["kl"] > 0, $"after a step the policy differs from the adapters-off reference: kl {final["kl"]}");
+        // Only the adapters trained: with them off the network is the SFT model again.
+        using (grpo.Model.Lora!.Disable())
+        {
+            var prompt = Microsoft.ML.Dpo.Tests.Trainers.StylePreferenceTask.Prompt("otters");
+            Assert.AreEqual(sft.Model.CreateGenerator().Generate([prompt])[0], grpo.Model.CreateGenerator().Generate([prompt])[0]);
+        }
+    }
+
+    [TestMethod]
+    public void IterativeDpoRunsRoundsEachStartingFromTheLast()
+    {
+        var judge = RubricJudge(out var client);
+        var lines = new List<string>();
+        var prompts = StylePreferenceTask.TrainSubjects.Take(12).Select(StylePreferenceTask.Prompt).ToList();
+        var models = IterativeDpo.Run(new MLContext(seed: 0), sft!.Model, prompts, judge, new IterativeDpoOptions
+        {
+            Rounds = 2, CompletionsPerPrompt = 4, Generation = new GenerationOptions { Temperature = 0.7, MaxNewTokens = 16 }, Log = lines.Add,
+            Dpo = new DpoTrainer.Options { Beta = 0.1, Epochs = 2, BatchSize = 4, LearningRate = 5e-4, MaxLength = 64, MaxPromptLength = 40 },
+        });
+        try
+        {
+            foreach (var line in lines) Console.WriteLine(line);
+            Assert.HasCount(2, models);
+            Assert.AreEqual(2 * 12 * 4, client.Calls, "every round judges its own fresh samples");
+            Assert.IsTrue(lines.All(l => l.Contains(" pairs from 12 prompts")));
+            Assert.IsTrue(models.All(m => m.HasReference), "each round's reference is the model it started from");
+        }
+        finally
+        {
+            foreach (var m in models) m.Dispose();
+        }
+    }
 }
