@@ -35,6 +35,9 @@ public sealed class GrpoTrainer : IEstimator<LanguageModelTransformer>
             if (!(Epsilon >= 0 && Epsilon < 1)) throw new ArgumentOutOfRangeException(nameof(Epsilon), Epsilon, "Epsilon must lie in [0, 1).");
             if (EpsilonHigh is double high && !(high >= 0 && double.IsFinite(high))) throw new ArgumentOutOfRangeException(nameof(EpsilonHigh), high, "EpsilonHigh must be a finite number ≥ 0.");
             if (NumIterations < 1) throw new ArgumentOutOfRangeException(nameof(NumIterations), NumIterations, "NumIterations must be at least 1.");
+            if (NumIterations > 1 && GradientAccumulationSteps > 1)
+                throw new NotSupportedException("NumIterations > 1 with GradientAccumulationSteps > 1 is not supported: each micro-batch's μ passes are consecutive optimizer steps, " +
+                    "so they cannot be accumulated into one; use a larger BatchSize instead of accumulation.");
         }
     }
 
