@@ -13,6 +13,7 @@ var suites = new IBenchmarkSuite[]
     new TokenizerSuite(),
     new ChatTemplateSuite(),
     new DistributedSuite(),
+    new RlSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 

@@ -16,6 +16,10 @@ public static class CliApp
         root.Subcommands.Add(TrainCommands.CreateDpo());
         root.Subcommands.Add(TrainCommands.CreateOrpo());
         root.Subcommands.Add(TrainCommands.CreateKto());
+        root.Subcommands.Add(TrainCommands.CreateGrpo());
+        root.Subcommands.Add(TrainCommands.CreateRloo());
+        root.Subcommands.Add(TrainCommands.CreateOnlineDpo());
+        root.Subcommands.Add(TrainCommands.CreateReward());
         root.Subcommands.Add(EvaluateCommand.Create());
         root.Subcommands.Add(BinarizeCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());

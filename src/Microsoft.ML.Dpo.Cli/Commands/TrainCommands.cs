@@ -14,7 +14,7 @@ using Microsoft.ML.Dpo.Trainers;
 namespace MlDpo.Commands;
 
 /// <summary><c>mldpo sft</c> and <c>mldpo dpo</c>: train with the library's trainers, export a Hugging Face directory with metrics.jsonl.</summary>
-internal static class TrainCommands
+internal static partial class TrainCommands
 {
     /// <summary>The options sft and dpo share.</summary>
     sealed class Common

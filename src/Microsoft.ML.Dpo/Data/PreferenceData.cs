@@ -152,6 +152,24 @@ public static class ExampleReader
         return examples;
     }
 
+    /// <summary>
+    /// Reads the prompt column alone (online RL: the policy writes the completions), with the same null/empty handling as
+    /// <see cref="ReadPreferencePairs"/>; other columns (a pairs file's chosen and rejected) are ignored.
+    /// </summary>
+    public static List<(string Prompt, long Row)> ReadPrompts(IDataView data, string promptColumn, bool skipInvalidRows, DataPreparationReport report,
+        CancellationToken cancellation = default)
+    {
+        var columns = TextColumns.Resolve(data.Schema, ("prompt", promptColumn));
+        var prompts = new List<(string, long)>();
+        foreach (var (row, v) in TextColumns.Read(data, columns, cancellation))
+        {
+            report.RowsRead++;
+            if (!Valid(row, columns, v, skipInvalidRows)) { report.InvalidRowsSkipped++; continue; }
+            prompts.Add((v[0], row));
+        }
+        return prompts;
+    }
+
     static bool Valid(long row, DataViewSchema.Column[] columns, string[] values, bool skip)
     {
         for (int i = 0; i < values.Length; i++)

@@ -78,6 +78,21 @@ public static class PreferenceDataCatalog
     }
 
     /// <summary>
+    /// Loads the prompts of any data file with a <c>prompt</c> field (prompt-only, preference or SFT files; see
+    /// <see cref="PreferenceDataFile.ReadPrompts"/>) as a view with the text column <c>prompt</c>, for GRPO and RLOO.
+    /// </summary>
+    /// <param name="catalog">The data catalog (<c>mlContext.Data</c>).</param>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format, rendering and error handling; the defaults when null.</param>
+    /// <param name="report">Filled with what was read, produced and skipped, when given.</param>
+    /// <returns>The prompts as a data view.</returns>
+    public static IDataView LoadPrompts(this DataOperationsCatalog catalog, string path, CompletionDataLoadOptions? options = null, DataLoadReport? report = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return catalog.LoadFromEnumerable(PreferenceDataFile.ReadPrompts(path, options, report).Select(p => new PromptRow { Prompt = p.Prompt }).ToList());
+    }
+
+    /// <summary>
     /// Binarizes prompts with scored completions (see <see cref="PreferenceBinarizer"/>; Zephyr, Notus) into a view with text columns
     /// <c>prompt</c>, <c>chosen</c> and <c>rejected</c>.
     /// </summary>
@@ -123,6 +138,11 @@ public static class PreferenceDataCatalog
         [ColumnName(StandardColumns.Prompt)] public string Prompt { get; set; } = "";
         [ColumnName(StandardColumns.Completion)] public string Completion { get; set; } = "";
         [ColumnName(StandardColumns.Label)] public bool Label { get; set; }
+    }
+
+    sealed class PromptRow
+    {
+        [ColumnName(StandardColumns.Prompt)] public string Prompt { get; set; } = "";
     }
 
     sealed class CompletionRow

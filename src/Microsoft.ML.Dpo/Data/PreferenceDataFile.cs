@@ -138,6 +138,30 @@ public static class PreferenceDataFile
     }
 
     /// <summary>
+    /// Reads the prompts of <paramref name="path"/> for online RL (GRPO, RLOO): the <c>prompt</c> field of every record — a string,
+    /// or a message list rendered with the generation prompt — so prompt-only files, preference files and SFT files all serve.
+    /// </summary>
+    /// <param name="path">The data file.</param>
+    /// <param name="options">Format, rendering and error handling (the layout is ignored); the defaults when null.</param>
+    /// <param name="report">Filled with what was read, produced and skipped, when given.</param>
+    /// <returns>The prompts with their record's 1-based line (or row) number.</returns>
+    /// <exception cref="InvalidDataException">A record has no usable prompt (and skipping is off); the message names the file, line and field.</exception>
+    public static List<(string Prompt, long Row)> ReadPrompts(string path, CompletionDataLoadOptions? options = null, DataLoadReport? report = null)
+    {
+        options ??= new CompletionDataLoadOptions();
+        report ??= new DataLoadReport();
+        var prompts = new List<(string, long)>();
+        Read(path, options, report, CompletionLayout.PromptCompletion, _ => CompletionLayout.PromptCompletion, _ => { }, (record, row, _) =>
+        {
+            string prompt = RecordLayouts.ReadPrompt(record, options);
+            RequireText(prompt, "prompt");
+            prompts.Add((prompt, row));
+        });
+        report.ExamplesProduced = prompts.Count;
+        return prompts;
+    }
+
+    /// <summary>
     /// Writes <paramref name="pairs"/> as JSON Lines in the <see cref="PreferenceLayout.Standard"/> layout — one
     /// <c>{"prompt": …, "chosen": …, "rejected": …}</c> object per line, UTF-8 — which <see cref="ReadPreferencePairs"/> reads back.
     /// The file is written to a temporary name first and then renamed, so a failed write leaves no partial file.

@@ -255,6 +255,22 @@ internal static class RecordLayouts
         return new UnpairedPreference(example.Prompt, example.Completion, label.ValueKind == JsonValueKind.True, row);
     }
 
+    // ---- prompts only (online RL) ----
+
+    /// <summary>
+    /// The prompt of any record with a <c>prompt</c> field: a string as it is, a message list rendered with the generation prompt
+    /// (through the chat template when given). A pairs or SFT record's other fields are ignored.
+    /// </summary>
+    public static string ReadPrompt(JsonElement record, CompletionDataLoadOptions options)
+    {
+        RequireObject(record);
+        if (!Present(record, "prompt"))
+            throw new RecordException("prompt", "missing: online RL reads the 'prompt' field of each record (a string or a list of messages)", "fields present: " + Describe(record));
+        if (record.GetProperty("prompt").ValueKind == JsonValueKind.Array)
+            return options.ChatTemplate is { } template ? template.Render(Turns(record, "prompt"), true) : options.Renderer(Messages(record, "prompt"), true);
+        return String(record, "prompt");
+    }
+
     // ---- fields ----
 
     static (List<(string Role, string Content)> Context, string Completion) SplitLastAssistant(List<(string Role, string Content)> messages, string field)

@@ -11,6 +11,12 @@ namespace Microsoft.ML.Dpo.Generation;
 /// <param name="Step">0 for the first new token of the batch, 1 for the second, ...</param>
 public readonly record struct GeneratedToken(int Row, int TokenId, int Step);
 
+/// <summary>A sampled completion with each token's log-probability at sampling time.</summary>
+/// <param name="Tokens">The new tokens, ending with the end-of-sequence token when the row stopped there.</param>
+/// <param name="LogProbs">One log-probability per entry of <paramref name="Tokens"/>.</param>
+/// <param name="EndedAtEos">Whether the row stopped at end-of-sequence (otherwise it reached the token limit or a stop string).</param>
+internal readonly record struct SampledSequence(int[] Tokens, float[] LogProbs, bool EndedAtEos);
+
 /// <summary>
 /// Batched autoregressive generation with a KV cache. Prompts of different lengths are padded on the left, so every
 /// row's next token sits in the last column; the model derives positions from the attention mask, so padding does
@@ -58,9 +64,23 @@ public sealed class TextGenerator
     public IReadOnlyList<int[]> Generate(IReadOnlyList<int[]> prompts, GenerationOptions? options = null, Action<GeneratedToken>? onToken = null)
         => GenerateCore(prompts, options, onToken).Select(r => r.Tokens).ToList();
 
-    readonly record struct RowResult(int[] Tokens, string? StopText);
+    /// <summary>
+    /// Samples <paramref name="copies"/> completions of each prompt (rows prompt-major: prompt 0's copies first) for
+    /// reinforcement learning. Each prompt is prefilled once and its KV cache repeated for the copies. Every new token's
+    /// log-probability under the temperature-scaled distribution (log-softmax of logits ÷ temperature, before top-k/top-p, as
+    /// TRL scores its rollouts) is recorded; a row that ends at end-of-sequence keeps that token as its last one.
+    /// </summary>
+    internal IReadOnlyList<SampledSequence> Sample(IReadOnlyList<int[]> prompts, int copies, GenerationOptions options)
+    {
+        if (copies < 1) throw new ArgumentOutOfRangeException(nameof(copies), copies, "copies must be at least 1.");
+        if (!(options.Temperature > 0)) throw new ArgumentOutOfRangeException(nameof(options), options.Temperature, "Sampling rollouts needs a temperature > 0.");
+        return GenerateCore(prompts, options, null, copies, record: true)
+            .Select(r => new SampledSequence(r.Eos is int eos ? [.. r.Tokens, eos] : r.Tokens, r.LogProbs!, r.Eos is not null)).ToList();
+    }
 
-    List<RowResult> GenerateCore(IReadOnlyList<int[]> prompts, GenerationOptions? options, Action<GeneratedToken>? onToken)
+    readonly record struct RowResult(int[] Tokens, string? StopText, int? Eos = null, float[]? LogProbs = null);
+
+    List<RowResult> GenerateCore(IReadOnlyList<int[]> prompts, GenerationOptions? options, Action<GeneratedToken>? onToken, int copies = 1, bool record = false)
     {
         ArgumentNullException.ThrowIfNull(prompts);
         options ??= new GenerationOptions();
@@ -69,40 +89,44 @@ public sealed class TextGenerator
         if (options.StopStrings.Count > 0 && tokenizer is null)
             throw new InvalidOperationException("Stop strings need a tokenizer to decode the generated text.");
         int context = model.Config.MaxPositionEmbeddings;
-        var rows = prompts.Select((p, i) => FitContext(p, i, context, options)).ToArray();
-        int width = rows.Max(r => r.Length);
+        var prefill = prompts.Select((p, i) => FitContext(p, i, context, options)).ToArray();
+        var rows = prefill.SelectMany(p => Enumerable.Repeat(p, copies)).ToArray();      // the decoded rows: each prompt's copies together
+        int width = prefill.Max(r => r.Length);
         int maxNew = Math.Min(options.MaxNewTokens, context - width);
         var eos = options.StopAtEos ? new HashSet<int>(model.Config.EosTokenIds) : [];
         int padId = model.Config.PadTokenId ?? model.Config.EosTokenIds.FirstOrDefault();
 
         var generated = rows.Select(_ => new List<int>()).ToArray();
+        var logProbs = record ? rows.Select(_ => new List<float>()).ToArray() : null;
         var stopTexts = new string?[rows.Length];
+        var ended = new int?[rows.Length];
         var finished = new bool[rows.Length];
-        if (maxNew <= 0) return generated.Select(g => new RowResult(g.ToArray(), null)).ToList();
+        RowResult Result(int i) => new(generated[i].ToArray(), stopTexts[i], ended[i], logProbs?[i].ToArray());
+        if (maxNew <= 0) return rows.Select((_, i) => Result(i)).ToList();
         var device = model.Device;
         using var generator = options.Temperature > 0 ? new Generator((ulong)options.Seed, CPU) : null;
         using var _ = no_grad();
         using var cache = model.CreateCache();
         using var outer = NewDisposeScope();
 
-        // Left-padded prompt batch; the mask holds the prompt columns followed by ones for every new token, and each step
-        // uses its first (width + step) columns.
+        // Left-padded prompt batch (one row per prompt: the copies share its prefill); the mask holds the prompt columns
+        // followed by ones for every new token, and each step uses its first (width + step) columns.
         int total = width + maxNew;
-        var ids = new long[rows.Length * width];
-        var mask = new long[rows.Length * total];
-        for (int i = 0; i < rows.Length; i++)
+        var ids = new long[prefill.Length * width];
+        var mask = new long[prefill.Length * total];
+        for (int i = 0; i < prefill.Length; i++)
         {
-            int offset = width - rows[i].Length;
+            int offset = width - prefill[i].Length;
             for (int j = 0; j < width; j++)
             {
                 bool real = j >= offset;
-                ids[i * width + j] = real ? rows[i][j - offset] : padId;
+                ids[i * width + j] = real ? prefill[i][j - offset] : padId;
                 mask[i * total + j] = real ? 1 : 0;
             }
             for (int j = width; j < total; j++) mask[i * total + j] = 1;
         }
-        Tensor fullMask = tensor(mask, new long[] { rows.Length, total }, device: device);
-        Tensor input = tensor(ids, new long[] { rows.Length, width }, device: device);
+        Tensor fullMask = tensor(mask, new long[] { prefill.Length, total }, device: device);
+        Tensor input = tensor(ids, new long[] { prefill.Length, width }, device: device);
         var nextIds = new long[rows.Length];
 
         for (int step = 0; step < maxNew; step++)
@@ -110,12 +134,23 @@ public sealed class TextGenerator
             using var scope = NewDisposeScope();
             var hidden = model.HiddenStates(input, fullMask.narrow(1, 0, width + step), cache);      // [B, T, H]
             Tensor logits = model.LogitsFromHidden(hidden.narrow(1, hidden.shape[1] - 1, 1)).select(1, 0).to(float32);   // [B, V]
+            if (step == 0 && copies > 1)
+            {
+                // The prompts were prefilled once; from here on every copy is its own row.
+                logits = logits.repeat_interleave(copies, 0);
+                cache.RepeatInterleave(copies);
+                var repeatedMask = fullMask.repeat_interleave(copies, 0).MoveToOuterDisposeScope();
+                fullMask.Dispose();
+                fullMask = repeatedMask;
+            }
             long[] next = Choose(logits, rows, generated, options, generator);
+            float[]? chosenLogProbs = record ? ChosenLogProbs(logits, next, options.Temperature) : null;
             for (int i = 0; i < next.Length; i++)
             {
                 if (finished[i]) { nextIds[i] = padId; continue; }
                 nextIds[i] = next[i];
-                if (eos.Contains((int)next[i])) { finished[i] = true; continue; }
+                logProbs?[i].Add(chosenLogProbs![i]);
+                if (eos.Contains((int)next[i])) { finished[i] = true; ended[i] = (int)next[i]; continue; }
                 generated[i].Add((int)next[i]);
                 onToken?.Invoke(new GeneratedToken(i, (int)next[i], step));
                 if (HitStopString(generated[i], options) is string cut) { stopTexts[i] = cut; finished[i] = true; }
@@ -125,7 +160,15 @@ public sealed class TextGenerator
             input.Dispose();
             input = newInput;
         }
-        return generated.Select((g, i) => new RowResult(g.ToArray(), stopTexts[i])).ToList();
+        return rows.Select((_, i) => Result(i)).ToList();
+    }
+
+    /// <summary>log-softmax(logits ÷ temperature) at each row's chosen token: the sampled token's log-probability.</summary>
+    static float[] ChosenLogProbs(Tensor logits, long[] chosen, double temperature)
+    {
+        using var scope = NewDisposeScope();
+        using var index = tensor(chosen, device: logits.device).unsqueeze(1);
+        return (logits / temperature).log_softmax(-1).gather(1, index).squeeze(1).cpu().data<float>().ToArray();
     }
 
     int[] FitContext(int[] prompt, int row, int context, GenerationOptions options)

@@ -80,6 +80,32 @@ public sealed class KvCache : IDisposable
     /// </summary>
     internal object? ModelState { get; set; }
 
+    /// <summary>
+    /// Repeats every held row <paramref name="copies"/> times in place (row i becomes rows i·copies … i·copies + copies − 1), so
+    /// that several continuations of one prompt share the prompt's prefill: the prompt is run once, then decoded K ways.
+    /// </summary>
+    internal void RepeatInterleave(int copies)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (copies < 1) throw new ArgumentOutOfRangeException(nameof(copies), copies, "copies must be at least 1.");
+        if (copies == 1) return;
+        using var noGrad = torch.no_grad();
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            Repeat(ref _keys[i], copies);
+            Repeat(ref _values[i], copies);
+        }
+        (ModelState as IRepeatableCacheState)?.RepeatInterleave(copies);
+
+        static void Repeat(ref Tensor? buffer, int copies)
+        {
+            if (buffer is null) return;
+            var repeated = buffer.repeat_interleave(copies, 0).DetachFromDisposeScope();
+            buffer.Dispose();
+            buffer = repeated;
+        }
+    }
+
     /// <summary>Empties the cache (frees the tensors) so the model can refill it from position 0; it stays usable.</summary>
     internal void Clear()
     {
@@ -106,4 +132,11 @@ public sealed class KvCache : IDisposable
         }
         Length = 0;
     }
+}
+
+/// <summary>Model state kept in a <see cref="KvCache"/> that has one row per batch row and must follow <see cref="KvCache.RepeatInterleave"/>.</summary>
+internal interface IRepeatableCacheState
+{
+    /// <summary>Repeats every row <paramref name="copies"/> times, as the cache's keys and values are.</summary>
+    void RepeatInterleave(int copies);
 }

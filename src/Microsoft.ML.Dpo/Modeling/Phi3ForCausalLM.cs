@@ -49,7 +49,7 @@ public sealed class Phi3ForCausalLM : RotaryDecoderLM
     }
 
     /// <summary>The token ids a longrope cache has seen [B, S] and the factors its keys were rotated with.</summary>
-    sealed class LongRopeHistory : IDisposable
+    sealed class LongRopeHistory : IDisposable, IRepeatableCacheState
     {
         public Tensor? Ids;
         public bool Long;
@@ -60,6 +60,15 @@ public sealed class Phi3ForCausalLM : RotaryDecoderLM
             var next = (Ids is null ? ids.clone() : torch.cat(new[] { Ids, ids }, 1)).DetachFromDisposeScope();
             Ids?.Dispose();
             Ids = next;
+        }
+
+        public void RepeatInterleave(int copies)
+        {
+            if (Ids is null) return;
+            using var noGrad = torch.no_grad();
+            var repeated = Ids.repeat_interleave(copies, 0).DetachFromDisposeScope();
+            Ids.Dispose();
+            Ids = repeated;
         }
 
         public void Dispose() => Ids?.Dispose();

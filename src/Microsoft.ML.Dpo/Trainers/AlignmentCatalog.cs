@@ -38,6 +38,15 @@ public sealed class AlignmentTrainers
     /// <summary>KTO (Kahneman–Tversky optimization) on unpaired (prompt, completion, label) columns.</summary>
     public KtoTrainer Kto(KtoTrainer.Options options) => new(context, options);
 
+    /// <summary>GRPO (online RL): K sampled completions per prompt, group-relative advantages, clipped surrogate; rewards from any judge or function.</summary>
+    public GrpoTrainer Grpo(GrpoTrainer.Options options) => new(context, options);
+
+    /// <summary>RLOO (online RL): K sampled completions per prompt, leave-one-out baseline, KL-shaped reward, REINFORCE.</summary>
+    public RlooTrainer Rloo(RlooTrainer.Options options) => new(context, options);
+
+    /// <summary>Online DPO: two sampled completions per prompt, the judge picks the better, DPO loss on the fresh pair.</summary>
+    public OnlineDpoTrainer OnlineDpo(OnlineDpoTrainer.Options options) => new(context, options);
+
     /// <summary>A reward model (scalar head, Bradley–Terry loss) on (prompt, chosen, rejected) text columns.</summary>
     public Feedback.RewardModelTrainer RewardModel(Feedback.RewardModelTrainer.Options options) => new(context, options);
 }

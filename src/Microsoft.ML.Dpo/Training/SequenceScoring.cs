@@ -12,11 +12,14 @@ namespace Microsoft.ML.Dpo.Training;
 /// </param>
 /// <param name="WpoWeights">WPO's per-row log-weight: the mean over completion tokens of <c>log p − (lse(2z) − 2·lse(z))</c>.</param>
 /// <param name="Statistics">Per-row entropy, mean logit and greedy-accuracy sums at the completion positions (TRL's metrics).</param>
-internal readonly record struct ScoringRequest(bool SharedPrefix = false, bool WpoWeights = false, bool Statistics = false);
+/// <param name="Temperature">Divide the logits by this before the softmax (online RL scores its samples at the sampling temperature, as TRL does); null: 1.</param>
+internal readonly record struct ScoringRequest(bool SharedPrefix = false, bool WpoWeights = false, bool Statistics = false, double? Temperature = null);
 
 /// <summary>Per-row results of <see cref="SequenceScoring.Score"/>, all [N]; only <see cref="Sum"/> and <see cref="SharedSum"/> carry grad.</summary>
 internal sealed record CompletionScores(Tensor Sum, Tensor Count)
 {
+    /// <summary>Each completion token's log-prob [M] (with grad), row-major: row 0's tokens in order, then row 1's, ...</summary>
+    public Tensor? TokenLogProbs { get; init; }
     /// <summary>Summed log-probs of the completion tokens that both completions of the pair have (LD-DPO's shared part).</summary>
     public Tensor? SharedSum { get; init; }
     /// <summary>WPO's length-normalised, sampling-aligned log-probability (detached); the weight is its exp.</summary>
@@ -60,12 +63,13 @@ internal static class SequenceScoring
         Tensor row = position[.., 0], t = position[.., 1];
         Tensor predicting = hidden[.., ..^1].index(row, t);                             // [M, H]: hidden state at t predicts t+1
         Tensor logits = model.LogitsFromHidden(predicting.unsqueeze(0));                // [1, M, V]
+        if (request.Temperature is double temperature && temperature != 1) logits = logits / temperature;
         Tensor labels = batch.InputIds[.., 1..].index(row, t);                          // [M]
         Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits, labels.unsqueeze(0))[0];   // [M], widened to float32 (float64 stays) inside
         var dtype = tokenLogps.dtype;
         Tensor PerRow(Tensor perToken) => zeros(batch.Rows, dtype: perToken.dtype, device: perToken.device).index_add(0, row, perToken, 1);
         Tensor count = targets.sum(1).to(dtype);                                        // [N]
-        var result = new CompletionScores(PerRow(tokenLogps), count);
+        var result = new CompletionScores(PerRow(tokenLogps), count) { TokenLogProbs = tokenLogps };
 
         if (request.SharedPrefix)
         {
@@ -109,7 +113,7 @@ internal static class SequenceScoring
                 result = result with { EntropySum = PerRow(entropy), LogitMeanSum = PerRow(logitMean), CorrectCount = PerRow(correct) };
         }
 
-        foreach (var tensor in new[] { result.Sum, result.Count, result.SharedSum, result.WpoLogWeight, result.EntropySum, result.LogitMeanSum, result.CorrectCount })
+        foreach (var tensor in new[] { result.Sum, result.Count, result.TokenLogProbs, result.SharedSum, result.WpoLogWeight, result.EntropySum, result.LogitMeanSum, result.CorrectCount })
             tensor?.MoveToOuterDisposeScope();
         return result;
     }

@@ -30,13 +30,16 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// Launched by MPI (<see cref="DistributedWorld.Current"/>), the loop is data parallel (<see cref="DataParallel{TExample}"/>):
 /// every rank walks the same shuffled order, computes its shard of each micro-batch, and the gradients are summed over
 /// ranks before clipping; rank 0 alone reports, writes metrics.jsonl and checkpoints.
+/// <c>order</c>, when given, replaces the shuffle: it returns the example indices of an epoch (online RL presents each
+/// micro-batch of prompts several times in a row, GRPO's μ); it must be deterministic so a resumed run sees the same order.
 /// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
 /// metrics (e.g. evaluation by generation) that join the next report; <c>stopRequested</c>, when given and true after a step
 /// (early stopping), ends training there (reported and checkpointed like a last step).
 /// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
-    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null, DistributedWorld? world = null)
+    Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null, DistributedWorld? world = null,
+    Func<int, int[]>? order = null)
 {
     readonly DataParallel<TExample>? parallel = DataParallel<TExample>.For(options, world ??= DistributedWorld.Current, objective, log);
     readonly bool main = world.IsMain;
@@ -44,7 +47,8 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
         if (examples.Count == 0) throw new InvalidOperationException("There is no training example left after data preparation.");
-        int batchesPerEpoch = (examples.Count + options.BatchSize - 1) / options.BatchSize;
+        int[] EpochOrder(int epoch) => order?.Invoke(epoch) ?? ShuffledOrder(examples.Count, options.Seed, epoch);
+        int batchesPerEpoch = (EpochOrder(0).Length + options.BatchSize - 1) / options.BatchSize;
         int stepsPerEpoch = (batchesPerEpoch + options.GradientAccumulationSteps - 1) / options.GradientAccumulationSteps;
         int totalSteps = stepsPerEpoch * options.Epochs;
         if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
@@ -67,12 +71,12 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
 
         for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps && !stopped; epoch++)
         {
-            int[] order = ShuffledOrder(examples.Count, options.Seed, epoch);
+            int[] indices = EpochOrder(epoch);
             int firstBatch = epoch == state.Epoch ? state.NextBatchInEpoch : 0;
             int accumulated = 0;
             for (int b = firstBatch; b < batchesPerEpoch && state.Step < totalSteps; b++)
             {
-                var batch = order.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
+                var batch = indices.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
                 if (parallel is not null)
                 {
                     // This rank's shard, forward and backward; the loss, metrics and tokens returned are the global ones.
