@@ -131,6 +131,8 @@ internal static class OnlineRlRun
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";{component};{options.Summary};{summary}", prompts.Select(p => p.Ids));
             var step = FineTuningRun.WithRouterLosses(objective(policy, tokenizer, reference), policy.Network, options);
             policy.Network.train();
+            if (Distributed.DistributedWorld.Current.Size > 1)
+                throw new NotSupportedException($"{component} does not run data parallel yet (each rank would sample its own rollouts, which is not checked against one process); launch it as one process.");
             var trained = new TrainingLoop<TokenizedPrompt>(options, FineTuningRun.Trainable(policy), step, FineTuningRun.Checkpoint(options, policy), fingerprint, log,
                 order: epoch => RepeatedOrder(prompts.Count, options.Seed, epoch, options.BatchSize, iterations)).Run(prompts);
             policy.Network.eval();
