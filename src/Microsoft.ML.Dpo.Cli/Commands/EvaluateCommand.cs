@@ -17,18 +17,21 @@ internal static class EvaluateCommand
         var beta = Cli.Option("--beta", "β of the implicit reward β·(log π − log π_ref).", 0.1);
         var batchSize = Cli.Option("--batch-size", "Pairs per forward pass.", 8);
         var skip = Cli.Option("--skip-invalid", "Skip malformed records (counted on stderr) instead of failing.", false);
+        var dataFiles = new DataFlags();
         var command = new Command("evaluate", "Score preference pairs with the implicit reward β·(log π(y|x) − log π_ref(y|x)) and print one JSON line: " +
             "pairs, preference_accuracy (share of pairs whose chosen reward beats the rejected one), mean_margin, mean_chosen_reward, mean_rejected_reward, truncated.")
         {
             model, reference, data, beta, batchSize, skip,
         };
+        dataFiles.AddPreference(command);
         Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, stderr) = Cli.Writers(result);
             string dataPath = result.GetValue(data)!;
             if (!File.Exists(dataPath)) throw new CliException($"Data file '{dataPath}' does not exist.");
             var loadReport = new DataLoadReport();
-            var pairs = PreferenceDataFile.ReadPreferencePairs(dataPath, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip) }, loadReport);
+            var pairs = PreferenceDataFile.ReadPreferencePairs(dataPath,
+                dataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip) }), loadReport);
             if (loadReport.RowsSkipped > 0) stderr.WriteLine($"Data: {loadReport}");
             using var policy = LanguageModel.Load(result.GetValue(model)!);
             using var referenceModel = LanguageModel.Load(result.GetValue(reference)!);

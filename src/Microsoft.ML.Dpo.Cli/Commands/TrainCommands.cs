@@ -29,6 +29,9 @@ internal static class TrainCommands
         public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs).", 4);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
         public readonly Option<int?> MaxPromptLength = Cli.Optional<int?>("--max-prompt-length", "Longest prompt in tokens; longer prompts keep their end (default: half of --max-length).");
+        public readonly Option<string> TruncationMode = Cli.Choice("--truncation-mode", "Which end of a prompt longer than --max-prompt-length is kept: " +
+            "keep_end (the text closest to the answer; TRL's default) or keep_start.", "keep_end", "keep_end", "keep_start");
+        public readonly DataFlags DataFiles = new();
         public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", 0);
         public readonly Option<int> MaxSteps = Cli.Option("--max-steps", "Stop after this many optimizer steps (0: no limit).", 0);
         public readonly Option<int> Seed = Cli.Option("--seed", "Seed of the data order.", 42);
@@ -52,7 +55,7 @@ internal static class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
@@ -81,6 +84,7 @@ internal static class TrainCommands
             options.BatchSize = result.GetValue(BatchSize);
             options.MaxLength = maxLength;
             options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
+            options.Truncation = result.GetValue(TruncationMode) == "keep_start" ? Microsoft.ML.Dpo.Training.TruncationMode.KeepStart : Microsoft.ML.Dpo.Training.TruncationMode.KeepEnd;
             options.WarmupSteps = result.GetValue(WarmupSteps);
             options.MaxSteps = result.GetValue(MaxSteps);
             options.Seed = result.GetValue(Seed);
@@ -91,7 +95,7 @@ internal static class TrainCommands
                 : result.GetValue(Restart) ? ExistingCheckpointAction.Restart : ExistingCheckpointAction.Refuse;
             options.SkipInvalidRows = result.GetValue(SkipInvalid);
             options.Device = result.GetValue(Device)!;
-            options.Log = display.Log;
+            options.Log = line => display.Log(line.StartsWith("warning", StringComparison.Ordinal) ? CliMessages.ForCli(line) : line);
             options.Progress = display.Progress;
             options.CancellationToken = cancellation;
             options.RouterAuxLossCoefficient = result.GetValue(RouterAuxLossCoef);
@@ -152,6 +156,7 @@ internal static class TrainCommands
         var allTokens = Cli.Option("--all-tokens", "Learn the prompt tokens too (default: completion tokens only).", false);
         var command = new Command("sft", "Supervised fine-tuning on (prompt, completion) records; writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
+        common.DataFiles.AddCompletion(command);
         command.Options.Add(learningRate);
         command.Options.Add(allTokens);
         Cli.SetAction(command, (result, cancellation) =>
@@ -163,7 +168,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadCompletions(common.DataPath(result),
-                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
+                common.DataFiles.Apply(result, new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
         });
@@ -201,6 +206,7 @@ internal static class TrainCommands
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
+        common.DataFiles.AddPreference(command);
         foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
             fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, evalData, evalSteps, evalTokens })
             command.Options.Add(option);
@@ -237,7 +243,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+                common.DataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });
