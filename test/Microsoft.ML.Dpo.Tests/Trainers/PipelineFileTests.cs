@@ -11,6 +11,11 @@ public sealed class PipelineFileTests
 {
     sealed class Row { public string prompt { get; set; } = ""; }
 
+    static IEnumerable<Exception> Inner(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException) yield return x;
+    }
+
     [TestMethod]
     public void AlignmentLoad_ReadsStockMlNetZipsToo_AndIsAlignmentPipelineTellsThemApart()
     {
@@ -32,9 +37,25 @@ public sealed class PipelineFileTests
         using var transformer = new LanguageModelTransformer(model.Clone(), reference: null, beta: 0, "prompt");
         var e = Assert.ThrowsExactly<NotSupportedException>(() => ml.Model.Save(transformer, data.Schema, dir.Combine("wrong.zip")));
         StringAssert.Contains(e.Message, "mlContext.Alignment().Model.Save");
+        StringAssert.Contains(e.Message, "leaves an incomplete zip there that nothing loads: delete it");
+        // ML.NET created the file before asking the transformer (no hook exists): Alignment().Model.Load says what that file is.
+        var partial = Assert.ThrowsExactly<InvalidDataException>(() => ml.Alignment().Model.Load(dir.Combine("wrong.zip"), out _));
+        StringAssert.Contains(partial.Message, "the incomplete file a failed mlContext.Model.Save leaves");
         string ours = dir.Combine("ours.zip");
         ml.Alignment().Model.Save(transformer, data.Schema, ours);
         Assert.IsTrue(AlignmentModelOperations.IsAlignmentPipeline(ours));
+
+        // mlContext.Model.Load on our zip: the failure says which method loads it (not "Could not load legacy format model") ...
+        var stockLoad = Assert.Throws<Exception>(() => new MLContext().Model.Load(ours, out _));
+        string chain = string.Join(" | ", Inner(stockLoad).Select(x => x.Message));
+        StringAssert.Contains(chain, "load it with mlContext.Alignment().Model.Load(path, out schema)", chain);
+        Assert.IsFalse(chain.Contains("legacy format", StringComparison.Ordinal), chain);
+        // ... and Alignment().Model.Load still reads it, with the same outputs.
+        using (var loaded = (LanguageModelTransformer)ml.Alignment().Model.Load(ours, out var oursSchema))
+        {
+            Assert.AreEqual("prompt", oursSchema[0].Name);
+            CollectionAssert.AreEqual(transformer.Transform(data).GetColumn<string>("response").ToArray(), loaded.Transform(data).GetColumn<string>("response").ToArray());
+        }
         File.WriteAllText(dir.Combine("text.zip"), "not a zip");
         Assert.IsFalse(AlignmentModelOperations.IsAlignmentPipeline(dir.Combine("text.zip")));
     }
