@@ -12,6 +12,7 @@ var suites = new IBenchmarkSuite[]
     new MoeSuite(),
     new TokenizerSuite(),
     new ChatTemplateSuite(),
+    new TransformSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
