@@ -21,7 +21,7 @@ internal static class BinarizeCommand
         {
             data, output, strategy, score, minMargin, seed, skip, dataFiles.Format, dataFiles.Prompt,
         };
-        Cli.SetAction(command, (result, _) =>
+        Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, _) = Cli.Writers(result);
             string dataPath = result.GetValue(data)!, outputPath = result.GetValue(output)!;
@@ -30,6 +30,7 @@ internal static class BinarizeCommand
             var prompts = PreferenceDataFile.ReadScoredPrompts(dataPath, new PreferenceDataLoadOptions
             {
                 SkipMalformedRows = result.GetValue(skip), Format = dataFiles.FormatOf(result), PromptColumnName = result.GetValue(dataFiles.Prompt)!,
+                CancellationToken = cancellation, Log = stdout.WriteLine,
             }, loadReport);
             var options = new BinarizationOptions
             {

@@ -31,7 +31,7 @@ internal static class EvaluateCommand
             if (!File.Exists(dataPath)) throw new CliException($"Data file '{dataPath}' does not exist.");
             var loadReport = new DataLoadReport();
             var pairs = PreferenceDataFile.ReadPreferencePairs(dataPath,
-                dataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip) }), loadReport);
+                dataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip), CancellationToken = cancellation, Log = stderr.WriteLine }), loadReport);
             if (loadReport.RowsSkipped > 0) stderr.WriteLine($"Data: {loadReport}");
             using var policy = LanguageModel.Load(result.GetValue(model)!);
             using var referenceModel = LanguageModel.Load(result.GetValue(reference)!);

@@ -168,7 +168,10 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadCompletions(common.DataPath(result),
-                common.DataFiles.Apply(result, new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }), loadReport);
+                common.DataFiles.Apply(result, new CompletionDataLoadOptions
+                {
+                    SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout), CancellationToken = cancellation, Log = display.Log,
+                }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
         });
@@ -243,7 +246,7 @@ internal static class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                common.DataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }), loadReport);
+                common.DataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate, CancellationToken = cancellation, Log = display.Log }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "dpo", checkpoints, () => ml.Alignment().Trainers.Dpo(options).Fit(data));
         });

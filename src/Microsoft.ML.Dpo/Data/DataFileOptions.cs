@@ -88,6 +88,12 @@ public abstract class DataFileOptions
     /// </summary>
     public Tokenization.ChatTemplate? ChatTemplate { get; set; }
 
+    /// <summary>Checked between records: cancelling it stops reading a long file with <see cref="OperationCanceledException"/>.</summary>
+    public CancellationToken CancellationToken { get; set; }
+
+    /// <summary>Receives a progress line ("Reading FILE: N records") every few seconds while a long file is read; null for none.</summary>
+    public Action<string>? Log { get; set; }
+
     /// <summary>How many line (or row) numbers the report keeps for each kind of skipped record. Default 5.</summary>
     public int ReportedRowsPerReason { get; set; } = 5;
 

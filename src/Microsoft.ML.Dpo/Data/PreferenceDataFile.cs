@@ -199,8 +199,11 @@ public static class PreferenceDataFile
         TLayout? layout = EqualityComparer<TLayout>.Default.Equals(requested, default) ? null : requested;
         if (layout is { } given) detected(given);
         long? detectedAt = null;
+        var progress = new PreparationProgress(options.Log, $"Reading {path}", unit: "records");
         foreach (var record in DataRecords.Read(path, format, out string unit))
         {
+            options.CancellationToken.ThrowIfCancellationRequested();   // between records: Ctrl+C stops reading a long file
+            progress.Advance();
             report.RowsRead++;
             try
             {

@@ -106,7 +106,7 @@ public sealed class CliFlagTests
             "MaxGradNorm", "Seed", "Device", "Precision", "Resume", "ExistingCheckpoint", "Reference", "ReferenceModel", "EvaluationGeneration",
             "Format", "Layout", "RenderConversation", "ChatTemplate", "ReportedRowsPerReason", "ImplicitPromptMarker", "Binarization",
             "PromptColumnName", "ChosenColumnName", "RejectedColumnName", "MessagesColumnName", "CompletionColumnName",
-            "CompletionOnlyLoss", "EvaluationJudge", "StopStrings", "StopAtEos", "TruncateLongPrompts",
+            "CompletionOnlyLoss", "EvaluationJudge", "StopStrings", "StopAtEos", "TruncateLongPrompts", "TransformBatchSize",
         ];
         var undecided = new List<string>();
         foreach (Type type in new[] { typeof(SftTrainer.Options), typeof(DpoTrainer.Options), typeof(PreferenceDataLoadOptions), typeof(CompletionDataLoadOptions), typeof(GenerationOptions) })
