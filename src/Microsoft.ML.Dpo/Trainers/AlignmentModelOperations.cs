@@ -223,6 +223,18 @@ public sealed class AlignmentModelOperations
         if (!File.Exists(settingsFile)) throw new InvalidDataException($"'{path}': segment '{entry}' lacks transformer.json.");
         var settings = JsonSerializer.Deserialize<LanguageModelSettings>(File.ReadAllText(settingsFile), Json)
             ?? throw new InvalidDataException($"'{path}': segment '{entry}' has an empty transformer.json.");
+        // This library's zips carry their reference inside (ReferencePath null). A path in the file may name the reference only
+        // relative to the zip and inside its folder: never an absolute path or one that leaves it (a crafted zip naming "/etc").
+        string? referencePath = null;
+        if (settings.ReferencePath is { } named)
+        {
+            string zipFolder = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            string resolved = Path.GetFullPath(Path.Combine(zipFolder, named));
+            if (Path.IsPathRooted(named) || !resolved.StartsWith(zipFolder + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                throw new InvalidDataException($"'{path}': segment '{entry}' names its reference model at '{named}', outside the zip's folder; " +
+                    "a pipeline names its reference only relative to itself. Save it again with mlContext.Alignment().Model.Save, which puts the reference inside the zip.");
+            referencePath = resolved;
+        }
         var policy = LanguageModel.Load(Path.Combine(work, "policy"));
         LanguageModel? reference = null;
         try
@@ -230,7 +242,7 @@ public sealed class AlignmentModelOperations
             if (settings.HasAdapter) Lora.LoraAdapters.Load(policy, Path.Combine(work, "adapter"));
             if (settings.HasReference) reference = LanguageModel.Load(Path.Combine(work, "reference"));
             return new LanguageModelTransformer(policy, reference, settings.Beta, settings.Columns, settings.Generation,
-                ownsModel: true, ownsReference: reference is not null, referencePath: settings.ReferencePath);
+                ownsModel: true, ownsReference: reference is not null, referencePath: referencePath);
         }
         catch
         {

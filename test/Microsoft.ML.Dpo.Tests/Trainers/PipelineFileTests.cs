@@ -11,6 +11,19 @@ public sealed class PipelineFileTests
 {
     sealed class Row { public string prompt { get; set; } = ""; }
 
+    static void SetReferencePath(string zipPath, string referencePath)
+    {
+        using var zip = System.IO.Compression.ZipFile.Open(zipPath, System.IO.Compression.ZipArchiveMode.Update);
+        var entry = zip.Entries.Single(e => e.FullName.EndsWith("/transformer.json", StringComparison.Ordinal));
+        System.Text.Json.Nodes.JsonNode settings;
+        using (var reader = new StreamReader(entry.Open())) settings = System.Text.Json.Nodes.JsonNode.Parse(reader.ReadToEnd())!;
+        settings["ReferencePath"] = referencePath;
+        string name = entry.FullName;
+        entry.Delete();
+        using var writer = new StreamWriter(zip.CreateEntry(name).Open());
+        writer.Write(settings.ToJsonString());
+    }
+
     static IEnumerable<Exception> Inner(Exception e)
     {
         for (Exception? x = e; x is not null; x = x.InnerException) yield return x;
@@ -56,6 +69,19 @@ public sealed class PipelineFileTests
             Assert.AreEqual("prompt", oursSchema[0].Name);
             CollectionAssert.AreEqual(transformer.Transform(data).GetColumn<string>("response").ToArray(), loaded.Transform(data).GetColumn<string>("response").ToArray());
         }
+        // A zip that names its reference outside itself (crafted, or from an older version) is refused, never followed.
+        foreach (string outside in new[] { "/etc", "../elsewhere/ref" })
+        {
+            string crafted = dir.Combine("crafted.zip");
+            File.Copy(ours, crafted, overwrite: true);
+            SetReferencePath(crafted, outside);
+            var refused = Assert.ThrowsExactly<InvalidDataException>(() => ml.Alignment().Model.Load(crafted, out _));
+            StringAssert.Contains(refused.Message, $"names its reference model at '{outside}', outside the zip's folder");
+        }
+        File.Copy(ours, dir.Combine("crafted.zip"), overwrite: true);
+        SetReferencePath(dir.Combine("crafted.zip"), "models/ref");
+        using (var inside = (LanguageModelTransformer)ml.Alignment().Model.Load(dir.Combine("crafted.zip"), out _))
+            Assert.AreEqual(dir.Combine("models", "ref"), inside.ReferencePath, "a path inside the zip's folder resolves against the zip, not the current folder");
         File.WriteAllText(dir.Combine("text.zip"), "not a zip");
         Assert.IsFalse(AlignmentModelOperations.IsAlignmentPipeline(dir.Combine("text.zip")));
     }
