@@ -86,7 +86,7 @@ internal static class CliMessages
     static readonly Regex LossKindName = new(@"\bPreferenceLossKind\.(\w+)\b");
     static readonly Regex Qualified = new(@"\b(?:PreferenceLossOptions|DpoTrainer\.Options|SftTrainer\.Options|Options|GenerationOptions|DataFileOptions)\.(\w+)\b");
     // Not inside a path ("/data/Beta/x.jsonl") or a longer name.
-    static readonly Regex Bare = new(@"(?<![/\\.\w-])(" + string.Join("|", Flags.Keys.OrderByDescending(k => k.Length)) + @")\b(?![/\\])");
+    static readonly Regex Bare = new(@"(?<![/\\.\w-])(" + string.Join("|", Flags.Keys.OrderByDescending(k => k.Length)) + @")\b(?![/\\]|\.\w)");
     static readonly Regex Quoted = new(@"'[^']*'");
     static readonly Regex Repeated = new(@"(--[a-z][a-z-]*) \((?:\1|\1, \1)\)|\((--[a-z][a-z-]*), \2\)");
 

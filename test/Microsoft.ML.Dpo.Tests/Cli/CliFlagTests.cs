@@ -77,6 +77,7 @@ public sealed class CliFlagTests
         // Quoted parts (paths, field names, values) and paths are the user's words: never translated.
         Assert.AreEqual("'/data/MaxLength/Beta.jsonl' and /srv/Beta/x: --beta must be positive.",
             CliMessages.ForCli("'/data/MaxLength/Beta.jsonl' and /srv/Beta/x: Beta must be positive."));
+        Assert.AreEqual("Beta.jsonl, line 2: --beta must be positive.", CliMessages.ForCli("Beta.jsonl, line 2: Beta must be positive."));
         Assert.AreEqual("Continue it with --resume (it needs the same data and options), discard it with --restart, or choose another.",
             CliMessages.ForCli("Continue it with --resume (it needs the same data and options; C#: ExistingCheckpoint = Resume), discard it with --restart (C#: ExistingCheckpoint = Restart), or choose another."));
         Assert.AreEqual("Use another --checkpoint-dir, or discard it with --restart.",
