@@ -14,6 +14,7 @@ var suites = new IBenchmarkSuite[]
     new ChatTemplateSuite(),
     new DistributedSuite(),
     new RlSuite(),
+    new TransformSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 

@@ -16,17 +16,22 @@ internal static class BinarizeCommand
         var minMargin = Cli.Option("--min-margin", "all-pairs: the least score difference that makes a pair.", 0.0);
         var seed = Cli.Option("--seed", "Seed of best-vs-random's draws.", 42);
         var skip = Cli.Option("--skip-invalid", "Skip malformed records (counted) instead of failing.", false);
+        var dataFiles = new DataFlags();
         var command = new Command("binarize", "Binarize prompts with several scored completions into (prompt, chosen, rejected) pairs and print what was dropped.")
         {
-            data, output, strategy, score, minMargin, seed, skip,
+            data, output, strategy, score, minMargin, seed, skip, dataFiles.Format, dataFiles.Prompt,
         };
-        Cli.SetAction(command, (result, _) =>
+        Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, _) = Cli.Writers(result);
             string dataPath = result.GetValue(data)!, outputPath = result.GetValue(output)!;
             if (!File.Exists(dataPath)) throw new CliException($"Data file '{dataPath}' does not exist.");
             var loadReport = new DataLoadReport();
-            var prompts = PreferenceDataFile.ReadScoredPrompts(dataPath, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip) }, loadReport);
+            var prompts = PreferenceDataFile.ReadScoredPrompts(dataPath, new PreferenceDataLoadOptions
+            {
+                SkipMalformedRows = result.GetValue(skip), Format = dataFiles.FormatOf(result), PromptColumnName = result.GetValue(dataFiles.Prompt)!,
+                CancellationToken = cancellation, Log = stdout.WriteLine,
+            }, loadReport);
             var options = new BinarizationOptions
             {
                 Strategy = result.GetValue(strategy) switch

@@ -46,7 +46,7 @@ internal static class Cli
             catch (Exception e) when (e is CliException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException
                 or ArgumentException or InvalidOperationException or NotSupportedException or FormatException or TrainingDivergedException or IOException)
             {
-                error.WriteLine($"mldpo {command.Name}: error: {e.Message.ReplaceLineEndings(" ")}");
+                error.WriteLine($"mldpo {command.Name}: error: {CliMessages.ForCli(e.Message)}");
                 return 1;
             }
         }));

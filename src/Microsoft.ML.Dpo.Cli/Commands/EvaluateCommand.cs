@@ -26,6 +26,7 @@ internal static class EvaluateCommand
         var maxNewTokens = Cli.Option("--max-new-tokens", "With --generate: new tokens per answer.", 64);
         var samples = Cli.Option("--samples", "With --generate: side-by-side samples in the output.", 3);
         var judge = new JudgeOptions();
+        var dataFiles = new DataFlags();
         var command = new Command("evaluate", "Score preference pairs with the implicit reward β·(log π(y|x) − log π_ref(y|x)) and print one JSON line: " +
             "pairs, preference_accuracy (share of pairs whose chosen reward beats the rejected one), mean_margin, mean_chosen_reward, mean_rejected_reward, truncated; " +
             "with --generate, evaluation by generation too.")
@@ -33,6 +34,7 @@ internal static class EvaluateCommand
             model, reference, data, beta, batchSize, skip, generate, maxNewTokens, samples,
         };
         judge.AddTo(command);
+        dataFiles.AddPreference(command);
         Cli.SetAction(command, (result, cancellation) =>
         {
             var (stdout, stderr) = Cli.Writers(result);
@@ -43,7 +45,8 @@ internal static class EvaluateCommand
             List<PreferencePair>? pairs;
             try
             {
-                pairs = PreferenceDataFile.ReadPreferencePairs(dataPath, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip) }, loadReport);
+                pairs = PreferenceDataFile.ReadPreferencePairs(dataPath,
+                    dataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = result.GetValue(skip), CancellationToken = cancellation, Log = stderr.WriteLine }), loadReport);
             }
             catch (InvalidDataException e) when (generating && loadReport.PreferenceLayout is null)
             {

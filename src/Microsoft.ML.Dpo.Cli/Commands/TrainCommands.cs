@@ -31,6 +31,9 @@ internal static partial class TrainCommands
             "(its share of --batch-size is run in passes of this size; same result, less memory). 0: the whole share.", 0);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
         public readonly Option<int?> MaxPromptLength = Cli.Optional<int?>("--max-prompt-length", "Longest prompt in tokens; longer prompts keep their end (default: half of --max-length).");
+        public readonly Option<string> TruncationMode = Cli.Choice("--truncation-mode", "Which end of a prompt longer than --max-prompt-length is kept: " +
+            "keep_end (the text closest to the answer; TRL's default) or keep_start.", "keep_end", "keep_end", "keep_start");
+        public readonly DataFlags DataFiles = new();
         public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", 0);
         public readonly Option<int> MaxSteps = Cli.Option("--max-steps", "Stop after this many optimizer steps (0: no limit).", 0);
         public readonly Option<int> Seed = Cli.Option("--seed", "Seed of the data order.", 42);
@@ -54,7 +57,7 @@ internal static partial class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, WarmupSteps, MaxSteps, Seed,
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
@@ -84,6 +87,7 @@ internal static partial class TrainCommands
             options.PerRankBatchSize = result.GetValue(PerRankBatchSize);
             options.MaxLength = maxLength;
             options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
+            options.Truncation = result.GetValue(TruncationMode) == "keep_start" ? Microsoft.ML.Dpo.Training.TruncationMode.KeepStart : Microsoft.ML.Dpo.Training.TruncationMode.KeepEnd;
             options.WarmupSteps = result.GetValue(WarmupSteps);
             options.MaxSteps = result.GetValue(MaxSteps);
             options.Seed = result.GetValue(Seed);
@@ -94,7 +98,7 @@ internal static partial class TrainCommands
                 : result.GetValue(Restart) ? ExistingCheckpointAction.Restart : ExistingCheckpointAction.Refuse;
             options.SkipInvalidRows = result.GetValue(SkipInvalid);
             options.Device = result.GetValue(Device)!;
-            options.Log = display.Log;
+            options.Log = line => display.Log(line.StartsWith("warning", StringComparison.Ordinal) ? CliMessages.ForCli(line) : line);
             options.Progress = display.Progress;
             options.CancellationToken = cancellation;
             options.RouterAuxLossCoefficient = result.GetValue(RouterAuxLossCoef);
@@ -155,6 +159,7 @@ internal static partial class TrainCommands
         var allTokens = Cli.Option("--all-tokens", "Learn the prompt tokens too (default: completion tokens only).", false);
         var command = new Command("sft", "Supervised fine-tuning on (prompt, completion) records; writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
+        common.DataFiles.AddCompletion(command);
         command.Options.Add(learningRate);
         command.Options.Add(allTokens);
         var evaluation = new EvaluationFlags();
@@ -170,7 +175,10 @@ internal static partial class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadCompletions(common.DataPath(result),
-                new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+                common.DataFiles.Apply(result, new CompletionDataLoadOptions
+                {
+                    SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate, CancellationToken = cancellation, Log = display.Log,
+                }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "sft", checkpoints, () => ml.Alignment().Trainers.Sft(options).Fit(data));
         });
@@ -207,6 +215,7 @@ internal static partial class TrainCommands
         var command = new Command("dpo", "Direct Preference Optimization on (prompt, chosen, rejected) records against a frozen reference; " +
             "writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
+        common.DataFiles.AddPreference(command);
         foreach (Option option in new Option[] { learningRate, beta, loss, lossWeights, rpoAlpha, labelSmoothing, simpoGamma, discopopTau, cpoAlpha,
             fDivergence, alphaCoef, ldAlpha, useWeighting, syncRefSteps, syncRefAlpha, precompute, reference, shard })
             command.Options.Add(option);
@@ -242,7 +251,7 @@ internal static partial class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+                common.DataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate, CancellationToken = cancellation, Log = display.Log }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             if (result.GetValue(shard) is { } spec)
             {
@@ -269,6 +278,7 @@ internal static partial class TrainCommands
         var command = new Command("orpo", "ORPO (odds-ratio preference optimization) on (prompt, chosen, rejected) records: SFT on the chosen answers plus an " +
             "odds-ratio preference term, no reference model; writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
+        common.DataFiles.AddPreference(command);
         command.Options.Add(learningRate);
         command.Options.Add(beta);
         evaluation.AddTo(command);
@@ -283,7 +293,7 @@ internal static partial class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPreferencePairs(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+                common.DataFiles.Apply(result, new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate, CancellationToken = cancellation, Log = display.Log }), loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, "orpo", checkpoints, () => ml.Alignment().Trainers.Orpo(options).Fit(data));
         });
@@ -321,7 +331,7 @@ internal static partial class TrainCommands
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadUnpairedPreferences(common.DataPath(result),
-                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate }, loadReport);
+                new PreferenceDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = chatTemplate, CancellationToken = cancellation, Log = display.Log }, loadReport);
             stdout.WriteLine($"Data: {loadReport}" + (loadReport.PreferenceLayout is not null ? " (pairs unpaired: chosen desirable, rejected undesirable)" : ""));
             return Train(result, common, stdout, display, "kto", checkpoints, () => ml.Alignment().Trainers.Kto(options).Fit(data));
         });

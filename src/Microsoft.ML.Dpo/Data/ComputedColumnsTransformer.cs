@@ -35,5 +35,14 @@ public abstract class ComputedColumnsTransformer : ITransformer
     /// ML.NET keeps the members a transformer needs to write itself into <c>mlContext.Model.Save</c>'s zip internal, so this
     /// throws with the way to save it instead.
     /// </summary>
-    void ICanSaveModel.Save(ModelSaveContext ctx) => throw new NotSupportedException(SaveInstructions);
+    /// <remarks>
+    /// <c>mlContext.Model.Save(model, schema, path)</c> runs <c>File.Create(path)</c> before it calls this method, and
+    /// <c>ModelSaveContext</c> has no public member but <c>Dispose</c>: the transformer can reach neither the stream nor the path,
+    /// so it cannot stop the file being created (or an existing one at that path being emptied) nor remove it. The message says so.
+    /// </remarks>
+    void ICanSaveModel.Save(ModelSaveContext ctx) => throw new NotSupportedException(SaveInstructions + " " + IncompleteFileNote);
+
+    /// <summary>What <c>mlContext.Model.Save</c> has done to its file by the time this transformer refuses.</summary>
+    internal const string IncompleteFileNote =
+        "mlContext.Model.Save created (or emptied) its file before asking this transformer and leaves an incomplete zip there that nothing loads: delete it.";
 }

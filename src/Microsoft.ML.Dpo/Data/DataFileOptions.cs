@@ -88,8 +88,38 @@ public abstract class DataFileOptions
     /// </summary>
     public Tokenization.ChatTemplate? ChatTemplate { get; set; }
 
+    /// <summary>Checked between records: cancelling it stops reading a long file with <see cref="OperationCanceledException"/>.</summary>
+    public CancellationToken CancellationToken { get; set; }
+
+    /// <summary>Receives a progress line ("Reading FILE: N records") every few seconds while a long file is read; null for none.</summary>
+    public Action<string>? Log { get; set; }
+
     /// <summary>How many line (or row) numbers the report keeps for each kind of skipped record. Default 5.</summary>
     public int ReportedRowsPerReason { get; set; } = 5;
+
+    /// <summary>
+    /// The field (JSON) or column (Parquet) that holds the prompt, for data whose fields have other names (e.g. "question").
+    /// Default "prompt". A record's field of the default name is then ignored; errors name the file's own field.
+    /// </summary>
+    public string PromptColumnName { get; set; } = StandardColumns.Prompt;
+
+    /// <summary>The fields the loaders rename: (name in the file, standard name), only those that differ.</summary>
+    internal abstract IEnumerable<(string Given, string Standard)> ColumnNames { get; }
+
+    internal Dictionary<string, string> ColumnRenames()
+    {
+        var renames = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (given, standard) in ColumnNames)
+        {
+            if (string.IsNullOrWhiteSpace(given))
+                throw new ArgumentException($"The column name for '{standard}' is empty; give the name of the field that holds it.");
+            if (given == standard) continue;
+            if (renames.TryGetValue(given, out string? other))
+                throw new ArgumentException($"The field '{given}' is named as the column of both '{other}' and '{standard}'; give each its own field.");
+            renames[given] = standard;
+        }
+        return renames;
+    }
 
     internal Func<IReadOnlyList<(string Role, string Content)>, bool, string> Renderer => RenderConversation ?? ConversationRendering.PlainText;
 }
@@ -105,6 +135,15 @@ public sealed class PreferenceDataLoadOptions : DataFileOptions
 
     /// <summary>How scored completions (<see cref="PreferenceLayout.ScoredCompletions"/>) are turned into pairs.</summary>
     public BinarizationOptions Binarization { get; set; } = new();
+
+    /// <summary>The field (JSON) or column (Parquet) that holds the preferred completion (e.g. "response_j"). Default "chosen".</summary>
+    public string ChosenColumnName { get; set; } = StandardColumns.Chosen;
+
+    /// <summary>The field (JSON) or column (Parquet) that holds the dispreferred completion (e.g. "response_k"). Default "rejected".</summary>
+    public string RejectedColumnName { get; set; } = StandardColumns.Rejected;
+
+    internal override IEnumerable<(string Given, string Standard)> ColumnNames =>
+        [(PromptColumnName, StandardColumns.Prompt), (ChosenColumnName, StandardColumns.Chosen), (RejectedColumnName, StandardColumns.Rejected)];
 }
 
 /// <summary>Options for loading supervised fine-tuning data files (see <see cref="PreferenceDataFile"/>).</summary>
@@ -112,6 +151,15 @@ public sealed class CompletionDataLoadOptions : DataFileOptions
 {
     /// <summary>The record layout; <see cref="CompletionLayout.Auto"/> (the default) detects it from the first record.</summary>
     public CompletionLayout Layout { get; set; } = CompletionLayout.Auto;
+
+    /// <summary>The field (JSON) or column (Parquet) that holds the completion (e.g. "response"). Default "completion".</summary>
+    public string CompletionColumnName { get; set; } = StandardColumns.Completion;
+
+    /// <summary>The field (JSON) or column (Parquet) that holds the conversation of the <see cref="CompletionLayout.Messages"/> layout (e.g. "conversations"). Default "messages".</summary>
+    public string MessagesColumnName { get; set; } = "messages";
+
+    internal override IEnumerable<(string Given, string Standard)> ColumnNames =>
+        [(PromptColumnName, StandardColumns.Prompt), (CompletionColumnName, StandardColumns.Completion), (MessagesColumnName, "messages")];
 }
 
 /// <summary>Renders conversations to text when no chat template is supplied.</summary>

@@ -227,6 +227,40 @@ public static class PreferenceDataFile
     }
 
     /// <summary>
+    /// The record with its fields renamed to the standard names (<see cref="DataFileOptions.PromptColumnName"/>, ...); a field that
+    /// already has a standard name which another field is mapped to is dropped, so the mapped field is the one read.
+    /// </summary>
+    static JsonElement Rename(JsonElement record, Dictionary<string, string> renames)
+    {
+        if (record.ValueKind != JsonValueKind.Object) return record;
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            var targets = new HashSet<string>(renames.Values, StringComparer.Ordinal);
+            foreach (var property in record.EnumerateObject())
+            {
+                if (renames.TryGetValue(property.Name, out string? standard)) writer.WritePropertyName(standard);
+                else if (targets.Contains(property.Name)) continue;
+                else writer.WritePropertyName(property.Name);
+                property.Value.WriteTo(writer);
+            }
+            writer.WriteEndObject();
+        }
+        using var document = JsonDocument.Parse(buffer.WrittenMemory);
+        return document.RootElement.Clone();
+    }
+
+    /// <summary>The error's key with its field under the name the file uses ("question" rather than "prompt").</summary>
+    static string InFileNames(RecordException e, Dictionary<string, string> fileNames)
+    {
+        if (e.Field is not { } field) return e.Key;
+        int end = field.IndexOfAny(['[', '.']);
+        string head = end < 0 ? field : field[..end];
+        return fileNames.TryGetValue(head, out string? given) ? new RecordException(given + field[head.Length..], e.Reason, e.Detail).Key : e.Key;
+    }
+
+    /// <summary>
     /// Reads every record: detects the layout from the first record that parses (unless given), then reads each record with it.
     /// A <see cref="RecordException"/> becomes an <see cref="InvalidDataException"/> naming the file, line and field, or a skip.
     /// </summary>
@@ -237,34 +271,41 @@ public static class PreferenceDataFile
         var format = DataRecords.ResolveFormat(path, options.Format);
         report.Path = path;
         report.Format = format;
+        var renames = options.ColumnRenames();
+        var fileNames = renames.ToDictionary(r => r.Value, r => r.Key, StringComparer.Ordinal);
         TLayout? layout = EqualityComparer<TLayout>.Default.Equals(requested, default) ? null : requested;
         if (layout is { } given) detected(given);
         long? detectedAt = null;
+        var progress = new PreparationProgress(options.Log, $"Reading {path}", unit: "records");
         foreach (var record in DataRecords.Read(path, format, out string unit))
         {
+            options.CancellationToken.ThrowIfCancellationRequested();   // between records: Ctrl+C stops reading a long file
+            progress.Advance();
             report.RowsRead++;
             try
             {
                 if (record.Error is not null) throw record.Error;
+                var value = renames.Count == 0 ? record.Value : Rename(record.Value, renames);
                 if (layout is null)
                 {
-                    layout = detect(record.Value);
+                    layout = detect(value);
                     detectedAt = record.Number;
                     detected(layout.Value);
                 }
-                read(record.Value, record.Number, layout.Value);
+                read(value, record.Number, layout.Value);
             }
             catch (RecordException e)
             {
+                string key = fileNames.Count == 0 ? e.Key : InFileNames(e, fileNames);
                 if (options.SkipMalformedRows)
                 {
-                    report.Skip(e.Key, record.Number, options.ReportedRowsPerReason);
+                    report.Skip(key, record.Number, options.ReportedRowsPerReason);
                     continue;
                 }
                 string where = layout is null ? "" : detectedAt is { } at ? $" (layout {layout}, detected from {unit} {at})" : $" (layout {layout})";
                 string detail = e.Detail is null ? "" : $" ({e.Detail})";
                 throw new InvalidDataException(
-                    $"{path}, {unit} {record.Number}: {e.Key}{detail}{where}. Fix the record, or set SkipMalformedRows to skip such records.", e);
+                    $"{path}, {unit} {record.Number}: {key}{detail}{where}. Fix the record, or set SkipMalformedRows to skip such records.", e);
             }
         }
     }

@@ -66,7 +66,7 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
         ScoreHead? head = null;
         try
         {
-            var examples = FineTuningRun.TokenizePairs(model, pairs, options, report);
+            var examples = FineTuningRun.TokenizePairs(model, pairs, options, report, log);
             log($"Reward model data: {report}.");
             TorchSharp.torch.manual_seed(options.Seed);
             head = ScoreHead.Create(model.Network);

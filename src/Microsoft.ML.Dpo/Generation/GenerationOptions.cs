@@ -23,6 +23,13 @@ public sealed class GenerationOptions
     /// When a prompt does not fit the model's context, keep its last tokens instead of failing. Default false.
     /// </summary>
     public bool TruncateLongPrompts { get; set; }
+    /// <summary>
+    /// How many rows <c>LanguageModelTransformer</c>'s <c>Transform</c> generates together (left-padded, one KV cache), a batch
+    /// at a time as its cursor reaches them; 1 generates one row at a time. Greedy responses are the same text either way;
+    /// sampled ones (<see cref="Temperature"/> &gt; 0) depend on the batch, as each batch draws from one generator seeded with
+    /// <see cref="Seed"/>. Default 8.
+    /// </summary>
+    public int TransformBatchSize { get; set; } = 8;
 
     /// <summary>Checks value ranges; throws <see cref="ArgumentOutOfRangeException"/> naming the option.</summary>
     public void Validate()
@@ -31,6 +38,7 @@ public sealed class GenerationOptions
         if (Temperature < 0) throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "Temperature must not be negative (0 is greedy).");
         if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "TopK must not be negative (0 disables it).");
         if (!(TopP > 0 && TopP <= 1)) throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "TopP must be in (0, 1].");
+        if (TransformBatchSize < 1) throw new ArgumentOutOfRangeException(nameof(TransformBatchSize), TransformBatchSize, "TransformBatchSize must be at least 1 (1: one row at a time).");
         if (!(RepetitionPenalty > 0)) throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), RepetitionPenalty, "RepetitionPenalty must be positive (1 disables it).");
     }
 }

@@ -47,9 +47,24 @@ public sealed class TextGenerator
     {
         ArgumentNullException.ThrowIfNull(prompts);
         var tok = tokenizer ?? throw new InvalidOperationException("This model has no tokenizer: pass token ids instead of text.");
-        var ids = prompts.Select(p => tok.EncodePrompt(p).ToArray()).ToList();
-        return GenerateCore(ids, options, null).Select(r => r.StopText ?? tok.Decode(r.Tokens)).ToList();
+        return GenerateText(prompts.Select(p => tok.EncodePrompt(p).ToArray()).ToList(), options);
     }
+
+    /// <summary>The decoded new text for prompts already encoded with <see cref="TextTokenizer.EncodePrompt"/> (one batch).</summary>
+    internal IReadOnlyList<string> GenerateText(IReadOnlyList<int[]> promptIds, GenerationOptions? options)
+    {
+        var tok = tokenizer ?? throw new InvalidOperationException("This model has no tokenizer: pass token ids instead of text.");
+        return GenerateCore(promptIds, options, null).Select(r => r.StopText ?? tok.Decode(r.Tokens)).ToList();
+    }
+
+    /// <summary>
+    /// Whether a prompt of <paramref name="length"/> tokens gets exactly the new-token budget it would get alone when it is
+    /// generated in a batch: one batch shares min(MaxNewTokens, context − longest prompt), so only prompts that leave
+    /// <see cref="GenerationOptions.MaxNewTokens"/> free positions are batched; the others (and prompts that must be
+    /// truncated or refused) are generated alone.
+    /// </summary>
+    internal bool FitsBatch(int length, GenerationOptions options) =>
+        length > 0 && length < model.Config.MaxPositionEmbeddings && length <= model.Config.MaxPositionEmbeddings - options.MaxNewTokens;
 
     /// <summary>
     /// Generates new token ids (prompt excluded) for each prompt; <paramref name="onToken"/> streams them as they come.

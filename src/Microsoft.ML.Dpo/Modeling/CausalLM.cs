@@ -15,7 +15,14 @@ namespace Microsoft.ML.Dpo.Modeling;
 /// </remarks>
 public abstract class CausalLM : nn.Module
 {
-    private protected CausalLM(string name, CausalLMConfig config) : base(name) => Config = config;
+    private protected CausalLM(string name, CausalLMConfig config) : base(NativeReady(name)) => Config = config;
+
+    /// <summary>Runs <see cref="Runtime.DpoRuntime.EnsureNativeLibrary"/> before <see cref="nn.Module"/>'s constructor touches libtorch.</summary>
+    static string NativeReady(string name)
+    {
+        Runtime.DpoRuntime.EnsureNativeLibrary();
+        return name;
+    }
 
     /// <summary>The model's configuration.</summary>
     public CausalLMConfig Config { get; }

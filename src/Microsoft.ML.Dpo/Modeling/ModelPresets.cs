@@ -136,6 +136,7 @@ public static class ModelPresets
         int eos = tokenizer.EosTokenId ?? throw new ArgumentException("The tokenizer has no end-of-sequence token; a model trained from scratch needs one.", nameof(tokenizer));
         int bos = tokenizer.BosTokenId ?? eos;
         var config = Create(architecture, preset, tokenizer.VocabularySize, bos, eos);
+        Runtime.DpoRuntime.EnsureNativeLibrary();
         manual_seed(seed);
         return new LanguageModel(CausalLM.Create(config), tokenizer);
     }

@@ -19,6 +19,7 @@ public static class DpoRuntime
     /// <summary>Loads the native runtime (if not loaded yet) and describes it.</summary>
     public static DpoRuntimeInfo Describe()
     {
+        EnsureNativeLibrary();
         bool cuda = torch.cuda.is_available();
         return new DpoRuntimeInfo(
             VersionOf(typeof(DpoRuntime).Assembly),
@@ -35,6 +36,7 @@ public static class DpoRuntime
     /// </summary>
     public static torch.Device ResolveDevice(string? name)
     {
+        EnsureNativeLibrary();
         string n = string.IsNullOrWhiteSpace(name) ? "auto" : name.Trim().ToLowerInvariant();
         if (n == "auto") return torch.cuda.is_available() ? torch.CUDA : torch.CPU;
         if (n.StartsWith("cuda", StringComparison.Ordinal) && !torch.cuda.is_available())
@@ -42,6 +44,25 @@ public static class DpoRuntime
         if (n != "cpu" && !n.StartsWith("cuda", StringComparison.Ordinal))
             throw new ArgumentException($"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.", nameof(name));
         return torch.device(n);
+    }
+
+    static readonly Lazy<NativeLibraryException?> NativeLibraryFailure = new(() =>
+    {
+        try { NativeLibraryCheck.Run(); return null; }
+        catch (NativeLibraryException e) { return e; }
+    });
+
+    /// <summary>
+    /// Loads TorchSharp's native libraries, or throws one <see cref="NativeLibraryException"/> that says what to change
+    /// (reference <c>TorchSharp-cpu</c>; on Debian 12 / Ubuntu 22.04 import the libstdc++ fix) instead of TorchSharp's
+    /// <see cref="TypeInitializationException"/>. The library calls it before it first touches libtorch (device selection,
+    /// every model build); an application may call it at start-up to fail early. The result is cached for the process.
+    /// </summary>
+    /// <exception cref="NativeLibraryException">The native libraries cannot be loaded.</exception>
+    public static void EnsureNativeLibrary()
+    {
+        if (NativeLibraryFailure.Value is { } failure)
+            throw new NativeLibraryException(failure.Message, failure.InnerException);
     }
 
     static string VersionOf(Assembly assembly) =>

@@ -28,6 +28,16 @@ public sealed class AlignmentModelOperations
 
     internal AlignmentModelOperations(MLContext context) => this.context = context;
 
+    /// <summary>
+    /// The contract name of the stub that <c>mlContext.Model.Load</c> finds in this library's zips: ML.NET reports a
+    /// CustomMapping whose contract is not registered by quoting the name, so the name is the instruction.
+    /// </summary>
+    internal const string StubContractName =
+        "this is a Microsoft.ML.Dpo pipeline: load it with mlContext.Alignment().Model.Load(path, out schema), not mlContext.Model.Load";
+
+    sealed class StubInput { public string Text { get; set; } = ""; }
+    sealed class StubOutput { public string Text { get; set; } = ""; }
+
     sealed record Segment(string Kind, string Entry);
     sealed record Manifest(string Format, int Version, List<Segment> Segments);
     sealed record LanguageModelSettings(double Beta, List<LanguageModelOutputColumn> Columns, GenerationOptions Generation, bool HasReference, string? ReferencePath,
@@ -47,6 +57,7 @@ public sealed class AlignmentModelOperations
             using (var zip = ZipFile.Open(temp, ZipArchiveMode.Create))
             {
                 WriteEntry(zip, InputSchemaEntry, stream => context.Model.Save(new TransformerChain<ITransformer>(), inputSchema, stream));
+                WriteMlNetStub(zip);
                 var manifest = new Manifest(FormatName, 1, []);
                 var schema = inputSchema;
                 var pending = new List<ITransformer>();
@@ -88,12 +99,19 @@ public sealed class AlignmentModelOperations
     /// <summary>
     /// Loads a pipeline saved by <see cref="Save"/> — or a stock ML.NET model zip (saved by <c>mlContext.Model.Save</c>), which
     /// it hands to <c>mlContext.Model.Load</c>, so this one call loads either; <paramref name="inputSchema"/> receives the schema
-    /// it was saved with. (<c>mlContext.Model.Load</c> cannot read this library's zips and reports "Could not load legacy
-    /// format model"; ML.NET offers no public hook to improve that message.)
+    /// it was saved with. (<c>mlContext.Model.Load</c> cannot read this library's zips; it fails with an inner exception that
+    /// says to use this method, see <see cref="WriteMlNetStub"/>.)
     /// </summary>
     public ITransformer Load(string path, out DataViewSchema inputSchema)
     {
-        if (!IsAlignmentPipeline(path)) return context.Model.Load(path, out inputSchema);
+        if (!IsAlignmentPipeline(path))
+        {
+            if (IsIncompleteMlNetSave(path))
+                throw new InvalidDataException($"'{path}' holds no model, only ML.NET's TrainingInfo/Version.txt: it is the incomplete file a failed " +
+                    "mlContext.Model.Save leaves, e.g. on a pipeline with a Microsoft.ML.Dpo transformer, which it cannot save. Delete it, and save " +
+                    "such pipelines with mlContext.Alignment().Model.Save.");
+            return context.Model.Load(path, out inputSchema);
+        }
         using var zip = ZipFile.OpenRead(path);
         var manifest = ReadEntry(zip, path, ManifestEntry, stream => JsonSerializer.Deserialize<Manifest>(stream, Json))
             ?? throw new InvalidDataException($"'{path}': empty manifest.");
@@ -142,6 +160,17 @@ public sealed class AlignmentModelOperations
             return zip.GetEntry(ManifestEntry) is not null && zip.GetEntry(InputSchemaEntry) is not null;
         }
         catch (InvalidDataException) { return false; }     // not a zip
+    }
+
+    /// <summary>A zip whose only entry is the version file ML.NET's repository writer starts with: a save that failed before any model entry.</summary>
+    static bool IsIncompleteMlNetSave(string path)
+    {
+        try
+        {
+            using var zip = ZipFile.OpenRead(path);
+            return zip.Entries.Count == 1 && zip.Entries[0].FullName == "TrainingInfo/Version.txt";
+        }
+        catch (InvalidDataException) { return false; }
     }
 
     static IEnumerable<ITransformer> Flatten(ITransformer transformer) =>
@@ -194,6 +223,18 @@ public sealed class AlignmentModelOperations
         if (!File.Exists(settingsFile)) throw new InvalidDataException($"'{path}': segment '{entry}' lacks transformer.json.");
         var settings = JsonSerializer.Deserialize<LanguageModelSettings>(File.ReadAllText(settingsFile), Json)
             ?? throw new InvalidDataException($"'{path}': segment '{entry}' has an empty transformer.json.");
+        // This library's zips carry their reference inside (ReferencePath null). A path in the file may name the reference only
+        // relative to the zip and inside its folder: never an absolute path or one that leaves it (a crafted zip naming "/etc").
+        string? referencePath = null;
+        if (settings.ReferencePath is { } named)
+        {
+            string zipFolder = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            string resolved = Path.GetFullPath(Path.Combine(zipFolder, named));
+            if (Path.IsPathRooted(named) || !resolved.StartsWith(zipFolder + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                throw new InvalidDataException($"'{path}': segment '{entry}' names its reference model at '{named}', outside the zip's folder; " +
+                    "a pipeline names its reference only relative to itself. Save it again with mlContext.Alignment().Model.Save, which puts the reference inside the zip.");
+            referencePath = resolved;
+        }
         var policy = LanguageModel.Load(Path.Combine(work, "policy"));
         LanguageModel? reference = null;
         try
@@ -201,13 +242,36 @@ public sealed class AlignmentModelOperations
             if (settings.HasAdapter) Lora.LoraAdapters.Load(policy, Path.Combine(work, "adapter"));
             if (settings.HasReference) reference = LanguageModel.Load(Path.Combine(work, "reference"));
             return new LanguageModelTransformer(policy, reference, settings.Beta, settings.Columns, settings.Generation,
-                ownsModel: true, ownsReference: reference is not null, referencePath: settings.ReferencePath);
+                ownsModel: true, ownsReference: reference is not null, referencePath: referencePath);
         }
         catch
         {
             policy.Dispose();
             reference?.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Writes, at the zip's root, the entries of a stock ML.NET model (TransformerChain/, Schema, TrainingInfo/) holding one
+    /// CustomMapping named <see cref="StubContractName"/> and registered nowhere (this library defines no factory for it), so
+    /// <c>mlContext.Model.Load</c> on this file fails with that name in its message — "Unable to locate an extension for the
+    /// contract 'this is a Microsoft.ML.Dpo pipeline: load it with mlContext.Alignment().Model.Load…'" (inside ML.NET's
+    /// "Error during class instantiation") — instead of "Could not load legacy format model". <see cref="Load"/> ignores them.
+    /// </summary>
+    void WriteMlNetStub(ZipArchive zip)
+    {
+        var empty = context.Data.LoadFromEnumerable(Array.Empty<StubInput>());
+        var stub = context.Transforms.CustomMapping<StubInput, StubOutput>((_, _) => { }, StubContractName).Fit(empty);
+        using var buffer = new MemoryStream();
+        context.Model.Save(stub, empty.Schema, buffer);
+        buffer.Position = 0;
+        using var stock = new ZipArchive(buffer, ZipArchiveMode.Read);
+        foreach (var entry in stock.Entries)
+        {
+            using var from = entry.Open();
+            using var to = zip.CreateEntry(entry.FullName, CompressionLevel.Optimal).Open();
+            from.CopyTo(to);
         }
     }
 

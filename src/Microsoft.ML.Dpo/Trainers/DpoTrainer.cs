@@ -210,7 +210,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         LanguageModel? ownedReference = null, syncedReference = null;
         try
         {
-            var examples = FineTuningRun.TokenizePairs(policy, pairs, options, report);
+            var examples = FineTuningRun.TokenizePairs(policy, pairs, options, report, log);
             log($"DPO data: {report}.");
             List<TokenizedPreference>? validation = null;
             if (options.ValidationData is { } validationData)

@@ -43,14 +43,20 @@ internal static class FineTuningRun
             $"(max_position_embeddings); sequences are capped at {maxLength} tokens, prompts at {maxPromptLength}.");
     }
 
-    /// <summary>Tokenizes preference pairs within the given limits; truncations and the examples kept are counted in <paramref name="report"/>.</summary>
+    /// <summary>
+    /// Tokenizes preference pairs within the given limits; truncations and the examples kept are counted in <paramref name="report"/>.
+    /// Checks <paramref name="cancellation"/> between rows, and writes a progress line to <paramref name="log"/> every few seconds.
+    /// </summary>
     public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs,
-        int maxLength, int maxPromptLength, TruncationMode mode, DataPreparationReport report, CancellationToken cancellation = default)
+        int maxLength, int maxPromptLength, TruncationMode mode, DataPreparationReport report, CancellationToken cancellation = default,
+        Action<string>? log = null)
     {
         var examples = new List<TokenizedPreference>();
+        var progress = new PreparationProgress(log, "Tokenizing", (pairs as ICollection<PreferencePair>)?.Count);
         foreach (var pair in pairs)
         {
             cancellation.ThrowIfCancellationRequested(); // between rows: Ctrl+C stops a long tokenization
+            progress.Advance();
             if (model.EncodeExample(pair.Prompt, [pair.Chosen, pair.Rejected], maxLength, maxPromptLength, mode, out var prompt, out var completions))
                 report.Truncated++;
             examples.Add(new TokenizedPreference(prompt, completions[0], completions[1], pair.Row, examples.Count));
@@ -60,8 +66,9 @@ internal static class FineTuningRun
     }
 
     /// <summary>Tokenizes preference pairs within the options' limits.</summary>
-    public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs, TrainingOptions options, DataPreparationReport report) =>
-        TokenizePairs(model, pairs, options.MaxLength, options.MaxPromptLength, options.Truncation, report, options.CancellationToken);
+    public static List<TokenizedPreference> TokenizePairs(LanguageModel model, IEnumerable<PreferencePair> pairs, TrainingOptions options, DataPreparationReport report,
+        Action<string>? log = null) =>
+        TokenizePairs(model, pairs, options.MaxLength, options.MaxPromptLength, options.Truncation, report, options.CancellationToken, log);
 
     /// <summary>A checkpoint store that writes the model as a Hugging Face directory (so any checkpoint is loadable) and reads its weights back.</summary>
     public static TrainingCheckpoint? Checkpoint(TrainingOptions options, LanguageModel policy)

@@ -107,6 +107,22 @@ public sealed class LanguageModelTransformer : ComputedColumnsTransformer, IDisp
     /// <summary>Generates a response to <paramref name="prompt"/> (the decoded new text).</summary>
     public string Generate(string prompt, GenerationOptions? options = null) => Model.CreateGenerator().Generate([prompt], options ?? Generation)[0];
 
+    /// <summary>
+    /// The responses of one batch of rows (each row's prompt first), generated together; null for a row whose prompt cannot
+    /// share the batch's new-token budget (see <see cref="TextGenerator.FitsBatch"/>), which is generated alone when reached.
+    /// </summary>
+    object?[] GenerateBatch(IReadOnlyList<string[]> rows)
+    {
+        var generator = Model.CreateGenerator();
+        var ids = rows.Select(r => Model.EncodePrompt(r[0])).ToArray();
+        var together = Enumerable.Range(0, ids.Length).Where(i => generator.FitsBatch(ids[i].Length, Generation)).ToList();
+        var results = new object?[rows.Count];
+        if (together.Count == 0) return results;
+        var texts = generator.GenerateText(together.Select(i => ids[i]).ToList(), Generation);
+        for (int j = 0; j < together.Count; j++) results[together[j]] = texts[j];
+        return results;
+    }
+
     /// <summary>log π(response | prompt) under the trained model: the sum over the response tokens (EOS included).</summary>
     public float LogProbability(string prompt, string response) => LogProbability(Model, prompt, response);
 
@@ -177,7 +193,8 @@ public sealed class LanguageModelTransformer : ComputedColumnsTransformer, IDisp
 
     ComputedColumn ToComputed(LanguageModelOutputColumn column) => column.Kind switch
     {
-        LanguageModelOutputKind.Response => new(column.OutputColumnName, TextDataViewType.Instance, [column.PromptColumnName], v => Generate(v[0])),
+        LanguageModelOutputKind.Response => new(column.OutputColumnName, TextDataViewType.Instance, [column.PromptColumnName], v => Generate(v[0]),
+            GenerateBatch, Generation.TransformBatchSize),
         LanguageModelOutputKind.LogProbability => new(column.OutputColumnName, NumberDataViewType.Single, [column.PromptColumnName, RequireResponse(column)], v => LogProbability(v[0], v[1])),
         _ => new(column.OutputColumnName, NumberDataViewType.Single, [column.PromptColumnName, RequireResponse(column)], v => ImplicitReward(v[0], v[1])),
     };

@@ -65,7 +65,7 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         try
         {
             var rows = Read(input, policy, report, options.CancellationToken);
-            var examples = Tokenize(policy, rows, report);
+            var examples = Tokenize(policy, rows, report, log);
             log($"SFT data: {report}.");
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";sft;completionOnly={options.CompletionOnlyLoss}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Completion }));
@@ -101,12 +101,14 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         return ExampleReader.ReadChatConversations(data, options.MessagesColumnName, template.SplitForTraining, options.SkipInvalidRows, report, cancellation);
     }
 
-    List<TokenizedCompletion> Tokenize(LanguageModel model, List<CompletionExample> rows, DataPreparationReport report)
+    List<TokenizedCompletion> Tokenize(LanguageModel model, List<CompletionExample> rows, DataPreparationReport report, Action<string>? log = null)
     {
         var examples = new List<TokenizedCompletion>(rows.Count);
+        var progress = new PreparationProgress(log, "Tokenizing", rows.Count);
         foreach (var row in rows)
         {
             options.CancellationToken.ThrowIfCancellationRequested(); // between rows: Ctrl+C stops a long tokenization
+            progress.Advance();
             if (model.EncodeExample(row.Prompt, [row.Completion], options.MaxLength, options.MaxPromptLength, options.Truncation, out var prompt, out var completions))
                 report.Truncated++;
             examples.Add(new TokenizedCompletion(prompt, completions[0], row.Row, examples.Count));

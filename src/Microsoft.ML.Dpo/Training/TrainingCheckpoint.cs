@@ -70,7 +70,7 @@ internal sealed class TrainingCheckpoint(string directory, Action<string> saveWe
             default:
                 throw new InvalidOperationException(
                     $"'{directory}' holds the checkpoint of an earlier run ({Describe(existing[0])}). Continue it with --resume " +
-                    "(C#: ExistingCheckpoint = Resume; it needs the same data and options), discard it with --restart (ExistingCheckpoint = Restart), " +
+                    "(it needs the same data and options; C#: ExistingCheckpoint = Resume), discard it with --restart (C#: ExistingCheckpoint = Restart), " +
                     "or choose another checkpoint folder.");
         }
     }

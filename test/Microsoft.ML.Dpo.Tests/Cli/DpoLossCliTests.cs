@@ -47,7 +47,7 @@ public sealed class DpoLossCliTests
 
         var twice = Run([.. common, "--output", dir.Combine("x"), "--loss", "sigmoid,sft", "--rpo-alpha", "1"]);
         Assert.AreEqual(1, twice.Code);
-        StringAssert.Contains(twice.Error, "RpoAlpha");
+        StringAssert.Contains(twice.Error, "give its weight in --loss-weights or --rpo-alpha, not both");   // flags, not the C# names (issue 14)
 
         var stale = Run([.. common, "--output", dir.Combine("x"), "--sync-ref-steps", "2", "--precompute-reference"]);
         Assert.AreEqual(1, stale.Code);
