@@ -379,6 +379,15 @@ internal static partial class GgufExport
 
     // ---------------------------------------------------------------- Ollama
 
+    /// <summary>A Modelfile string: double quotes, with backslash, quote and control characters escaped.</summary>
+    static string Quote(string s)
+    {
+        var sb = new StringBuilder("\"");
+        foreach (char ch in s)
+            sb.Append(ch switch { '\\' => "\\\\", '"' => "\\\"", '\n' => "\\n", '\r' => "\\r", '\t' => "\\t", _ => ch.ToString() });
+        return sb.Append('"').ToString();
+    }
+
     /// <summary>
     /// An Ollama Modelfile: <c>FROM</c> the GGUF file, the stop tokens (the model's end-of-sequence tokens, and the chat
     /// template's end-of-turn token), and for the library's built-in templates (chatml, zephyr, plain) the same template in
@@ -409,7 +418,7 @@ internal static partial class GgufExport
         if (template?.Name == "chatml") stops.Add("<|im_end|>");
         if (template?.Name == "plain") stops.Add("\nUser:");
         foreach (string stop in stops.Distinct(StringComparer.Ordinal))
-            sb.Append("PARAMETER stop ").Append(System.Text.Json.JsonSerializer.Serialize(stop)).Append('\n');
+            sb.Append("PARAMETER stop ").Append(Quote(stop)).Append('\n');
         return sb.ToString();
     }
 }
