@@ -34,6 +34,13 @@ public sealed class TokenShiftOptions
     /// <summary>How many of the most frequently shifted tokens the report lists (default 20).</summary>
     public int TopShiftedTokens { get; set; } = 20;
 
+    /// <summary>
+    /// What the aligned model is given instead of the prompt, e.g. URIAL's in-context prompt
+    /// (<c>new UrialPromptBuilder().Build</c>) to measure the shift that in-context alignment causes in the base model itself.
+    /// The base model is always given the prompt as it is. Null (the default): both get the prompt.
+    /// </summary>
+    public Func<string, string>? AlignedPromptFormat { get; set; }
+
     /// <summary>Receives progress: answers generated, then answers scored.</summary>
     public IProgress<TokenShiftProgress>? Progress { get; set; }
 
@@ -218,21 +225,24 @@ public static class TokenShiftAnalysis
         ArgumentNullException.ThrowIfNull(prompts);
         var tokenizer = aligned.RequireTokenizer();
         var ids = new List<int[]>(prompts.Count);
+        var alignedIds = new List<int[]>(prompts.Count);
         for (int i = 0; i < prompts.Count; i++)
         {
             int[] a = tokenizer.EncodePrompt(prompts[i]).ToArray();
             if (baseModel.Tokenizer is { } bt && !bt.EncodePrompt(prompts[i]).SequenceEqual(a))
                 throw new ArgumentException($"Prompt {i + 1}: the base and aligned tokenizers encode it differently; the shift is only defined over one vocabulary.", nameof(prompts));
             ids.Add(a);
+            alignedIds.Add(options?.AlignedPromptFormat is { } format ? tokenizer.EncodePrompt(format(prompts[i])).ToArray() : a);
         }
-        return Analyze(baseModel, aligned, ids, options, prompts);
+        return Analyze(baseModel, aligned, ids, alignedIds, options, prompts);
     }
 
     /// <summary>Analyses prompts given as token ids (models without a tokenizer report token ids as text).</summary>
     public static TokenShiftReport Analyze(LanguageModel baseModel, LanguageModel aligned, IReadOnlyList<int[]> promptIds, TokenShiftOptions? options = null)
-        => Analyze(baseModel, aligned, promptIds, options, null);
+        => Analyze(baseModel, aligned, promptIds, promptIds, options, null);
 
-    static TokenShiftReport Analyze(LanguageModel baseModel, LanguageModel aligned, IReadOnlyList<int[]> promptIds, TokenShiftOptions? options, IReadOnlyList<string>? promptTexts)
+    static TokenShiftReport Analyze(LanguageModel baseModel, LanguageModel aligned, IReadOnlyList<int[]> promptIds, IReadOnlyList<int[]> alignedPromptIds,
+        TokenShiftOptions? options, IReadOnlyList<string>? promptTexts)
     {
         ArgumentNullException.ThrowIfNull(baseModel);
         ArgumentNullException.ThrowIfNull(aligned);
@@ -251,7 +261,7 @@ public static class TokenShiftAnalysis
         for (int start = 0; start < promptIds.Count; start += options.BatchSize)
         {
             options.CancellationToken.ThrowIfCancellationRequested();
-            var batch = promptIds.Skip(start).Take(options.BatchSize).ToList();
+            var batch = alignedPromptIds.Skip(start).Take(options.BatchSize).ToList();
             answers.AddRange(generator.Generate(batch, new GenerationOptions { MaxNewTokens = options.MaxNewTokens }, _ =>
             {
                 tokens++;
@@ -266,7 +276,8 @@ public static class TokenShiftAnalysis
         {
             options.CancellationToken.ThrowIfCancellationRequested();
             int count = Math.Min(options.BatchSize, promptIds.Count - start);
-            var positions = Score(baseModel, aligned, promptIds.Skip(start).Take(count).ToList(), answers.Skip(start).Take(count).ToList());
+            var positions = Score(baseModel, aligned, promptIds.Skip(start).Take(count).ToList(), alignedPromptIds.Skip(start).Take(count).ToList(),
+                answers.Skip(start).Take(count).ToList());
             for (int i = 0; i < count; i++)
             {
                 int row = start + i;
@@ -302,16 +313,44 @@ public static class TokenShiftAnalysis
     }
 
     /// <summary>For each row, the positions of its answer: rank of the aligned token under the base model, and the KL.</summary>
-    static List<TokenShiftPosition>[] Score(LanguageModel baseModel, LanguageModel aligned, IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> answers)
+    static List<TokenShiftPosition>[] Score(LanguageModel baseModel, LanguageModel aligned, IReadOnlyList<int[]> basePrompts, IReadOnlyList<int[]> alignedPrompts,
+        IReadOnlyList<int[]> answers)
+    {
+        int rows = answers.Count;
+        var result = Enumerable.Range(0, rows).Select(_ => new List<TokenShiftPosition>()).ToArray();
+        if (answers.All(a => a.Length == 0)) return result;
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var la = AnswerLogProbs(aligned, alignedPrompts, answers);
+        var lb = AnswerLogProbs(baseModel, basePrompts, answers);
+        for (int i = 0; i < rows; i++)
+        {
+            if (answers[i].Length == 0) continue;
+            var target = tensor(answers[i].Select(x => (long)x).ToArray()).unsqueeze(-1);          // [A, 1]
+            long[] rank = (lb[i] > lb[i].gather(-1, target)).sum(-1).data<long>().ToArray();      // tokens the base prefers
+            long[] baseTop = lb[i].argmax(-1).data<long>().ToArray();
+            double[] kl = (la[i].exp() * (la[i] - lb[i])).sum(-1).to(float64).data<double>().ToArray();
+            for (int j = 0; j < answers[i].Length; j++)
+            {
+                int r = (int)rank[j];
+                var kind = r == 0 ? TokenShiftKind.Unshifted : r <= 2 ? TokenShiftKind.Marginal : TokenShiftKind.Shifted;
+                result[i].Add(new TokenShiftPosition(answers[i][j], "", r, kind, Math.Max(0, kl[j]), (int)baseTop[j]));
+            }
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// For each row, the model's next-token log-probabilities <c>[A, V]</c> (on the CPU) before each of the answer's A tokens,
+    /// from one left-padded forward pass over the batch of (prompt, answer) sequences.
+    /// </summary>
+    static Tensor[] AnswerLogProbs(LanguageModel model, IReadOnlyList<int[]> prompts, IReadOnlyList<int[]> answers)
     {
         int rows = prompts.Count;
-        var result = Enumerable.Range(0, rows).Select(_ => new List<TokenShiftPosition>()).ToArray();
         int width = Enumerable.Range(0, rows).Max(i => prompts[i].Length + answers[i].Length);
-        if (answers.All(a => a.Length == 0)) return result;
-        // Left-padded (as generation pads): row i's answer token j sits at column offset + P + j and is predicted at the column before.
         var ids = new long[rows * width];
         var mask = new long[rows * width];
-        int pad = aligned.PadTokenId;
+        int pad = model.PadTokenId;
         for (int i = 0; i < rows; i++)
         {
             int offset = width - prompts[i].Length - answers[i].Length;
@@ -322,33 +361,9 @@ public static class TokenShiftAnalysis
                 mask[i * width + c] = k < 0 ? 0 : 1;
             }
         }
-        using var _ = no_grad();
-        using var scope = NewDisposeScope();
-        Tensor LogProbs(LanguageModel m)
-        {
-            var device = m.Network.Device;
-            var logits = m.Network.Forward(tensor(ids, [rows, width], device: device), tensor(mask, [rows, width], device: device));
-            return logits.narrow(1, 0, width - 1).to(float32).log_softmax(-1).cpu();       // [B, W-1, V]: column c predicts column c + 1
-        }
-        var la = LogProbs(aligned);
-        var lb = LogProbs(baseModel);
-        var target = tensor(ids, [rows, width]).narrow(1, 1, width - 1).unsqueeze(-1);           // [B, W-1, 1]
-        var baseOfTarget = lb.gather(-1, target);                                               // [B, W-1, 1]
-        long[] rank = (lb > baseOfTarget).sum(-1).data<long>().ToArray();                        // tokens the base prefers
-        long[] baseTop = lb.argmax(-1).data<long>().ToArray();
-        double[] kl = (la.exp() * (la - lb)).sum(-1).to(float64).data<double>().ToArray();
-        int cols = width - 1;
-        for (int i = 0; i < rows; i++)
-        {
-            int offset = width - prompts[i].Length - answers[i].Length;
-            for (int j = 0; j < answers[i].Length; j++)
-            {
-                int c = offset + prompts[i].Length + j - 1;
-                int r = (int)rank[i * cols + c];
-                var kind = r == 0 ? TokenShiftKind.Unshifted : r <= 2 ? TokenShiftKind.Marginal : TokenShiftKind.Shifted;
-                result[i].Add(new TokenShiftPosition(answers[i][j], "", r, kind, Math.Max(0, kl[i * cols + c]), (int)baseTop[i * cols + c]));
-            }
-        }
-        return result;
+        var device = model.Network.Device;
+        var logits = model.Network.Forward(tensor(ids, [rows, width], device: device), tensor(mask, [rows, width], device: device));   // [B, W, V]
+        // Row i's answer token j sits at column width − A + j and is predicted at the column before it.
+        return Enumerable.Range(0, rows).Select(i => logits[i].narrow(0, width - answers[i].Length - 1, answers[i].Length).to(float32).log_softmax(-1).cpu()).ToArray();
     }
 }

@@ -111,6 +111,44 @@ public sealed class TokenShiftAnalysisTests
         Assert.AreEqual(0.0, report.Shifted);
     }
 
+    [TestMethod]
+    public void AlignedPromptFormat_AlignedSeesItBaseSeesThePrompt()
+    {
+        // A byte-level bigram model: next(b) = b + 1 (then b + 2, b + 3), so an answer depends only on the prompt's last byte.
+        using var dir = new TempDirectory();
+        var tokenizer = Microsoft.ML.Dpo.Tokenization.TextTokenizer.CreateByteLevel(dir.Path);
+        const int H = 264, Bytes = 257;
+        var config = new CausalLMConfig
+        {
+            ModelType = "llama", VocabSize = Bytes, HiddenSize = H, IntermediateSize = 32, NumHiddenLayers = 1, NumAttentionHeads = 2,
+            NumKeyValueHeads = 2, HeadDim = H / 2, MaxPositionEmbeddings = 64, TieWordEmbeddings = false, BosTokenId = 256, EosTokenIds = [256], RmsNormEps = 1e-6,
+        };
+        var network = CausalLM.Create(config);
+        using (no_grad())
+        {
+            foreach (var (name, p) in network.named_parameters())
+            {
+                if (name == "model.embed_tokens.weight") p.copy_(eye(Bytes, H));
+                else if (name.Contains("o_proj", StringComparison.Ordinal) || name.Contains("down_proj", StringComparison.Ordinal)) p.zero_();
+                else if (name.Contains("norm", StringComparison.Ordinal)) p.fill_(1);
+                else if (name == "lm_head.weight")
+                {
+                    var head = zeros(Bytes, H);
+                    for (int b = 0; b < 253; b++) (head[b + 1, b], head[b + 2, b], head[b + 3, b]) = (1.0f, 0.5f, 0.25f);
+                    p.copy_(head);
+                }
+            }
+        }
+        using var model = new LanguageModel(network, tokenizer);
+        // The aligned side gets "am" and answers "nopq"; the base, given "a", expects "b" before "n" and follows the chain after it.
+        var report = TokenShiftAnalysis.Analyze(model, model, new[] { "a" }, new TokenShiftOptions { MaxNewTokens = 4, AlignedPromptFormat = p => p + "m" });
+        Assert.AreEqual("nopq", report.Answers[0].Answer);
+        CollectionAssert.AreEqual(new[] { TokenShiftKind.Shifted, TokenShiftKind.Unshifted, TokenShiftKind.Unshifted, TokenShiftKind.Unshifted },
+            report.Answers[0].Positions.Select(p => p.Kind).ToArray());
+        Assert.AreEqual('b', report.Answers[0].Positions[0].BaseTopId);
+        Assert.AreEqual("n", report.MostShifted[0].Text);
+    }
+
     sealed class Collect(List<TokenShiftProgress> list) : IProgress<TokenShiftProgress>
     {
         public void Report(TokenShiftProgress value) { lock (list) list.Add(value); }
