@@ -82,7 +82,7 @@ public sealed class LanguageModel : IDisposable
     /// <summary>
     /// Exports the model and its tokenizer as one GGUF file for llama.cpp and the engines built on it (LLamaSharp, Ollama,
     /// LM Studio), and an Ollama <c>Modelfile</c> beside it (the same name with the extension <c>.Modelfile</c>). Written:
-    /// llama.cpp's metadata for the architecture (llama, mistral as llama, qwen2, qwen3), its tensor names and rotary layout,
+    /// llama.cpp's metadata for the architecture (llama, mistral as llama, qwen2, qwen3, gemma), its tensor names and rotary layout,
     /// the tokenizer (tokens, merges or scores, token types, special ids, BOS/EOS rule, chat template). LoRA adapters are merged.
     /// Each file is written to a temporary sibling and renamed into place; an existing file is replaced only when this library
     /// wrote it, unless <paramref name="overwrite"/> is <see cref="OutputOverwrite.Always"/>. What llama.cpp would compute

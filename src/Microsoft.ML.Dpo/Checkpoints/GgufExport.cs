@@ -99,14 +99,17 @@ internal static partial class GgufExport
             "llama" or "mistral" => "llama",      // llama.cpp runs Mistral as llama (convert_hf_to_gguf.py does the same)
             "qwen2" => "qwen2",
             "qwen3" => "qwen3",
+            "gemma" => "gemma",
             _ => throw new NotSupportedException(
-                $"GGUF export supports model types llama, mistral, qwen2 and qwen3; '{c.ModelType}' is not supported yet (export a Hugging Face directory and convert it with llama.cpp's convert_hf_to_gguf.py)."),
+                $"GGUF export supports model types llama, mistral, qwen2, qwen3 and gemma; '{c.ModelType}' is not supported yet (export a Hugging Face directory and convert it with llama.cpp's convert_hf_to_gguf.py)."),
         };
         if (c.IsMixtureOfExperts) throw new NotSupportedException($"GGUF export of mixture-of-experts models ('{c.ModelType}') is not supported.");
         if (c.RopeScaling is not null)
             throw new NotSupportedException($"GGUF export of a model with rope_scaling ('{c.RopeScaling.RopeType}') is not supported: llama.cpp needs its own scaling metadata, which this exporter does not write.");
         if (arch == "llama" && (c.AttentionBias || c.MlpBias))
             throw new NotSupportedException($"GGUF export of a {c.ModelType} model with attention_bias or mlp_bias is not supported.");
+        if (arch == "gemma" && (!c.TieWordEmbeddings || c.AttentionBias || c.HiddenActivation is not ("gelu_pytorch_tanh" or "gelu_new")))
+            throw new NotSupportedException($"GGUF export of a gemma model needs tied embeddings, no attention bias and the tanh GELU (llama.cpp's gemma); this one has tie_word_embeddings {c.TieWordEmbeddings}, attention_bias {c.AttentionBias}, hidden_activation {c.HiddenActivation}.");
         if (arch != "llama" && c.MlpBias)
             throw new NotSupportedException($"GGUF export of a {c.ModelType} model with mlp_bias is not supported: llama.cpp's {arch} has no MLP biases.");
         return arch;
@@ -196,6 +199,11 @@ internal static partial class GgufExport
             if (arch == "llama" && (gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal) || gguf.EndsWith(".attn_k.weight", StringComparison.Ordinal)))
             {
                 t = PermuteForLlamaRope(tensor, gguf.EndsWith(".attn_q.weight", StringComparison.Ordinal) ? c.NumAttentionHeads : c.NumKeyValueHeads);
+                owned.Add(t);
+            }
+            if (arch == "gemma" && gguf.Contains("norm", StringComparison.Ordinal))
+            {
+                t = tensor + 1;                  // Gemma's RMSNorm scales by (1 + w); llama.cpp's gemma by w
                 owned.Add(t);
             }
             var captured = t;

@@ -28,6 +28,7 @@ public sealed class GgufExportTests
         config.IntermediateSize = 96;
         if (modelType == "qwen2") (config.AttentionBias, config.RopeTheta) = (true, 1e6);
         if (modelType == "mistral") config.SlidingWindow = 128;
+        if (modelType == "gemma") config.HiddenActivation = "gelu_pytorch_tanh";
         manual_seed(seed);
         var network = CausalLM.Create(config);
         using (no_grad())
@@ -170,6 +171,10 @@ public sealed class GgufExportTests
     [TestMethod]
     public void Qwen3_RunsInLlamaCpp() =>   // q_norm and k_norm; the tokenizer is the one checked by the qwen2 test
         Check("qwen3", TextTokenizer.FromDirectory(SharedFiles.Require("reference/tokenizers/qwen3")), tied: false, tokenization: false);
+
+    [TestMethod]
+    public void Gemma_WithGemma3Tokenizer_RunsInLlamaCpp() =>   // (1 + w) norms, embeddings × √hidden, GeGLU; SentencePiece-style BPE without a space prefix
+        Check("gemma", TextTokenizer.FromDirectory(SharedFiles.Require("reference/tokenizers/gemma3")), tied: true);
 
     [TestMethod]
     public void LlamaCpp_DoesNotNormalize_QwenNfdTextsDiffer()
