@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Dpo;
+using Microsoft.ML.Dpo.Analysis;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Feedback;
 using Microsoft.ML.Dpo.Generation;
@@ -22,8 +23,11 @@ namespace DistilledDpo;
 /// <param name="SftPreferredStyleRate">Share of dSFT answers that are exactly a preferred answer.</param>
 /// <param name="DpoPreferredStyleRate">Share of dDPO answers that are exactly a preferred answer.</param>
 /// <param name="UrialPreferredStyleRate">Share of URIAL answers that are exactly a preferred answer.</param>
+/// <param name="DpoShiftFromSft">Shares of the dDPO answers' tokens unshifted/marginal/shifted under the dSFT model (<see cref="TokenShiftAnalysis"/>).</param>
+/// <param name="UrialShiftFromBase">The same for URIAL's answers under the base model without the in-context prompt (random base: URIAL's premise does not hold).</param>
 public sealed record DistilledDpoSummary(int PairsFromFeedback, string Binarization, double DpoWinRateOverSft, double UrialWinRateOverSft,
-    double SftPreferredStyleRate, double DpoPreferredStyleRate, double UrialPreferredStyleRate);
+    double SftPreferredStyleRate, double DpoPreferredStyleRate, double UrialPreferredStyleRate,
+    TokenShiftShares? DpoShiftFromSft = null, TokenShiftShares? UrialShiftFromBase = null);
 
 /// <summary>The distilled DPO recipe (Tunstall et al., 2023) end to end.</summary>
 public static class DistilledDpoApp
@@ -101,15 +105,26 @@ public static class DistilledDpoApp
         var urialAnswers = heldOut.Select(p => urial.Generate(baseModel, p.Trim(), greedy).Trim()).ToList();
         static double Style(IEnumerable<string> answers) => answers.Average(a => DemoTask.IsPreferredStyle(a) ? 1.0 : 0.0);
 
+        // 7. What alignment changed, token by token (Lin et al., 2023): dDPO's greedy answers ranked under dSFT, and URIAL's under
+        //    the base model without the in-context prompt. The base has random weights here, so URIAL's premise does not hold.
+        var shiftOptions = new TokenShiftOptions { MaxNewTokens = 32 };
+        var dpoShift = TokenShiftAnalysis.Analyze(sft.Model, dpo.Model, heldOut, shiftOptions);
+        var urialShift = TokenShiftAnalysis.Analyze(baseModel, baseModel, heldOut.Select(p => p.Trim()).ToList(),
+            new TokenShiftOptions { MaxNewTokens = 32, AlignedPromptFormat = urial.Build });
+        ShiftReportFiles.Write(dpoShift, Path.Combine(output, "shift", "ddpo-vs-dsft.json"), "dDPO vs dSFT");
+        ShiftReportFiles.Write(urialShift, Path.Combine(output, "shift", "urial-vs-base.json"), "URIAL vs base");
+
         var summary = new DistilledDpoSummary(pairs.Count, Describe(binarization),
             Judges.WinRate(judge, heldOut, dpoAnswers, sftAnswers), Judges.WinRate(judge, heldOut, urialAnswers, sftAnswers),
-            Style(sftAnswers), Style(dpoAnswers), Style(urialAnswers));
+            Style(sftAnswers), Style(dpoAnswers), Style(urialAnswers), dpoShift.Overall, urialShift.Overall);
         var table = new Table().AddColumns("held-out prompt", "dSFT", "dDPO", "URIAL (base model)");
         foreach (int i in new[] { 0, heldOut.Count / 2, heldOut.Count - 1 })
             table.AddRow(Markup.Escape(heldOut[i].Trim()), Markup.Escape(sftAnswers[i]), Markup.Escape(dpoAnswers[i]), Markup.Escape(urialAnswers[i]));
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"[bold]Judged win rate over dSFT[/] on {heldOut.Count} held-out prompts: dDPO {summary.DpoWinRateOverSft:P0}, URIAL {summary.UrialWinRateOverSft:P0}");
         AnsiConsole.MarkupLine($"[bold]Answers in the preferred style[/]: dSFT {summary.SftPreferredStyleRate:P0}, dDPO {summary.DpoPreferredStyleRate:P0}, URIAL {summary.UrialPreferredStyleRate:P0}");
+        AnsiConsole.MarkupLine($"[bold]Token distribution shift[/] (shifted / marginal): dDPO vs dSFT {dpoShift.Shifted:P1} / {dpoShift.Marginal:P1}, " +
+                               $"URIAL vs base {urialShift.Shifted:P1} / {urialShift.Marginal:P1} (random base: URIAL's premise does not hold); reports in {Markup.Escape(Path.Combine(output, "shift"))}");
         File.WriteAllText(Path.Combine(output, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }

@@ -1,7 +1,9 @@
 using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Dpo;
+using Microsoft.ML.Dpo.Analysis;
 using Microsoft.ML.Dpo.Data;
+using Microsoft.ML.Dpo.Feedback;
 using Microsoft.ML.Dpo.Generation;
 using Microsoft.ML.Dpo.Lora;
 using Microsoft.ML.Dpo.Samples;
@@ -54,7 +56,18 @@ public sealed record AlignedModelReport(string Name, double PreferenceAccuracy, 
 /// <param name="Models">The aligned models.</param>
 /// <param name="Plots">The PNG files written.</param>
 /// <param name="Seconds">Wall time of the whole run.</param>
-public sealed record QuickStartSummary(double SftPrefersChosen, double? SftPreferredStyleRate, IReadOnlyList<AlignedModelReport> Models, IReadOnlyList<string> Plots, double Seconds);
+/// <param name="Shifts">The token distribution shifts measured (DPO vs SFT, URIAL vs the base model).</param>
+public sealed record QuickStartSummary(double SftPrefersChosen, double? SftPreferredStyleRate, IReadOnlyList<AlignedModelReport> Models, IReadOnlyList<string> Plots, double Seconds,
+    IReadOnlyList<ShiftSummary>? Shifts = null);
+
+/// <summary>One token distribution shift (<see cref="TokenShiftAnalysis"/>): shares of the aligned side's answer tokens by their rank under the other model.</summary>
+/// <param name="Name">"DPO vs SFT" or "URIAL vs base".</param>
+/// <param name="Unshifted">Share that is the other model's top-1 token.</param>
+/// <param name="Marginal">Share that is its 2nd or 3rd.</param>
+/// <param name="Shifted">Share outside its top 3.</param>
+/// <param name="Positions">Tokens analysed.</param>
+/// <param name="Report">The JSON report (an HTML page and a PNG plot lie beside it).</param>
+public sealed record ShiftSummary(string Name, double Unshifted, double Marginal, double Shifted, int Positions, string Report);
 
 /// <summary>SFT → DPO (full and LoRA) → evaluation, with live progress and the evidence (plots, numbers, examples) written to disk.</summary>
 public static class QuickStartApp
@@ -115,6 +128,15 @@ public static class QuickStartApp
         var reports = new List<AlignedModelReport>();
         var answers = new Dictionary<string, IReadOnlyList<string>> { ["SFT"] = sftAnswers };
         var metrics = new Dictionary<string, Dictionary<string, List<(double Step, double Value)>>>();
+        var shifts = new List<ShiftSummary>();
+        string shiftDir = Directory.CreateDirectory(Path.Combine(output, "shift")).FullName;
+        ShiftSummary Shift(string name, string file, LanguageModel other, LanguageModel alignedSide, Func<string, string>? format = null)
+        {
+            var report = TokenShiftAnalysis.Analyze(other, alignedSide, heldOutPrompts, new TokenShiftOptions { MaxNewTokens = 32, AlignedPromptFormat = format });
+            string path = Path.Combine(shiftDir, file);
+            ShiftReportFiles.Write(report, path, name);
+            return new ShiftSummary(name, report.Unshifted, report.Marginal, report.Shifted, report.Positions, path);
+        }
         foreach (var (name, lora, learningRate) in runs)
         {
             string runDir = Path.Combine(output, name.ToLowerInvariant() + "-run");
@@ -131,7 +153,16 @@ public static class QuickStartApp
                 Judges.WinRate(judge, heldOutPrompts, answers[name], sftAnswers),
                 demo ? answers[name].Average(a => DemoTask.IsPreferredStyle(a) ? 1.0 : 0.0) : null, trainable));
             metrics[name] = Plots.Read(Path.Combine(runDir, "metrics.jsonl"), "loss", "rewards/margins", "rewards/accuracies");
+            // What DPO changed, token by token: its greedy answers ranked in the SFT model's distribution (Lin et al., 2023).
+            if (name == "DPO") shifts.Add(Shift("DPO vs SFT", "dpo-vs-sft.json", sft.Model, aligned.Model));
         }
+
+        // URIAL (alignment by in-context examples alone) on the base model. With the built-in task the base has random weights, so
+        // URIAL's premise — a pretrained base that already knows how to answer — does not hold: the number shows the method, not the claim.
+        var urial = demo
+            ? new UrialPromptBuilder { SystemPrompt = null, Examples = [new UrialExample(trainPairs[0].Prompt.Trim(), trainPairs[0].Chosen)] }
+            : new UrialPromptBuilder();
+        shifts.Add(Shift("URIAL vs base", "urial-vs-base.json", baseModel, baseModel, urial.Build));
 
         // 5. Evidence: plots, examples side by side, numbers.
         string plotDir = Directory.CreateDirectory(Path.Combine(output, "plots")).FullName;
@@ -154,8 +185,12 @@ public static class QuickStartApp
         foreach (var r in reports)
             results.AddRow(r.Name, $"{r.PreferenceAccuracy:P0} (margin {r.MeanMargin:F2})", $"{r.WinRateOverSft:P0}", r.PreferredStyleRate is double p ? $"{p:P0}" : "n/a", r.TrainableParameters.ToString("N0"));
         AnsiConsole.Write(results);
+        var shiftTable = new Table().AddColumns("token distribution shift", "unshifted", "marginal", "shifted", "tokens");
+        foreach (var sh in shifts) shiftTable.AddRow(sh.Name, $"{sh.Unshifted:P1}", $"{sh.Marginal:P1}", $"{sh.Shifted:P1}", sh.Positions.ToString("N0"));
+        AnsiConsole.Write(shiftTable);
+        if (demo) AnsiConsole.MarkupLine("[grey]URIAL vs base: the base model here has random weights, so URIAL's premise (a pretrained base) does not hold.[/]");
 
-        var summary = new QuickStartSummary(sftPrefersChosen, sftStyle, reports, plots, clock.Elapsed.TotalSeconds);
+        var summary = new QuickStartSummary(sftPrefersChosen, sftStyle, reports, plots, clock.Elapsed.TotalSeconds, shifts);
         File.WriteAllText(Path.Combine(output, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         AnsiConsole.MarkupLine($"Plots: {Markup.Escape(plotDir)}; summary: {Markup.Escape(Path.Combine(output, "summary.json"))}; {clock.Elapsed.TotalSeconds:F0} s");
         return summary;

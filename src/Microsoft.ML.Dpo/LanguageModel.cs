@@ -79,6 +79,23 @@ public sealed class LanguageModel : IDisposable
         HuggingFaceCheckpoint.Save(Network, directory, temp => { Tokenizer?.Save(temp); writeExtraFiles?.Invoke(temp); },
             mergeAdapters: true, overwrite, ProtectedPaths.Concat(protectedPaths ?? []));
 
+    /// <summary>
+    /// Exports the model and its tokenizer as one GGUF file for llama.cpp and the engines built on it (LLamaSharp, Ollama,
+    /// LM Studio), and an Ollama <c>Modelfile</c> beside it (the same name with the extension <c>.Modelfile</c>). Written:
+    /// llama.cpp's metadata for the architecture (llama, mistral as llama, qwen2, qwen3, gemma), its tensor names and rotary layout,
+    /// the tokenizer (tokens, merges or scores, token types, special ids, BOS/EOS rule, chat template). LoRA adapters are merged.
+    /// Each file is written to a temporary sibling and renamed into place; an existing file is replaced only when this library
+    /// wrote it, unless <paramref name="overwrite"/> is <see cref="OutputOverwrite.Always"/>. What llama.cpp would compute
+    /// differently (rope scaling, mixtures of experts, a pre-tokenizer it does not know) is refused with the reason.
+    /// </summary>
+    /// <param name="path">The <c>.gguf</c> file to write.</param>
+    /// <param name="type">The encoding of the matrices (vectors always stay F32).</param>
+    /// <param name="overwrite">Whether an existing file this library did not write may be replaced.</param>
+    /// <exception cref="NotSupportedException">The architecture, a feature of it or the tokenizer has no llama.cpp equivalent.</exception>
+    /// <exception cref="OutputFolderException">The file may not be replaced; nothing was written.</exception>
+    public void ExportGguf(string path, GgufType type = GgufType.F16, OutputOverwrite overwrite = OutputOverwrite.OwnOutputOnly) =>
+        GgufExport.Export(this, path, type, overwrite, ProtectedPaths);
+
     /// <summary>Saves the base model without its LoRA adapters (they are left out, not merged).</summary>
     internal void SaveBase(string directory) =>
         HuggingFaceCheckpoint.Save(Network, directory, temp => Tokenizer?.Save(temp), mergeAdapters: false, OutputOverwrite.OwnOutputOnly, ProtectedPaths);

@@ -41,6 +41,15 @@ public sealed class TextTokenizer
 
     /// <summary>The directory the tokenizer was loaded from (its files are copied from there by <see cref="Save"/>), or null.</summary>
     internal string? SourceDirectory => _sourceDirectory;
+
+    /// <summary>The pipeline (vocabulary, merges, added tokens), for exporters that write it in another format.</summary>
+    internal HfTokenizer Pipeline => _pipeline;
+
+    /// <summary>tokenizer_config.json as it was read (null when none).</summary>
+    internal JsonObject? SourceConfig => _sourceConfig;
+
+    /// <summary>True for <see cref="Gpt2"/> (tiktoken's ranks, no files).</summary>
+    internal bool IsGpt2Data => _isGpt2Data;
     readonly JsonObject? _sourceConfig;
     readonly bool _isGpt2Data;
     readonly ChatTemplate? _chatTemplate;

@@ -17,5 +17,9 @@ public sealed class DistilledDpoTests
         Assert.IsTrue(summary.DpoPreferredStyleRate > summary.SftPreferredStyleRate + 0.3,
             $"preferred style: dSFT {summary.SftPreferredStyleRate}, dDPO {summary.DpoPreferredStyleRate}");
         Assert.IsTrue(File.Exists(Path.Combine(dir.Path, "summary.json")));
+        Assert.IsTrue(summary.DpoShiftFromSft!.Positions > 0 && summary.DpoShiftFromSft.Unshifted < 1, "dDPO's answers differ from dSFT's first choices somewhere");
+        Assert.IsTrue(summary.UrialShiftFromBase!.Positions > 0);
+        foreach (string f in new[] { "ddpo-vs-dsft", "urial-vs-base" })
+            foreach (string ext in new[] { ".json", ".html", ".png" }) Assert.IsTrue(File.Exists(Path.Combine(dir.Path, "shift", f + ext)), f + ext);
     }
 }

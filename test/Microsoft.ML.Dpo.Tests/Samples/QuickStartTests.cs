@@ -26,5 +26,16 @@ public sealed class QuickStartTests
         }
         Assert.AreEqual(4, summary.Plots.Count);
         Assert.IsTrue(File.Exists(Path.Combine(dir.Path, "summary.json")));
+
+        // The token distribution shift: DPO's answers under the SFT model, URIAL's under the base model.
+        CollectionAssert.AreEqual(new[] { "DPO vs SFT", "URIAL vs base" }, summary.Shifts!.Select(s => s.Name).ToArray());
+        foreach (var shift in summary.Shifts!)
+        {
+            Console.WriteLine($"{shift.Name}: unshifted {shift.Unshifted:P1}, marginal {shift.Marginal:P1}, shifted {shift.Shifted:P1} of {shift.Positions} tokens");
+            Assert.IsTrue(shift.Positions > 0, shift.Name);
+            Assert.AreEqual(1.0, shift.Unshifted + shift.Marginal + shift.Shifted, 1e-9, shift.Name);
+            foreach (string ext in new[] { ".json", ".html", ".png" }) Assert.IsTrue(File.Exists(Path.ChangeExtension(shift.Report, ext)), shift.Report + ext);
+        }
+        Assert.IsTrue(summary.Shifts![0].Unshifted < 1, "DPO changed the answers' style, so some of its tokens are not the SFT model's first choice");
     }
 }

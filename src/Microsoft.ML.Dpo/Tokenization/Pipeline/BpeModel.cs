@@ -51,6 +51,18 @@ internal sealed class BpeModel
     /// <summary>The vocabulary (token → id), without added tokens.</summary>
     public IReadOnlyDictionary<string, int> Vocabulary => _vocab;
 
+    /// <summary>The merges: (left id, right id) key (<see cref="Key"/>) → (rank, id of the merged token).</summary>
+    public IReadOnlyDictionary<long, (int Rank, int NewId)> Merges => _merges;
+
+    /// <summary>The unknown token's id, or null.</summary>
+    public int? UnknownId => _unkId;
+
+    /// <summary>Whether characters outside the vocabulary fall back to <c>&lt;0xNN&gt;</c> byte tokens (SentencePiece-style BPE).</summary>
+    public bool ByteFallback => _byteFallback;
+
+    /// <summary>Whether a word that is itself in the vocabulary is taken whole, before any merge.</summary>
+    public bool IgnoreMerges => _ignoreMerges;
+
     /// <summary>The token of an id of the vocabulary, or null.</summary>
     public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
 
