@@ -104,9 +104,9 @@ internal static class FineTuningRun
         return Convert.ToHexString(hash.GetHashAndReset())[..16].ToLowerInvariant();
     }
 
-    /// <summary>The shared options that change a run's result, as text.</summary>
-    public static string Summary(TrainingOptions o) =>
-        $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
+    /// <summary>The shared options that change a run's result, as text (<paramref name="learningRate"/>: the resolved rate when the options' is automatic).</summary>
+    public static string Summary(TrainingOptions o, double? learningRate = null) =>
+        $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={learningRate ?? o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
         $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
         (o is LanguageModelTrainerOptions { Lora: { } lora } ? ";lora=" + lora : "") +
         (o is LanguageModelTrainerOptions { RouterAuxLossCoefficient: double aux } ? $";aux={aux:R}" : "") +
