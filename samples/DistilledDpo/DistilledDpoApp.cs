@@ -87,7 +87,7 @@ public static class DistilledDpoApp
         // 5. dDPO against the dSFT model.
         using var dpo = display.Run("dDPO", () => ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
         {
-            BaseModel = sft.Model, Beta = 0.1, Epochs = 6, BatchSize = 8, LearningRate = 1e-4, MaxLength = 128, MaxPromptLength = 96,
+            BaseModel = sft.Model, Beta = 0.1, Epochs = 6, BatchSize = 8, LearningRate = 1e-4, RpoAlpha = 0, MaxLength = 128, MaxPromptLength = 96,   // plain DPO, as measured in the README
             Seed = seed, LoggingInterval = 2, CheckpointDirectory = Path.Combine(output, "ddpo-run"), ExistingCheckpoint = ExistingCheckpointAction.Restart, Progress = display.Progress, Log = display.Log,
         }).Fit(ml.Data.LoadFromPreferencePairs(pairs)));
 

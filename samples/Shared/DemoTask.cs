@@ -14,13 +14,8 @@ internal static class DemoTask
     static readonly string[] Curt = ["No.", "Go away.", "Not now.", "Ask someone else."];
     static readonly string[] Templates = ["Tell me about {0}.", "What do you think of {0}?", "Describe {0}.", "Why do people like {0}?"];
     static readonly string[] HeldOutTemplates = ["Could you explain {0}?", "Say something about {0}."];
-    static readonly string[] Subjects =
-    [
-        "apples", "rivers", "clouds", "tigers", "pianos", "castles", "rockets", "forests", "bridges", "lemons",
-        "deserts", "owls", "trains", "candles", "oceans", "violins", "gardens", "comets", "islands", "bees",
-        "mountains", "kites", "glaciers", "dragons", "robots", "tulips", "volcanoes", "whales", "lanterns", "meadows",
-        "pebbles", "harbors", "falcons", "puzzles", "canyons", "otters", "maples", "beacons", "rainbows", "shells",
-    ];
+    /// <summary>The style tasks' 30 training subjects, then the first 10 of their held-out subjects.</summary>
+    static readonly string[] Subjects = [.. StyleTask.TrainSubjects, .. StyleTask.HeldOutSubjects.Take(10)];
 
     static string Prompt(string template, string subject) => string.Format(template, subject) + "\n";
 

@@ -16,6 +16,9 @@ namespace MlDpo.Commands;
 /// <summary><c>mldpo sft</c> and <c>mldpo dpo</c>: train with the library's trainers, export a Hugging Face directory with metrics.jsonl.</summary>
 internal static partial class TrainCommands
 {
+    /// <summary>The library's defaults, which the flags' defaults are read from (one set of defaults for C# and the CLI).</summary>
+    static readonly DpoTrainer.Options Defaults = new();
+
     /// <summary>The options sft and dpo share.</summary>
     sealed class Common
     {
@@ -25,8 +28,8 @@ internal static partial class TrainCommands
             "An existing folder is replaced only when it is empty or mldpo wrote it (see --force).");
         public readonly Option<bool> Force = Cli.Option("--force", "Replace --output even when it holds files mldpo did not write (never the current folder, " +
             "--model, --data, --reference or the checkpoint folder, nor a folder containing them).", false);
-        public readonly Option<int> Epochs = Cli.Option("--epochs", "Passes over the data.", 1);
-        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs), over all ranks of an MPI launch.", 4);
+        public readonly Option<int> Epochs = Cli.Option("--epochs", "Passes over the data.", Defaults.Epochs);
+        public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs), over all ranks of an MPI launch.", Defaults.BatchSize);
         public readonly Option<int> PerRankBatchSize = Cli.Option("--per-rank-batch-size", "Under mpirun: the most examples a rank runs in one forward pass " +
             "(its share of --batch-size is run in passes of this size; same result, less memory). 0: the whole share.", 0);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
@@ -34,10 +37,10 @@ internal static partial class TrainCommands
         public readonly Option<string> TruncationMode = Cli.Choice("--truncation-mode", "Which end of a prompt longer than --max-prompt-length is kept: " +
             "keep_end (the text closest to the answer; TRL's default) or keep_start.", "keep_end", "keep_end", "keep_start");
         public readonly DataFlags DataFiles = new();
-        public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", 0);
+        public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", Defaults.WarmupSteps);
         public readonly Option<int> MaxSteps = Cli.Option("--max-steps", "Stop after this many optimizer steps (0: no limit).", 0);
-        public readonly Option<int> Seed = Cli.Option("--seed", "Seed of the data order.", 42);
-        public readonly Option<int> LoggingSteps = Cli.Option("--logging-steps", "Steps between metric reports (log lines and metrics.jsonl rows).", 10);
+        public readonly Option<int> Seed = Cli.Option("--seed", "Seed of the data order.", Defaults.Seed);
+        public readonly Option<int> LoggingSteps = Cli.Option("--logging-steps", "Steps between metric reports (log lines and metrics.jsonl rows).", Defaults.LoggingInterval);
         public readonly Option<string?> CheckpointDir = Cli.Optional<string?>("--checkpoint-dir", "Folder for checkpoints and metrics (default: OUTPUT.checkpoints beside the output).");
         public readonly Option<int> CheckpointSteps = Cli.Option("--checkpoint-steps", "Steps between checkpoints (0: at the end and on Ctrl+C only).", 0);
         public readonly Option<bool> Resume = Cli.Option("--resume", "Continue from the checkpoint in the checkpoint folder (same data and options).", false);
@@ -154,8 +157,8 @@ internal static partial class TrainCommands
     public static Command CreateSft()
     {
         var common = new Common();
-        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-3) suits the init presets trained from scratch; " +
-            "fine-tune pretrained models with ~2e-5.", 1e-3);
+        var learningRate = Cli.Optional<double?>("--learning-rate", "Peak AdamW learning rate (default: chosen by the model's origin and printed: " +
+            $"{TrainingDefaults.FromScratchLearningRate:G} for a model trained from scratch — an mldpo init preset and what is trained from it — else {TrainingDefaults.PretrainedSftLearningRate:G}).");
         var allTokens = Cli.Option("--all-tokens", "Learn the prompt tokens too (default: completion tokens only).", false);
         var command = new Command("sft", "Supervised fine-tuning on (prompt, completion) records; writes the model as a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
@@ -188,24 +191,24 @@ internal static partial class TrainCommands
     public static Command CreateDpo()
     {
         var common = new Common();
-        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; " +
-            "pretrained models of a billion parameters or more use ~5e-7 to 1e-6.", 1e-4);
-        var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", 0.1);
+        var learningRate = Cli.Optional<double?>("--learning-rate", "Peak AdamW learning rate (default: chosen by the model's origin and printed: " +
+            $"{TrainingDefaults.FromScratchLearningRate:G} for a model trained from scratch — an mldpo init preset and what is trained from it — else {TrainingDefaults.PretrainedDpoLearningRate:G}).");
+        var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", Defaults.Beta);
         var loss = Cli.Option("--loss", "The preference loss, or a comma-separated list summed with --loss-weights (TRL's loss_type names): " +
             string.Join(", ", PreferenceLossNames.LossNames) + ". E.g. sigmoid,sft (RPO) or sigmoid,bco_pair,sft with 0.8,0.2,1 (MPO).", "sigmoid");
         var lossWeights = Cli.Optional<string?>("--loss-weights", "Comma-separated weights, one per --loss entry (default: 1 each).");
-        var rpoAlpha = Cli.Option("--rpo-alpha", "Weight of an NLL term on the chosen answers (RPO): shorthand for adding sft with this weight to --loss; " +
-            "the remedy when the chosen answers' likelihood falls during DPO.", 0.0);
-        var labelSmoothing = Cli.Option("--label-smoothing", "ε: label smoothing for sigmoid (conservative DPO), robust, exo_pair (needs > 0), aot, aot_unpaired, simpo, cpo.", 0.0);
-        var simpoGamma = Cli.Option("--simpo-gamma", "γ: SimPO's target reward margin.", 0.5);
-        var discopopTau = Cli.Option("--discopop-tau", "τ: DiscoPOP's mixing temperature.", 0.05);
-        var cpoAlpha = Cli.Option("--cpo-alpha", "Weight of CPO's own NLL term.", 1.0);
+        var rpoAlpha = Cli.Optional<double?>("--rpo-alpha", "Weight of an NLL term on the chosen answers (RPO): shorthand for adding sft with this weight to --loss; " +
+            $"the remedy when the chosen answers' likelihood falls during DPO (default: {TrainingDefaults.RpoAlpha:G} with the default --loss sigmoid, 0 with a --loss you choose; 0 turns it off).");
+        var labelSmoothing = Cli.Option("--label-smoothing", "ε: label smoothing for sigmoid (conservative DPO), robust, exo_pair (needs > 0), aot, aot_unpaired, simpo, cpo.", Defaults.LabelSmoothing);
+        var simpoGamma = Cli.Option("--simpo-gamma", "γ: SimPO's target reward margin.", Defaults.SimPOGamma);
+        var discopopTau = Cli.Option("--discopop-tau", "τ: DiscoPOP's mixing temperature.", Defaults.DiscoPopTau);
+        var cpoAlpha = Cli.Option("--cpo-alpha", "Weight of CPO's own NLL term.", Defaults.CpoAlpha);
         var fDivergence = Cli.Choice("--f-divergence", "The divergence regularising toward the reference.", "reverse_kl", PreferenceLossNames.DivergenceNames.ToArray());
-        var alphaCoef = Cli.Option("--alpha-divergence-coef", "α of --f-divergence alpha_divergence.", 0.5);
+        var alphaCoef = Cli.Option("--alpha-divergence-coef", "α of --f-divergence alpha_divergence.", Defaults.AlphaDivergenceCoefficient);
         var ldAlpha = Cli.Optional<double?>("--ld-alpha", "LD-DPO: weight in [0, 1] of the completion tokens beyond the shorter answer of each pair (default: off, i.e. 1).");
         var useWeighting = Cli.Option("--use-weighting", "WPO: weight each pair by its answers' length-normalised, sampling-aligned probabilities.", false);
         var syncRefSteps = Cli.Option("--sync-ref-steps", "TR-DPO: every N optimizer steps move the reference toward the policy (0: frozen reference).", 0);
-        var syncRefAlpha = Cli.Option("--sync-ref-alpha", "TR-DPO: the policy's weight α in the updated reference, α·policy + (1−α)·reference (1: hard copy).", 0.6);
+        var syncRefAlpha = Cli.Option("--sync-ref-alpha", "TR-DPO: the policy's weight α in the updated reference, α·policy + (1−α)·reference (1: hard copy).", Defaults.SyncReferenceAlpha);
         var precompute = Cli.Option("--precompute-reference", "Compute the reference log-probabilities in one pass before training and free the reference model " +
             "(cached in the checkpoint folder).", false);
         var reference = Cli.Optional<string?>("--reference", "A separate reference model directory (default: a frozen copy of --model).");

@@ -118,6 +118,15 @@ public sealed class CausalLMConfig
     public int? PadTokenId { get; set; }
 
     /// <summary>
+    /// True when the weights began as a random initialisation by this library (<see cref="ModelPresets"/>, <c>mldpo init</c>)
+    /// rather than as a pretrained checkpoint: models trained from it keep the flag, so the trainers' automatic learning rate
+    /// (<see cref="Trainers.TrainingDefaults.LearningRate"/>) treats the whole lineage as trained from scratch. Written to
+    /// <c>config.json</c> as <c>"mldpo_started_from_random_weights": true</c> (transformers keeps unknown keys as attributes
+    /// and ignores them); absent means false.
+    /// </summary>
+    public bool StartedFromRandomWeights { get; set; }
+
+    /// <summary>
     /// Routed experts per sparse MoE layer (<c>num_local_experts</c> for mixtral, <c>num_experts</c> for qwen3_moe); 0 for a dense model.
     /// </summary>
     public int NumExperts { get; set; }
@@ -243,6 +252,7 @@ public sealed class CausalLMConfig
         if (modelType is "olmo2" or "phi3" && c.NumAttentionHeads > 0 && c.HeadDim * c.NumAttentionHeads != c.HiddenSize)
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': \"head_dim\" ({c.HeadDim}) other than hidden_size / num_attention_heads is not supported for {modelType}.");
         c.PadTokenId = r.Int("pad_token_id");
+        c.StartedFromRandomWeights = r.Bool(StartedFromRandomWeightsKey) ?? false;
         c.Validate(sourceNameForErrors);
         return c;
     }
@@ -415,6 +425,9 @@ public sealed class CausalLMConfig
             throw new InvalidDataException($"Model configuration '{sourceNameForErrors}': n_embd ({HiddenSize}) is not a multiple of n_head ({NumAttentionHeads}).");
     }
 
+    /// <summary>The <c>config.json</c> key of <see cref="StartedFromRandomWeights"/>.</summary>
+    internal const string StartedFromRandomWeightsKey = "mldpo_started_from_random_weights";
+
     /// <summary>A Hugging Face compatible <c>config.json</c> text (gpt2 uses its own field names).</summary>
     public string ToJson() => ToJson(null);
 
@@ -536,6 +549,7 @@ public sealed class CausalLMConfig
         o["eos_token_id"] = EosTokenIds.Count == 1 ? JsonValue.Create(EosTokenIds[0]) : new JsonArray(EosTokenIds.Select(e => (JsonNode?)JsonValue.Create(e)).ToArray());
         if (PadTokenId is int pad) o["pad_token_id"] = pad;
         if (torchDtype != null) o["torch_dtype"] = torchDtype;
+        if (StartedFromRandomWeights) o[StartedFromRandomWeightsKey] = true;
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 

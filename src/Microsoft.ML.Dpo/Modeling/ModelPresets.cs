@@ -50,7 +50,7 @@ public static class ModelPresets
     /// <param name="vocabSize">Rows of the embedding: the tokenizer's <see cref="TextTokenizer.VocabularySize"/>.</param>
     /// <param name="bosTokenId">The beginning-of-sequence id.</param>
     /// <param name="eosTokenId">The end-of-sequence id.</param>
-    /// <returns>A validated configuration with tied embeddings.</returns>
+    /// <returns>A validated configuration with tied embeddings, marked <see cref="CausalLMConfig.StartedFromRandomWeights"/>.</returns>
     /// <exception cref="ArgumentException">An unknown architecture or preset, or ids outside the vocabulary.</exception>
     public static CausalLMConfig Create(string architecture, string preset, int vocabSize, int bosTokenId, int eosTokenId)
     {
@@ -93,6 +93,7 @@ public static class ModelPresets
         config.TieWordEmbeddings = true;
         config.BosTokenId = bosTokenId;
         config.EosTokenIds = [eosTokenId];
+        config.StartedFromRandomWeights = true;   // a preset is trained from scratch: the trainers' automatic learning rates follow
         config.Validate($"{architecture}/{preset}");
         return config;
     }

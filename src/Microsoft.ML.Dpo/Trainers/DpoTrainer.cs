@@ -39,9 +39,14 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         /// <summary>
         /// Weight α of an NLL term on the chosen completions (RPO, Pang et al., 2024): shorthand for adding
         /// <see cref="PreferenceLossKind.Sft"/> with weight α to the losses (CLI <c>--rpo-alpha</c>); 0 disables it. The remedy
-        /// for likelihood displacement (the chosen answers' likelihood falling during DPO). Default 0.
+        /// for likelihood displacement (the chosen answers' likelihood falling during DPO). Null (the default):
+        /// <see cref="TrainingDefaults.RpoAlpha"/> (1) with the default loss (<see cref="LossKind"/> Sigmoid, <see cref="LossKinds"/>
+        /// null), 0 with any loss or list of losses chosen explicitly.
         /// </summary>
-        public double RpoAlpha { get; set; }
+        public double? RpoAlpha { get; set; }
+
+        /// <summary>The NLL weight in effect: <see cref="RpoAlpha"/>, or its default for the chosen losses.</summary>
+        internal double EffectiveRpoAlpha => RpoAlpha ?? (LossKinds is null && LossKind == PreferenceLossKind.Sigmoid ? TrainingDefaults.RpoAlpha : 0);
         /// <summary>Label smoothing ε for Sigmoid (conservative DPO), Robust, ExoPair, Aot, AotUnpaired, SimPO and Cpo (CLI <c>--label-smoothing</c>). Default 0.</summary>
         public double LabelSmoothing { get; set; }
         /// <summary>SimPO's target reward margin γ (CLI <c>--simpo-gamma</c>). Default 0.5.</summary>
@@ -87,21 +92,19 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         /// </summary>
         public bool PrecomputeReferenceLogProbs { get; set; }
 
-        /// <summary>Creates options with DPO's customary learning rate (1e-6; small models on a CPU learn faster with ~1e-4).</summary>
-        public Options() => LearningRate = 1e-6;
-
         internal PreferenceLossOptions LossOptions
         {
             get
             {
                 var kinds = (LossKinds ?? [LossKind]).ToList();
                 var weights = (LossWeights ?? (LossKinds is null ? [1.0] : LossKinds.Select(_ => 1.0).ToArray())).ToList();
-                if (RpoAlpha > 0)
+                double rpoAlpha = EffectiveRpoAlpha;
+                if (rpoAlpha > 0)
                 {
                     if (kinds.Contains(PreferenceLossKind.Sft))
                         throw new ArgumentException("RpoAlpha adds PreferenceLossKind.Sft to the losses, which already list it; give its weight in LossWeights or RpoAlpha, not both.", nameof(RpoAlpha));
                     kinds.Add(PreferenceLossKind.Sft);
-                    weights.Add(RpoAlpha);
+                    weights.Add(rpoAlpha);
                 }
                 bool single = kinds.Count == 1 && weights.Count == 1 && weights[0] == 1;
                 return new()
@@ -123,7 +126,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
                 throw new ArgumentException($"LossKind is {LossKind} but LossKinds is [{string.Join(", ", LossKinds)}]; set one of them.", nameof(LossKind));
             if (LossWeights is not null && LossWeights.Count != (LossKinds?.Count ?? 1))
                 throw new ArgumentException($"LossWeights has {LossWeights.Count} entries for {LossKinds?.Count ?? 1} loss kind(s); give one weight per kind.", nameof(LossWeights));
-            if (!(RpoAlpha >= 0) || double.IsInfinity(RpoAlpha)) throw new ArgumentOutOfRangeException(nameof(RpoAlpha), RpoAlpha, "RpoAlpha must be a finite number ≥ 0.");
+            if (RpoAlpha is double alpha && (!(alpha >= 0) || double.IsInfinity(alpha))) throw new ArgumentOutOfRangeException(nameof(RpoAlpha), alpha, "RpoAlpha must be a finite number ≥ 0.");
             var loss = LossOptions;
             loss.Validate();
             if (LdAlpha is double ld && !(ld >= 0 && ld <= 1))
@@ -272,11 +275,14 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             }
 
             var step = options.StepOptions;
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";dpo;{loss};{step};ref={options.Reference}",
+            double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.PreferenceOptimization, policy, log);
+            if (options.RpoAlpha is null && options.EffectiveRpoAlpha > 0)
+                log($"Loss: sigmoid DPO plus the NLL of the chosen answers at weight {options.EffectiveRpoAlpha:G} (RPO, the default; RpoAlpha = 0 or --rpo-alpha 0 for plain DPO).");
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";dpo;{loss};{step};ref={options.Reference}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
             var guard = loss.RequiresReference ? new LikelihoodDisplacementGuard(runLog.Warn) : null;
             var objective = FineTuningRun.WithRouterLosses(new DpoObjective(policy.Network, referenceLogProbs, loss, step, policy.PadTokenId, guard), policy.Network, options);
-            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples);
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);
             if (syncedReference is not null)
             {
                 syncedReference.Dispose();

@@ -30,9 +30,6 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
         public string? ChatTemplateName { get; set; }
         /// <summary>Learn only the completion tokens (true, the default) or the prompt tokens too.</summary>
         public bool CompletionOnlyLoss { get; set; } = true;
-
-        /// <summary>Creates options with SFT's default learning rate (2e-5).</summary>
-        public Options() => LearningRate = 2e-5;
     }
 
     readonly IHostEnvironment? env;
@@ -67,12 +64,13 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
             var rows = Read(input, policy, report, options.CancellationToken);
             var examples = Tokenize(policy, rows, report, log);
             log($"SFT data: {report}.");
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";sft;completionOnly={options.CompletionOnlyLoss}",
+            double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.SupervisedFineTuning, policy, log);
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";sft;completionOnly={options.CompletionOnlyLoss}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Completion }));
             var objective = FineTuningRun.WithRouterLosses(new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss), policy.Network, options);
             var evaluation = FineTuningRun.CreateEvaluation(options, log);
             evaluation?.GenerateReferenceAnswers(policy);   // the starting model's answers
-            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples);
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);
             IReadOnlyDictionary<string, double>? validation = null;
             if (options.ValidationData is { } validationData)
             {

@@ -36,7 +36,7 @@ internal sealed class LikelihoodDisplacementGuard(Action<string> warn)
         warn($"Likelihood displacement at step {step}: rewards/chosen is negative and falling (mean {F(recentMean)} over the last {Window} reports, " +
              $"{F(earlierMean)} over the {Window} before{margin}) — the policy makes the chosen answers less likely than the reference does, " +
              "so preference accuracy can rise while generations do not move toward them. Remedies: add an NLL term on the chosen answers " +
-             "(--rpo-alpha 1, DpoTrainer.Options.RpoAlpha = 1), lower the learning rate, or raise β.");
+             "(--rpo-alpha 1, DpoTrainer.Options.RpoAlpha = 1: the default with the sigmoid loss; raise it when it is already on), lower the learning rate, or raise β.");
     }
 
     static string F(double v) => v.ToString("G4", CultureInfo.InvariantCulture);

@@ -34,15 +34,18 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// micro-batch of prompts several times in a row, GRPO's μ); it must be deterministic so a resumed run sees the same order.
 /// <c>evaluate</c>, when given, runs after each optimizer step with (steps done, whether it is the last step) and may return
 /// metrics (e.g. evaluation by generation) that join the next report; <c>stopRequested</c>, when given and true after a step
-/// (early stopping), ends training there (reported and checkpointed like a last step).
+/// (early stopping), ends training there (reported and checkpointed like a last step). <c>learningRate</c> is the peak rate
+/// when the trainer resolved an automatic one (<see cref="TrainingOptions.LearningRate"/> null); otherwise the options' rate is used.
 /// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
     Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null, DistributedWorld? world = null,
-    Func<int, int[]>? order = null)
+    Func<int, int[]>? order = null, double? learningRate = null)
 {
     readonly DataParallel<TExample>? parallel = DataParallel<TExample>.For(options, world ??= DistributedWorld.Current, objective, log);
     readonly bool main = world.IsMain;
+    readonly double peakLearningRate = learningRate ?? options.LearningRate
+        ?? throw new ArgumentException("TrainingOptions.LearningRate is null: the trainer resolves the automatic rate (TrainingDefaults) and passes it.", nameof(learningRate));
 
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
@@ -53,7 +56,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         int totalSteps = stepsPerEpoch * options.Epochs;
         if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
 
-        using var optimizer = optim.AdamW(trainable, lr: options.LearningRate, weight_decay: options.WeightDecay);
+        using var optimizer = optim.AdamW(trainable, lr: peakLearningRate, weight_decay: options.WeightDecay);
         var state = new TrainingState(0, 0, 0, totalSteps, fingerprint);
         if (options.Resume && checkpoint?.TryLoad(optimizer, fingerprint) is { } resumed)
         {
@@ -107,7 +110,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 double gradNorm = ClipGradients();
                 if (!double.IsFinite(gradNorm))
                     throw Diverged($"The gradient norm became {gradNorm} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
-                double lr = options.LearningRate * LearningRateSchedule.Factor(options.Schedule, state.Step, options.WarmupSteps, totalSteps);
+                double lr = peakLearningRate * LearningRateSchedule.Factor(options.Schedule, state.Step, options.WarmupSteps, totalSteps);
                 foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
                 optimizer.step();
                 optimizer.zero_grad();

@@ -46,7 +46,7 @@ public enum ExistingCheckpointAction
 
 /// <summary>
 /// Options every fine-tuning trainer shares: the optimisation schedule, the length limits, checkpoints and logging.
-/// The defaults work for small models on a CPU; scale <see cref="LearningRate"/> down for billion-parameter models.
+/// The learning rate is chosen by the model's origin unless set (<see cref="Trainers.TrainingDefaults"/>).
 /// </summary>
 public class TrainingOptions
 {
@@ -65,8 +65,12 @@ public class TrainingOptions
     public int PerRankBatchSize { get; set; }
     /// <summary>Micro-batches whose gradients are summed before each optimizer step. Default 1.</summary>
     public int GradientAccumulationSteps { get; set; } = 1;
-    /// <summary>Peak AdamW learning rate. Default 1e-5.</summary>
-    public double LearningRate { get; set; } = 1e-5;
+    /// <summary>
+    /// Peak AdamW learning rate. Null (the default of SFT and DPO) chooses it by the model's origin and logs it
+    /// (<see cref="Trainers.TrainingDefaults.LearningRate"/>): 3e-3 for a model trained from scratch (an <c>mldpo init</c> preset
+    /// and what is trained from it), else 2e-5 for SFT and 1e-6 for DPO, TRL's defaults for pretrained models.
+    /// </summary>
+    public double? LearningRate { get; set; }
     /// <summary>AdamW decoupled weight decay. Default 0.</summary>
     public double WeightDecay { get; set; }
     /// <summary>Optimizer steps of linear warm-up from zero to <see cref="LearningRate"/>. Default 0.</summary>
@@ -124,7 +128,7 @@ public class TrainingOptions
         Positive(Epochs, nameof(Epochs));
         Positive(BatchSize, nameof(BatchSize));
         Positive(GradientAccumulationSteps, nameof(GradientAccumulationSteps));
-        Positive(LearningRate, nameof(LearningRate));
+        if (LearningRate is double rate) Positive(rate, nameof(LearningRate));
         Positive(MaxLength, nameof(MaxLength));
         Positive(MaxPromptLength, nameof(MaxPromptLength));
         Positive(LoggingInterval, nameof(LoggingInterval));

@@ -125,7 +125,7 @@ public sealed class DpoAlignmentTests
             }
         }
         // Built to displace: a large learning rate and a small β; DPO lowers both likelihoods, the chosen one too.
-        var displaced = Run(o => { o.LearningRate = 3e-3; o.Beta = 0.05; }, out var displacedRewards);
+        var displaced = Run(o => { o.LearningRate = 3e-3; o.Beta = 0.05; o.RpoAlpha = 0; }, out var displacedRewards);
         Console.WriteLine("displacing: " + string.Join(", ", displacedRewards.Select(r => r.ToString("G3"))));
         Assert.HasCount(1, displaced, string.Join(", ", displacedRewards));
         StringAssert.Contains(displaced[0], "rewards/chosen");

@@ -144,10 +144,11 @@ public sealed class DpoTrainerTests
     [TestMethod]
     public void HardReferenceCopyEveryStepKeepsTheLossAtLn2()
     {
-        // TR-DPO with α = 1 every step: each step starts with reference = policy, so every reward is 0 and the sigmoid loss is ln 2.
+        // TR-DPO with α = 1 every step: each step starts with reference = policy, so every reward is 0 and the sigmoid loss is ln 2
+        // (plain sigmoid: without the default NLL term).
         float[] before = Weights(baseModel!);
-        var losses = Losses(Options(o => { o.MaxSteps = 4; o.SyncReferenceSteps = 1; o.SyncReferenceAlpha = 1; }), out var synced);
-        var frozen = Losses(Options(o => o.MaxSteps = 4), out var plain);
+        var losses = Losses(Options(o => { o.MaxSteps = 4; o.SyncReferenceSteps = 1; o.SyncReferenceAlpha = 1; o.RpoAlpha = 0; }), out var synced);
+        var frozen = Losses(Options(o => { o.MaxSteps = 4; o.RpoAlpha = 0; }), out var plain);
         using (synced) using (plain)
         {
             Assert.HasCount(4, losses);

@@ -1,0 +1,75 @@
+using System.Globalization;
+using Microsoft.ML.Dpo.Modeling;
+using Microsoft.ML.Dpo.Training;
+
+namespace Microsoft.ML.Dpo.Trainers;
+
+/// <summary>The training stages whose automatic learning rates differ.</summary>
+public enum TrainingStage
+{
+    /// <summary>Supervised fine-tuning (<see cref="SftTrainer"/>, <c>mldpo sft</c>).</summary>
+    SupervisedFineTuning,
+    /// <summary>Preference optimization against a reference (<see cref="DpoTrainer"/>, <c>mldpo dpo</c>).</summary>
+    PreferenceOptimization,
+}
+
+/// <summary>
+/// The one place where the trainers' model-dependent defaults are decided; the C# options and the <c>mldpo</c> command line
+/// both leave them unset (null) and get them from here, and the run's log says what was chosen.
+/// <para>
+/// <b>Learning rate</b> (<see cref="TrainingOptions.LearningRate"/> = null, <c>--learning-rate</c> not given) follows the model's
+/// origin, read from its configuration (<see cref="CausalLMConfig.StartedFromRandomWeights"/>): a model whose weights began as a
+/// random initialisation by this library (<c>mldpo init</c>, <see cref="ModelPresets"/>) and every model trained from one is
+/// being trained from scratch, and learns at <see cref="FromScratchLearningRate"/> (3e-3) in SFT and DPO alike; any other
+/// model is taken to be pretrained and gets TRL's fine-tuning rates, <see cref="PretrainedSftLearningRate"/> (2e-5) and
+/// <see cref="PretrainedDpoLearningRate"/> (1e-6). A pretrained model fine-tuned at 3e-3 would forget what it knows within a
+/// few steps; a random model at 1e-6 learns nothing in any sensible number of epochs — which is why one number cannot serve both.
+/// </para>
+/// <para>
+/// <b>The NLL term of DPO</b> (<see cref="DpoTrainer.Options.RpoAlpha"/> = null, <c>--rpo-alpha</c> not given): the default
+/// loss, sigmoid DPO, comes with RPO's NLL term on the chosen answers at weight <see cref="RpoAlpha"/> (1), which keeps the
+/// chosen answers likely while the margin grows (without it DPO displaces them: see the README's DPO section); any other loss
+/// or list of losses the caller chooses is used exactly as given.
+/// </para>
+/// </summary>
+public static class TrainingDefaults
+{
+    /// <summary>The learning rate of SFT and DPO for models trained from scratch (<see cref="CausalLMConfig.StartedFromRandomWeights"/>): 3e-3.</summary>
+    public const double FromScratchLearningRate = 3e-3;
+
+    /// <summary>The SFT learning rate for pretrained models: 2e-5 (TRL's <c>SFTConfig</c>).</summary>
+    public const double PretrainedSftLearningRate = 2e-5;
+
+    /// <summary>The DPO learning rate for pretrained models: 1e-6 (TRL's <c>DPOConfig</c>; 5e-7 to 5e-6 is the usual range).</summary>
+    public const double PretrainedDpoLearningRate = 1e-6;
+
+    /// <summary>The weight of the NLL term that accompanies the default DPO loss (RPO): 1, as in Pang et al. (2024).</summary>
+    public const double RpoAlpha = 1.0;
+
+    /// <summary>The automatic learning rate of <paramref name="stage"/> for a model with configuration <paramref name="config"/>.</summary>
+    /// <param name="stage">SFT or preference optimization.</param>
+    /// <param name="config">The starting model's configuration.</param>
+    /// <returns><see cref="FromScratchLearningRate"/> for a model trained from scratch, else the stage's pretrained rate.</returns>
+    public static double LearningRate(TrainingStage stage, CausalLMConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (config.StartedFromRandomWeights) return FromScratchLearningRate;
+        return stage == TrainingStage.SupervisedFineTuning ? PretrainedSftLearningRate : PretrainedDpoLearningRate;
+    }
+
+    /// <summary>Why <see cref="LearningRate"/> chose what it chose, for the log.</summary>
+    internal static string Reason(CausalLMConfig config) => config.StartedFromRandomWeights
+        ? "the model was trained from scratch (its config.json says mldpo_started_from_random_weights)"
+        : "the model is taken to be pretrained (its config.json does not say mldpo_started_from_random_weights)";
+
+    /// <summary>The options' learning rate, or the automatic one (logged with the reason) when it is null.</summary>
+    internal static double ResolveLearningRate(TrainingOptions options, TrainingStage stage, LanguageModel policy, Action<string> log)
+    {
+        if (options.LearningRate is double given) return given;
+        var config = policy.Network.Config;
+        double rate = LearningRate(stage, config);
+        log(string.Create(CultureInfo.InvariantCulture,
+            $"Learning rate {rate:G} (automatic: {Reason(config)}; set LearningRate or --learning-rate to choose another)."));
+        return rate;
+    }
+}
