@@ -41,7 +41,7 @@ internal static partial class TrainCommands
     {
         var common = new Common();
         var online = new OnlineRl();
-        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; pretrained models use ~1e-6.", 1e-4);
+        var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.OnlineReinforcement));
         var beta = Cli.Option("--beta", "β of the k3 KL penalty toward the reference (0: no reference model, TRL's default).", 0.0);
         var epsilon = Cli.Option("--epsilon", "ε: the ratio is clipped to [1 − ε, 1 + ε-high].", 0.2);
         var epsilonHigh = Cli.Optional<double?>("--epsilon-high", "Upper clipping bound (DAPO uses 0.28; default: --epsilon).");
@@ -71,7 +71,7 @@ internal static partial class TrainCommands
     {
         var common = new Common();
         var online = new OnlineRl();
-        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; pretrained models use ~1e-6.", 1e-4);
+        var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.OnlineReinforcement));
         var beta = Cli.Option("--beta", "β of the sequence-level KL penalty folded into the reward (0: no reference model).", 0.05);
         var normalize = Cli.Option("--normalize-advantages", "Standardise the advantages over the batch.", false);
         var command = new Command("rloo", "REINFORCE Leave-One-Out on the prompts of --data: K completions per prompt sampled from the policy, rewarded " +
@@ -91,7 +91,7 @@ internal static partial class TrainCommands
     {
         var common = new Common();
         var online = new OnlineRl();
-        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-4) suits the init presets; pretrained models use ~5e-7.", 1e-4);
+        var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.OnlineReinforcement));
         var beta = Cli.Option("--beta", "DPO's β (> 0).", 0.1);
         var command = new Command("online-dpo", "Online DPO on the prompts of --data: two completions per prompt sampled from the policy, the rewards " +
             "(--reward-model, --reward-function) pick the better, DPO loss on the fresh pair; writes a Hugging Face directory with metrics.jsonl.");
@@ -111,7 +111,7 @@ internal static partial class TrainCommands
     public static Command CreateReward()
     {
         var common = new Common();
-        var learningRate = Cli.Option("--learning-rate", "Peak AdamW learning rate. The default (1e-3) suits the init presets; pretrained models use ~1e-5.", 1e-3);
+        var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.RewardModeling));
         var command = new Command("reward", "Train a reward model (scalar head, Bradley–Terry loss) on (prompt, chosen, rejected) records; writes a directory that " +
             "--reward-model of grpo and rloo reads (a Hugging Face model plus score.safetensors and reward_model.json).");
         common.AddTo(command);

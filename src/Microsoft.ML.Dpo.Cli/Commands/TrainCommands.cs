@@ -274,8 +274,7 @@ internal static partial class TrainCommands
     public static Command CreateOrpo()
     {
         var common = new Common();
-        var learningRate = Cli.Option("--learning-rate", $"Peak AdamW learning rate. The default ({Cli.Format(OrpoLearningRate)}) suits the init presets; " +
-            "pretrained models use ~1e-6 to 8e-6 (TRL: 1e-6).", OrpoLearningRate);
+        var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.OddsRatioPreferenceOptimization));
         var beta = Cli.Option("--beta", "λ: the weight of the odds-ratio term against the NLL on the chosen answers (TRL's beta).", 0.1);
         var evaluation = new EvaluationFlags();
         var command = new Command("orpo", "ORPO (odds-ratio preference optimization) on (prompt, chosen, rejected) records: SFT on the chosen answers plus an " +
@@ -306,8 +305,7 @@ internal static partial class TrainCommands
     public static Command CreateKto()
     {
         var common = new Common();
-        var learningRate = Cli.Option("--learning-rate", $"Peak AdamW learning rate. The default ({Cli.Format(KtoLearningRate)}) suits the init presets; " +
-            "pretrained models use ~5e-7 to 5e-6 (TRL: 1e-6).", KtoLearningRate);
+        var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.KahnemanTverskyOptimization));
         var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", 0.1);
         var desirableWeight = Cli.Option("--desirable-weight", "Weight of the desirable examples' losses.", 1.0);
         var undesirableWeight = Cli.Option("--undesirable-weight", "Weight of the undesirable examples' losses.", 1.0);
@@ -340,12 +338,6 @@ internal static partial class TrainCommands
         });
         return command;
     }
-
-    /// <summary>The CLI's KTO learning rate for the presets (found on the tests' style task; see the README).</summary>
-    internal const double KtoLearningRate = 5e-4;
-
-    /// <summary>The CLI's ORPO learning rate for the presets (found on the tests' style task; see the README).</summary>
-    internal const double OrpoLearningRate = 1e-3;
 
     /// <summary>
     /// The flags of evaluation by generation that the training verbs share: --eval-data, --eval-steps, --eval-max-new-tokens,

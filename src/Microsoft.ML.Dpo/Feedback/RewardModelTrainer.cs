@@ -24,7 +24,6 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
         public string RejectedRewardColumnName { get; set; } = "rejected_reward";
 
         /// <summary>Creates options with a reward-model learning rate of 1e-5 (small models on a CPU learn faster with ~1e-3).</summary>
-        public Options() => LearningRate = 1e-5;
 
         /// <inheritdoc />
         public override void Validate()
@@ -70,12 +69,13 @@ public sealed class RewardModelTrainer : IEstimator<RewardModelTransformer>
             log($"Reward model data: {report}.");
             TorchSharp.torch.manual_seed(options.Seed);
             head = ScoreHead.Create(model.Network);
-            string fingerprint = FineTuningRun.Fingerprint(model, FineTuningRun.Summary(options) + ";reward-model",
+            double learningRate = Trainers.TrainingDefaults.ResolveLearningRate(options, Trainers.TrainingStage.RewardModeling, model, log);
+            string fingerprint = FineTuningRun.Fingerprint(model, FineTuningRun.Summary(options, learningRate) + ";reward-model",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
             var objective = FineTuningRun.WithRouterLosses(new RewardObjective(model.Network, head, model.PadTokenId), model.Network, options);
             var trainable = FineTuningRun.Trainable(model).Concat(head.parameters().Where(p => p.requires_grad)).ToList();
             model.Network.train();
-            var summary = new TrainingLoop<TokenizedPreference>(options, trainable, objective, Checkpoint(model, head), fingerprint, log).Run(examples);
+            var summary = new TrainingLoop<TokenizedPreference>(options, trainable, objective, Checkpoint(model, head), fingerprint, log, learningRate: learningRate).Run(examples);
             model.Network.eval();
 
             IReadOnlyDictionary<string, double>? validation = null;

@@ -37,7 +37,6 @@ public sealed class KtoTrainer : IEstimator<LanguageModelTransformer>
         public LanguageModel? ReferenceModel { get; set; }
 
         /// <summary>Creates options with TRL's KTO learning rate (1e-6; the small presets trained from scratch learn with ~5e-4, the CLI's default).</summary>
-        public Options() => LearningRate = 1e-6;
 
         /// <inheritdoc />
         public override void Validate()
@@ -103,12 +102,13 @@ public sealed class KtoTrainer : IEstimator<LanguageModelTransformer>
             evaluation?.GenerateReferenceAnswers(reference ?? policy, adapters is null ? null : adapters.Disable);
             var step = new KtoStepOptions(options.Beta, options.DesirableWeight, options.UndesirableWeight,
                 SequenceTruncation.WithinContext(options.MaxLength, options.MaxPromptLength, policy.Network.Config.MaxPositionEmbeddings).MaxLength);
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) +
+            double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.KahnemanTverskyOptimization, policy, log);
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) +
                 string.Create(CultureInfo.InvariantCulture, $";kto;beta={options.Beta:R};wd={options.DesirableWeight:R};wu={options.UndesirableWeight:R};ref={options.ReferenceModelPath}"),
                 examples.SelectMany(e => new[] { e.Prompt, e.Completion, new[] { e.Desirable ? 1 : 0 } }));
             var objective = FineTuningRun.WithRouterLosses(
                 new KtoObjective(policy.Network, reference?.Network ?? policy.Network, adapters is null ? null : adapters.Disable, step, policy.PadTokenId), policy.Network, options);
-            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples);
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);
             IReadOnlyDictionary<string, double>? validationMetrics = null;
             if (options.ValidationData is { } validationData)
             {

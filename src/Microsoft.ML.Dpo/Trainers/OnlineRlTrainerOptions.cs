@@ -35,7 +35,6 @@ public abstract class OnlineRlTrainerOptions : LanguageModelTrainerOptions
     public abstract double Beta { get; set; }
 
     /// <summary>Creates options with TRL's learning rate for online RL (1e-6; small models on a CPU learn faster with ~1e-4).</summary>
-    protected OnlineRlTrainerOptions() => LearningRate = 1e-6;
 
     /// <inheritdoc />
     public override void Validate()
@@ -128,13 +127,14 @@ internal static class OnlineRlRun
             var reference = Reference(options, policy, out owned, out var inMemory);
             log(reference is null ? "Reference model: none (β = 0)." : policy.Lora is not null ? "Reference model: the policy with its LoRA adapters off."
                 : owned is not null ? "Reference model: a frozen copy of the starting model." : "Reference model: the base model given in memory.");
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";{component};{options.Summary};{summary}", prompts.Select(p => p.Ids));
+            double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.OnlineReinforcement, policy, log);
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";{component};{options.Summary};{summary}", prompts.Select(p => p.Ids));
             var step = FineTuningRun.WithRouterLosses(objective(policy, tokenizer, reference), policy.Network, options);
             policy.Network.train();
             if (Distributed.DistributedWorld.Current.Size > 1)
                 throw new NotSupportedException($"{component} does not run data parallel yet (each rank would sample its own rollouts, which is not checked against one process); launch it as one process.");
             var trained = new TrainingLoop<TokenizedPrompt>(options, FineTuningRun.Trainable(policy), step, FineTuningRun.Checkpoint(options, policy), fingerprint, log,
-                order: epoch => RepeatedOrder(prompts.Count, options.Seed, epoch, options.BatchSize, iterations)).Run(prompts);
+                order: epoch => RepeatedOrder(prompts.Count, options.Seed, epoch, options.BatchSize, iterations), learningRate: learningRate).Run(prompts);
             policy.Network.eval();
             var transformer = new LanguageModelTransformer(policy, owned ?? inMemory, options.Beta, options.PromptColumnName, ownsReference: owned is not null,
                 referencePath: owned is null && inMemory is null && policy.Lora is null && options.Beta != 0 ? options.BaseModelPath : null)

@@ -20,7 +20,6 @@ public sealed class OrpoTrainer : IEstimator<LanguageModelTransformer>
         public double Beta { get; set; } = 0.1;
 
         /// <summary>Creates options with TRL's ORPO learning rate (1e-6; the small presets trained from scratch learn with ~1e-3, the CLI's default).</summary>
-        public Options() => LearningRate = 1e-6;
 
         /// <inheritdoc />
         public override void Validate()
@@ -63,10 +62,11 @@ public sealed class OrpoTrainer : IEstimator<LanguageModelTransformer>
             log($"ORPO data: {report}.");
             var evaluation = FineTuningRun.CreateEvaluation(options, log);
             evaluation?.GenerateReferenceAnswers(policy);   // the starting model's answers
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options) + $";orpo;beta={options.Beta:R}",
+            double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.OddsRatioPreferenceOptimization, policy, log);
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";orpo;beta={options.Beta:R}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
             var objective = FineTuningRun.WithRouterLosses(new OrpoObjective(policy.Network, options.Beta, policy.PadTokenId), policy.Network, options);
-            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples);
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);
             IReadOnlyDictionary<string, double>? validationMetrics = null;
             if (options.ValidationData is { } validationData)
             {
