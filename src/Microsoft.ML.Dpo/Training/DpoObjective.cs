@@ -94,5 +94,8 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
     public void AfterReport(int stepsDone, IReadOnlyDictionary<string, double> metrics) => guard?.Observe(stepsDone, metrics);
 
     public string? ShardingCaveat => (loss.Kinds ?? [loss.Kind]).Any(k => k is PreferenceLossKind.Aot or PreferenceLossKind.AotUnpaired)
-        ? "The aot and aot_unpaired losses sort the log-ratios over the micro-batch, so a shard sorts fewer of them." : null;
+        ? "The aot and aot_unpaired losses sort the log-ratios over the micro-batch, so a shard sorts fewer of them."
+        : loss.RequiresChosenNll
+        ? "The sft (RPO, the default --rpo-alpha 1) and cpo terms are token means over the chosen completions of one forward pass, so a shard weighs its examples by its own token count (--rpo-alpha 0 is exact)."
+        : null;
 }
