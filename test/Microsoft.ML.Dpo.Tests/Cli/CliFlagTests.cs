@@ -26,14 +26,7 @@ public sealed class CliFlagTests
     [ClassCleanup]
     public static void Cleanup() => shared?.Dispose();
 
-    static (int Code, string Out, string Error) Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = CliApp.Run(args, output, error);
-        Console.WriteLine($"mldpo {string.Join(' ', args)} -> {code}\n{output}{error}");
-        return (code, output.ToString(), error.ToString());
-    }
+    static (int Code, string Out, string Error) Run(params string[] args) => CliRunner.Run(args);
 
     static string Base => shared!.Combine("base");
 

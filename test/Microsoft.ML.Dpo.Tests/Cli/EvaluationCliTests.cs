@@ -8,14 +8,7 @@ namespace Microsoft.ML.Dpo.Tests.Cli;
 [TestClass]
 public sealed class EvaluationCliTests
 {
-    static (int Code, string Out, string Error) Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = CliApp.Run(args, output, error);
-        Console.WriteLine($"mldpo {string.Join(' ', args)} -> {code}\n{output}{error}");
-        return (code, output.ToString(), error.ToString());
-    }
+    static (int Code, string Out, string Error) Run(params string[] args) => CliRunner.Run(args);
 
     static readonly string[] Subjects = ["apples", "rivers", "clouds", "tigers", "pianos", "castles", "rockets", "forests"];
 

@@ -9,11 +9,8 @@ public sealed class ReferenceShardTests
 {
     static (int Code, string Text) Run(params string[] args)
     {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = CliApp.Run(args, output, error);
-        Console.WriteLine($"mldpo {string.Join(' ', args)} -> {code}\n{output}{error}");
-        return (code, output.ToString() + error);
+        var (code, output, error) = CliRunner.Run(args);
+        return (code, output + error);
     }
 
     [TestMethod]
