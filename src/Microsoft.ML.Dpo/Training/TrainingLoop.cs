@@ -149,7 +149,8 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         // Early stopping is decided where evaluation runs (rank 0); data parallel, every rank learns it in the same step.
         bool StopRequestedOnAnyRank()
         {
-            bool stop = main && stopRequested?.Invoke() == true;
+            if (stopRequested is null) return false;   // the same on every rank: no collective needed
+            bool stop = main && stopRequested();
             if (parallel is null) return stop;
             Span<double> flag = [stop ? 1 : 0];
             world!.AllReduceMax(flag);
