@@ -105,6 +105,7 @@ internal sealed class GenerationEvaluation
     {
         foreach (var t in bestWeights ?? []) t.Dispose();
         using var _ = no_grad();
+        using var scope = NewDisposeScope();   // the detached views are temporaries; only the clones are kept
         bestWeights = policy.Network.parameters().Where(p => p.requires_grad).Select(p => p.detach().to(CPU).clone().DetachFromDisposeScope()).ToList();
     }
 
