@@ -43,6 +43,7 @@ internal static class CliMessages
         ["CheckpointInterval"] = "--checkpoint-steps",
         ["RouterAuxLossCoefficient"] = "--router-aux-loss-coef",
         ["RouterZLossCoefficient"] = "--router-z-loss-coef",
+        ["MixedPrecision"] = "--mixed-precision",
         // DPO
         ["Beta"] = "--beta",
         ["LossKind"] = "--loss",

@@ -51,6 +51,9 @@ internal static partial class TrainCommands
             .AcceptOnlyFromAmong([.. Microsoft.ML.Dpo.Tokenization.ChatTemplate.Names]);
         public readonly Option<bool> SkipInvalid = Cli.Option("--skip-invalid", "Skip malformed records and empty values (counted) instead of failing.", false);
         public readonly Option<string> Device = Cli.Option("--device", "auto, cpu, cuda or cuda:N.", "auto");
+        public readonly Option<string> MixedPrecision = Cli.Choice("--mixed-precision", "Mixed-precision training: none, bf16 or fp16 (with dynamic loss scaling) " +
+            "matmuls over float32 master weights; gradients, optimizer state, norms, softmax and the loss stay float32. On a CPU bf16 pays only with native " +
+            "bf16 matmuls (AVX512-BF16, AMX); fp16 is for GPUs.", MixedPrecisionFlag(Defaults.MixedPrecision), "none", "bf16", "fp16");
         public readonly Option<int?> LoraRank = Cli.Optional<int?>("--lora-rank", "Train LoRA adapters of this rank instead of all weights (the DPO reference is then the model with adapters off).");
         public readonly Option<double?> LoraAlpha = Cli.Optional<double?>("--lora-alpha", "LoRA scaling numerator (scale = alpha / rank; default 2 x rank).");
         public readonly Option<string?> LoraTargets = Cli.Optional<string?>("--lora-targets", "Comma-separated projections to adapt: q,k,v,o,gate,up,down (Llama, Qwen, Gemma, OLMo 2), qkv,o,gate_up,down (Phi-3), c_attn,c_proj,c_fc (GPT-2), or all-linear (default: q,v / qkv / c_attn); " +
@@ -61,9 +64,12 @@ internal static partial class TrainCommands
         public void AddTo(Command command)
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
+
+        static string MixedPrecisionFlag(MixedPrecisionKind kind) =>
+            kind switch { MixedPrecisionKind.BFloat16 => "bf16", MixedPrecisionKind.Float16 => "fp16", _ => "none" };
 
         /// <summary>Whether --output may replace a folder holding files mldpo did not write.</summary>
         public OutputOverwrite Overwrite(ParseResult result) => result.GetValue(Force) ? OutputOverwrite.Always : OutputOverwrite.OwnOutputOnly;
@@ -101,6 +107,12 @@ internal static partial class TrainCommands
                 : result.GetValue(Restart) ? ExistingCheckpointAction.Restart : ExistingCheckpointAction.Refuse;
             options.SkipInvalidRows = result.GetValue(SkipInvalid);
             options.Device = result.GetValue(Device)!;
+            options.MixedPrecision = result.GetValue(MixedPrecision) switch
+            {
+                "bf16" => MixedPrecisionKind.BFloat16,
+                "fp16" => MixedPrecisionKind.Float16,
+                _ => MixedPrecisionKind.None,
+            };
             options.Log = line => display.Log(line.StartsWith("warning", StringComparison.Ordinal) ? CliMessages.ForCli(line) : line);
             options.Progress = display.Progress;
             options.CancellationToken = cancellation;

@@ -88,13 +88,14 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var y = base_layer.forward(x);
+        var y = ComputePrecision.Project(base_layer, x);
         if (Enabled)
         {
             var h = x.to(A.dtype);
             // Dropout only while training with gradients: scoring and generation (no_grad) stay deterministic even in train mode.
             if (dropout > 0 && training && torch.is_grad_enabled()) h = nn.functional.dropout(h, dropout, training: true);
-            var update = h.matmul(A.t()).matmul(B.t()).mul(Scaling);                   // [.., out]
+            var update = (ComputePrecision.Current is null ? h.matmul(A.t()).matmul(B.t())   // [.., out]
+                : ComputePrecision.Linear(ComputePrecision.Linear(h, A), B)).mul(Scaling);   // mixed precision: the adapters' matmuls in the compute dtype too
             y = y.add(update.to(y.dtype));
         }
         return y.MoveToOuterDisposeScope();

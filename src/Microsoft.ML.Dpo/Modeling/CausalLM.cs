@@ -210,7 +210,10 @@ public abstract class CausalLM : nn.Module
         return (positions, mask);
     }
 
-    /// <summary>Scaled dot-product attention of q <c>[B, H, T, D]</c> over k, v <c>[B, Hkv, S, D]</c> (GQA by repeating kv heads); softmax in float32.</summary>
+    /// <summary>
+    /// Scaled dot-product attention of q <c>[B, H, T, D]</c> over k, v <c>[B, Hkv, S, D]</c> (GQA by repeating kv heads); softmax in
+    /// float32. Under mixed precision (<see cref="ComputePrecision"/>) v may be half while q and k are float32 after rotary: all three are widened.
+    /// </summary>
     internal static Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor mask)
     {
         long h = q.shape[1], hkv = k.shape[1];
@@ -221,7 +224,7 @@ public abstract class CausalLM : nn.Module
         }
         var dtype = q.dtype;
         var wide = Precision.Wide(dtype);
-        if (dtype == wide)
+        if (dtype == wide && k.dtype == wide && v.dtype == wide)
             return nn.functional.scaled_dot_product_attention(q, k, v, mask);
         return nn.functional.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), mask).to(dtype);
     }

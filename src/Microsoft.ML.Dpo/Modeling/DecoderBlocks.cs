@@ -90,11 +90,11 @@ internal sealed class SelfAttention : nn.Module, IProjectionOwner
         Tensor q, k, v;                                                                 // [B, T, H·D], [B, T, Hkv·D] ×2
         if (qkv_proj is not null)
         {
-            var qkv = qkv_proj.forward(x);                                              // [B, T, (H + 2Hkv)·D]
+            var qkv = ComputePrecision.Project(qkv_proj, x);                                           // [B, T, (H + 2Hkv)·D]
             (q, k, v) = (qkv.narrow(2, 0, qWidth), qkv.narrow(2, qWidth, kvWidth), qkv.narrow(2, qWidth + kvWidth, kvWidth));
         }
         else
-            (q, k, v) = (q_proj!.forward(x), k_proj!.forward(x), v_proj!.forward(x));
+            (q, k, v) = (ComputePrecision.Project(q_proj!, x), ComputePrecision.Project(k_proj!, x), ComputePrecision.Project(v_proj!, x));
         if (_qkNorm == QkNorm.WholeProjection)
             (q, k) = (q_norm!.forward(q), k_norm!.forward(k));
         q = q.view(b, t, _heads, _headDim);                                             // [B, T, H, D]
@@ -108,7 +108,7 @@ internal sealed class SelfAttention : nn.Module, IProjectionOwner
             (k, v) = cache.Append(_layer, k, v);                                        // [B, Hkv, S, D]
         var y = _softcap is null && _defaultScale ? CausalLM.Attend(q, k, v, mask) : EagerAttend(q, k, v, mask);   // [B, H, T, D]
         y = y.transpose(1, 2).reshape(b, t, qWidth);                                    // [B, T, H·D]
-        return o_proj.forward(y).MoveToOuterDisposeScope();                             // [B, T, hidden]
+        return ComputePrecision.Project(o_proj, y).MoveToOuterDisposeScope();             // [B, T, hidden]
     }
 
     // Hugging Face's eager path: scores = q·kᵀ · scale in the model's dtype, soft-capped, masked, softmaxed in float32.
@@ -124,7 +124,7 @@ internal sealed class SelfAttention : nn.Module, IProjectionOwner
             scores = scores.div(cap).tanh().mul(cap);
         scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
         var weights = scores.softmax(-1, Precision.Wide(q.dtype)).to(q.dtype);
-        return weights.matmul(v);                                                       // [B, H, T, D]
+        return weights.matmul(v.to(weights.dtype));                                                     // [B, H, T, D]
     }
 
     public IReadOnlyList<string> ProjectionSlots => qkv_proj is null ? ["q_proj", "k_proj", "v_proj", "o_proj"] : ["qkv_proj", "o_proj"];
@@ -189,13 +189,13 @@ internal sealed class GatedMlp : nn.Module, IProjectionOwner
         Tensor gate, up;                                                                // [B, T, I] each
         if (gate_up_proj is not null)
         {
-            var both = gate_up_proj.forward(x);                                         // [B, T, 2I]
+            var both = ComputePrecision.Project(gate_up_proj, x);                                       // [B, T, 2I]
             (gate, up) = (both.narrow(-1, 0, _intermediate), both.narrow(-1, _intermediate, _intermediate));
         }
         else
-            (gate, up) = (gate_proj!.forward(x), up_proj!.forward(x));
+            (gate, up) = (ComputePrecision.Project(gate_proj!, x), ComputePrecision.Project(up_proj!, x));
         var h = Activate(gate) * up;                                                    // [B, T, I]
-        return down_proj.forward(h).MoveToOuterDisposeScope();                          // [B, T, H]
+        return ComputePrecision.Project(down_proj, h).MoveToOuterDisposeScope();          // [B, T, H]
     }
 
     Tensor Activate(Tensor x) => _activation switch
@@ -321,7 +321,7 @@ public abstract class RotaryDecoderLM : CausalLM
     public override Tensor LogitsFromHidden(Tensor hidden)
     {
         using var scope = torch.NewDisposeScope();
-        var logits = _lmHead is null ? nn.functional.linear(hidden, _model.embed_tokens.weight!) : _lmHead.forward(hidden);   // [B, T, V]
+        var logits = _lmHead is null ? ComputePrecision.Linear(hidden, _model.embed_tokens.weight!) : ComputePrecision.Project(_lmHead, hidden);   // [B, T, V]
         if (_finalSoftcap is double cap)
             logits = logits.div(cap).tanh().mul(cap);
         return logits.MoveToOuterDisposeScope();

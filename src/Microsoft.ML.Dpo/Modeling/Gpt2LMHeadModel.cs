@@ -26,7 +26,7 @@ public sealed class Gpt2LMHeadModel : CausalLM
         => transformer.forward(inputIds, attentionMask, cache);
 
     /// <inheritdoc/>
-    public override Tensor LogitsFromHidden(Tensor hidden) => nn.functional.linear(hidden, transformer.wte.weight!);   // [B, T, V]
+    public override Tensor LogitsFromHidden(Tensor hidden) => ComputePrecision.Linear(hidden, transformer.wte.weight!);   // [B, T, V]
 
     sealed class Gpt2Model : nn.Module
     {

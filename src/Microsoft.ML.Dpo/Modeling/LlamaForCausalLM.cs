@@ -35,7 +35,7 @@ public sealed class LlamaForCausalLM : CausalLM
 
     /// <inheritdoc/>
     public override Tensor LogitsFromHidden(Tensor hidden)
-        => lm_head is null ? nn.functional.linear(hidden, model.embed_tokens.weight!) : lm_head.forward(hidden);   // [B, T, V]
+        => lm_head is null ? ComputePrecision.Linear(hidden, model.embed_tokens.weight!) : ComputePrecision.Project(lm_head, hidden);   // [B, T, V]
 
     sealed class LlamaModel : nn.Module
     {
@@ -123,16 +123,16 @@ public sealed class LlamaForCausalLM : CausalLM
         {
             using var scope = torch.NewDisposeScope();
             long b = x.shape[0], t = x.shape[1];
-            var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);      // [B, H, T, D]
-            var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
-            var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
+            var q = ComputePrecision.Project(q_proj, x).view(b, t, _heads, _headDim).transpose(1, 2);      // [B, H, T, D]
+            var k = ComputePrecision.Project(k_proj, x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
+            var v = ComputePrecision.Project(v_proj, x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, D]
             q = RotaryEmbedding.Apply(q, cos, sin);
             k = RotaryEmbedding.Apply(k, cos, sin);
             if (cache is not null)
                 (k, v) = cache.Append(_layer, k, v);                                       // [B, Hkv, S, D]
             var y = Attend(q, k, v, mask);                                                 // [B, H, T, D]
             y = y.transpose(1, 2).reshape(b, t, _heads * _headDim);                        // [B, T, H·D]
-            return o_proj.forward(y).MoveToOuterDisposeScope();                            // [B, T, hidden]
+            return ComputePrecision.Project(o_proj, y).MoveToOuterDisposeScope();                            // [B, T, hidden]
         }
 
         public IReadOnlyList<string> ProjectionSlots { get; } = new[] { "q_proj", "k_proj", "v_proj", "o_proj" };
@@ -176,8 +176,8 @@ public sealed class LlamaForCausalLM : CausalLM
         public Tensor forward(Tensor x)
         {
             using var scope = torch.NewDisposeScope();
-            var h = nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x);      // [B, T, I]
-            return down_proj.forward(h).MoveToOuterDisposeScope();                     // [B, T, H]
+            var h = nn.functional.silu(ComputePrecision.Project(gate_proj, x)) * ComputePrecision.Project(up_proj, x);      // [B, T, I]
+            return ComputePrecision.Project(down_proj, h).MoveToOuterDisposeScope();                     // [B, T, H]
         }
 
         public IReadOnlyList<string> ProjectionSlots { get; } = new[] { "gate_proj", "up_proj", "down_proj" };

@@ -125,8 +125,8 @@ internal sealed class SwiGluExpert : nn.Module<Tensor, Tensor>, IProjectionOwner
     public override Tensor forward(Tensor x)                                          // [M, H]
     {
         using var scope = torch.NewDisposeScope();
-        var hidden = nn.functional.silu(_projections[0].forward(x)) * _projections[1].forward(x);   // [M, I]
-        return _projections[2].forward(hidden).MoveToOuterDisposeScope();                           // [M, H]
+        var hidden = nn.functional.silu(ComputePrecision.Project(_projections[0], x)) * ComputePrecision.Project(_projections[1], x);   // [M, I]
+        return ComputePrecision.Project(_projections[2], hidden).MoveToOuterDisposeScope();                           // [M, H]
     }
 
     public IReadOnlyList<string> ProjectionSlots => _names == MixtralNames ? ["w1", "w2", "w3"] : _names;

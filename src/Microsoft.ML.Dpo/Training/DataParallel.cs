@@ -55,10 +55,11 @@ internal sealed class DataParallel<TExample>
 
     /// <summary>
     /// Forward and backward of this rank's shard of <paramref name="batch"/> (the global micro-batch), scaled for
-    /// <paramref name="accumulation"/> micro-batches per step; returns the global loss, metrics (weighted means) and tokens.
+    /// <paramref name="accumulation"/> micro-batches per step and multiplied by <paramref name="lossScale"/> (float16 loss scaling);
+    /// returns the global (unscaled) loss, metrics (weighted means) and tokens.
     /// </summary>
     public (double Loss, IReadOnlyDictionary<string, double> Metrics, long Tokens) Backward(ITrainingObjective<TExample> objective,
-        IReadOnlyList<TExample> batch, int accumulation, bool cancellationRequested)
+        IReadOnlyList<TExample> batch, int accumulation, bool cancellationRequested, double lossScale = 1)
     {
         double denominator = Math.Max(objective.LossDenominator(batch), double.Epsilon);
         int shardSize = (batch.Count + world.Size - 1) / world.Size;
@@ -73,7 +74,7 @@ internal sealed class DataParallel<TExample>
             double weight = objective.LossDenominator(chunk) / denominator;
             ObjectiveResult result = objective.Compute(chunk);
             double value = result.Loss.ToDouble();
-            (result.Loss * (weight / accumulation)).backward();
+            (result.Loss * (weight * lossScale / accumulation)).backward();
             loss += weight * value;
             tokens += result.Tokens;
             foreach (var (name, v) in result.Metrics) sums[name] = sums.GetValueOrDefault(name) + weight * v;

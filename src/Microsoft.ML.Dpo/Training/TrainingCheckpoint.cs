@@ -5,8 +5,10 @@ using TorchSharp.Modules;
 namespace Microsoft.ML.Dpo.Training;
 
 /// <summary>Where a run stands: enough, with the weights and optimizer state, to resume it exactly.</summary>
-// Tokens: real (non-padding) tokens of the optimizer steps taken, for num_tokens.
-internal sealed record TrainingState(int Step, int Epoch, int NextBatchInEpoch, int TotalSteps, string Fingerprint, long Tokens = 0);
+// Tokens: real (non-padding) tokens of the optimizer steps taken, for num_tokens. LossScale, LossScaleGoodSteps: the float16
+// loss scaler's state (null and 0 without float16 mixed precision), so a resumed run scales exactly as the uninterrupted one.
+internal sealed record TrainingState(int Step, int Epoch, int NextBatchInEpoch, int TotalSteps, string Fingerprint, long Tokens = 0,
+    double? LossScale = null, int LossScaleGoodSteps = 0);
 
 /// <summary>
 /// Writes and reads training checkpoints in <c>{directory}/checkpoint</c>: the trainable weights (written by the caller's

@@ -36,6 +36,10 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 /// metrics (e.g. evaluation by generation) that join the next report; <c>stopRequested</c>, when given and true after a step
 /// (early stopping), ends training there (reported and checkpointed like a last step). <c>learningRate</c> is the peak rate
 /// when the trainer resolved an automatic one (<see cref="TrainingOptions.LearningRate"/> null); otherwise the options' rate is used.
+/// Mixed precision (<see cref="TrainingOptions.MixedPrecision"/>): each micro-batch's forward and backward run inside
+/// <see cref="Modeling.ComputePrecision.Use"/>, so the matmuls compute in bfloat16 or float16 over the float32 trainable
+/// weights; with float16 the loss is scaled (<see cref="LossScaler"/>) and a step whose unscaled gradients are inf or NaN
+/// is skipped and logged instead of stopping training (a non-finite loss still stops it, as in float32).
 /// </remarks>
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
@@ -56,13 +60,23 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         int totalSteps = stepsPerEpoch * options.Epochs;
         if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
 
+        ScalarType? computeDType = options.MixedPrecision switch
+        {
+            MixedPrecisionKind.BFloat16 => ScalarType.BFloat16,
+            MixedPrecisionKind.Float16 => ScalarType.Float16,
+            _ => null,
+        };
+        if (computeDType is not null && trainable.FirstOrDefault(p => p.dtype != ScalarType.Float32) is { } narrow)
+            throw new ArgumentException($"MixedPrecision {options.MixedPrecision} keeps float32 master weights, but the trainable weights are {narrow.dtype}; load the model in float32 (Precision = Float32).", nameof(options));
         using var optimizer = optim.AdamW(trainable, lr: peakLearningRate, weight_decay: options.WeightDecay);
-        var state = new TrainingState(0, 0, 0, totalSteps, fingerprint);
+        bool float16 = options.MixedPrecision == MixedPrecisionKind.Float16;
+        var state = new TrainingState(0, 0, 0, totalSteps, fingerprint, LossScale: float16 ? options.InitialLossScale : null);
         if (options.Resume && checkpoint?.TryLoad(optimizer, fingerprint) is { } resumed)
         {
             state = resumed;
             if (main) log?.Invoke($"Resumed from {checkpoint.Path} at step {state.Step}.");
         }
+        var scaler = float16 ? new LossScaler(state.LossScale ?? options.InitialLossScale, state.LossScaleGoodSteps, options.LossScaleGrowthInterval) : null;
         if (world!.IsDistributed) AgreeOnStart(state.Step);
         parallel?.BroadcastParameters(trainable);
         using var metrics = new MetricsLog(main ? options.CheckpointDirectory : null, resumedStep: state.Step);
@@ -80,10 +94,12 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
             for (int b = firstBatch; b < batchesPerEpoch && state.Step < totalSteps; b++)
             {
                 var batch = indices.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
+                using (Modeling.ComputePrecision.Use(computeDType))
                 if (parallel is not null)
                 {
                     // This rank's shard, forward and backward; the loss, metrics and tokens returned are the global ones.
-                    var (loss, batchMetrics, batchTokens) = parallel.Backward(objective, batch, options.GradientAccumulationSteps, options.CancellationToken.IsCancellationRequested);
+                    var (loss, batchMetrics, batchTokens) = parallel.Backward(objective, batch, options.GradientAccumulationSteps, options.CancellationToken.IsCancellationRequested,
+                        scaler?.Scale ?? 1);
                     if (!double.IsFinite(loss))
                         throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
                     metrics.Add(batchMetrics);
@@ -96,7 +112,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                     double loss = result.Loss.ToDouble();
                     if (!double.IsFinite(loss))
                         throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
-                    (result.Loss / options.GradientAccumulationSteps).backward();
+                    (scaler is null ? result.Loss / options.GradientAccumulationSteps : result.Loss * (scaler.Scale / options.GradientAccumulationSteps)).backward();
                     metrics.Add(result.Metrics);
                     tokens += result.Tokens;
                     stepTokens += result.Tokens;
@@ -107,21 +123,34 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
 
                 // One optimizer step.
                 parallel?.SyncGradients(trainable);
+                scaler?.Unscale(trainable);
                 double gradNorm = ClipGradients();
+                bool skipped = false;
                 if (!double.IsFinite(gradNorm))
-                    throw Diverged($"The gradient norm became {gradNorm} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
+                {
+                    if (scaler is null)
+                        throw Diverged($"The gradient norm became {gradNorm} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
+                    // Float16 overflow: the same on every rank (the gradients were summed first). Skip the step, lower the scale.
+                    double overflowedAt = scaler.Scale;
+                    if (!scaler.Overflowed())
+                        throw Diverged($"The gradient norm became {gradNorm} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1}) under float16 loss scaling even at scale {overflowedAt:R}");
+                    skipped = true;
+                    if (main) log?.Invoke($"step {state.Step + 1}: float16 gradients overflowed at loss scale {overflowedAt:R}; the step is skipped and the scale lowered to {scaler.Scale:R}.");
+                }
+                else scaler?.Stepped();
                 double lr = peakLearningRate * LearningRateSchedule.Factor(options.Schedule, state.Step, options.WarmupSteps, totalSteps);
                 foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
-                optimizer.step();
+                if (!skipped) optimizer.step();
                 optimizer.zero_grad();
                 accumulated = 0;
                 state = state with { Step = state.Step + 1, Epoch = lastOfEpoch ? epoch + 1 : epoch, NextBatchInEpoch = lastOfEpoch ? 0 : b + 1,
-                                     Tokens = state.Tokens + stepTokens };
+                                     Tokens = state.Tokens + stepTokens, LossScale = scaler?.Scale, LossScaleGoodSteps = scaler?.GoodSteps ?? 0 };
                 stepTokens = 0;
                 objective.AfterStep(state.Step);
                 if (main && evaluate?.Invoke(state.Step, state.Step == totalSteps) is { } evaluation) metrics.Add(evaluation);
                 stopped = state.Step < totalSteps && StopRequestedOnAnyRank();
-                metrics.Add("grad_norm", gradNorm);
+                if (!skipped) metrics.Add("grad_norm", gradNorm);
+                if (scaler is not null) metrics.Add("loss_scale", scaler.Scale);
                 metrics.Add("learning_rate", lr);
 
                 if (main && (state.Step % options.LoggingInterval == 0 || state.Step == totalSteps || stopped))

@@ -24,6 +24,20 @@ public enum ModelPrecision
     Float16,
 }
 
+/// <summary>
+/// Mixed-precision training (<see cref="TrainingOptions.MixedPrecision"/>): the dtype the matmuls compute in over float32
+/// master weights. Not the dtype of the weights themselves (<see cref="ModelPrecision"/>).
+/// </summary>
+public enum MixedPrecisionKind
+{
+    /// <summary>Every matmul in the weights' dtype (the default).</summary>
+    None,
+    /// <summary>bfloat16 matmuls (float32's range, 8 bits of mantissa): no loss scaling is needed.</summary>
+    BFloat16,
+    /// <summary>float16 matmuls (10 bits of mantissa, range ±65,504) with dynamic loss scaling.</summary>
+    Float16,
+}
+
 /// <summary>Which end of a too-long prompt is kept.</summary>
 public enum TruncationMode
 {
@@ -93,6 +107,20 @@ public class TrainingOptions
     public string Device { get; set; } = "auto";
     /// <summary>Weight precision. Default <see cref="ModelPrecision.Float32"/>.</summary>
     public ModelPrecision Precision { get; set; } = ModelPrecision.Float32;
+    /// <summary>
+    /// Mixed-precision training, distinct from <see cref="Precision"/> (the dtype of the weights themselves): the matmuls of
+    /// the linear projections, LoRA adapters and output head run in bfloat16 or float16 over float32 master weights, which
+    /// receive float32 gradients; AdamW's state, embeddings, norms, softmax, log-probabilities and the loss stay float32.
+    /// <see cref="MixedPrecisionKind.Float16"/> adds dynamic loss scaling (PyTorch GradScaler's rule: start at 65,536; a
+    /// step whose gradients overflow is skipped and logged, and the scale halved; doubled after 2,000 steps without overflow;
+    /// saved in checkpoints). Needs <see cref="Precision"/> = Float32. On a CPU it pays only where the CPU multiplies
+    /// bfloat16 natively (see the README's Performance section). Default <see cref="MixedPrecisionKind.None"/>.
+    /// </summary>
+    public MixedPrecisionKind MixedPrecision { get; set; }
+    /// <summary>Float16 loss scaling's first scale (GradScaler's 2¹⁶); internal: tests start higher to provoke overflows.</summary>
+    internal double InitialLossScale { get; set; } = LossScaler.InitialScale;
+    /// <summary>Float16 loss scaling's steps without overflow before the scale doubles (GradScaler's 2,000); internal, for tests.</summary>
+    internal int LossScaleGrowthInterval { get; set; } = LossScaler.GrowthInterval;
     /// <summary>Folder for checkpoints and the metrics file (metrics.jsonl); null keeps nothing on disk. Default null.</summary>
     public string? CheckpointDirectory { get; set; }
     /// <summary>Optimizer steps between checkpoints (0: only at the end, on cancellation and before a failure). Default 0.</summary>
@@ -137,6 +165,9 @@ public class TrainingOptions
         if (WarmupSteps < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "WarmupSteps must not be negative.");
         if (MaxPromptLength >= MaxLength) throw new ArgumentOutOfRangeException(nameof(MaxPromptLength), MaxPromptLength, $"MaxPromptLength must be less than MaxLength ({MaxLength}).");
         if (Resume && CheckpointDirectory is null) throw new ArgumentException("Resume requires CheckpointDirectory.", nameof(Resume));
+        if (!Enum.IsDefined(MixedPrecision)) throw new ArgumentOutOfRangeException(nameof(MixedPrecision), MixedPrecision, "MixedPrecision must be None, BFloat16 or Float16.");
+        if (MixedPrecision != MixedPrecisionKind.None && Precision != ModelPrecision.Float32)
+            throw new ArgumentException($"MixedPrecision {MixedPrecision} computes in half precision over float32 master weights, so it needs Precision = Float32, not {Precision}; choose one of the two.", nameof(MixedPrecision));
     }
 }
 
