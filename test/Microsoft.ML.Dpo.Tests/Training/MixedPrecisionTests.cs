@@ -351,6 +351,24 @@ public sealed class MixedPrecisionTests
             Assert.IsTrue(verb.Options.Any(o => o.Name == "--mixed-precision"), verb.Name);
     }
 
+    [TestMethod]
+    public void Cli_DpoWithBf16MixedPrecision_Trains_AndAnUnknownKindIsRefused()
+    {
+        using var dir = new TempDirectory();
+        Assert.AreEqual(0, CliRunner.Run("init", "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("base")).Code);
+        string data = dir.Combine("pairs.jsonl");
+        File.WriteAllLines(data, new[] { "apples", "rivers", "clouds", "tigers" }.Select(s =>
+            System.Text.Json.JsonSerializer.Serialize(new { prompt = $"Tell me about {s}.\n", chosen = $"{s} are lovely.", rejected = "No." })));
+        string[] Args(string kind) => ["dpo", "--model", dir.Combine("base"), "--data", data, "--output", dir.Combine("out-" + kind), "--max-steps", "2",
+            "--batch-size", "2", "--max-length", "48", "--logging-steps", "1", "--mixed-precision", kind];
+        var run = CliRunner.Run(Args("bf16"));
+        Assert.AreEqual(0, run.Code, run.Error);
+        Assert.AreEqual(2, File.ReadAllLines(Path.Combine(dir.Combine("out-bf16"), "metrics.jsonl")).Length);
+        var refused = CliRunner.Run(Args("fp8"));
+        Assert.AreNotEqual(0, refused.Code);
+        StringAssert.Contains(refused.Error, "fp8");
+    }
+
     sealed class NaNAt<T>(ITrainingObjective<T> inner, int call) : ITrainingObjective<T>
     {
         int calls;
