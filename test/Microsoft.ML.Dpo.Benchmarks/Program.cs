@@ -15,6 +15,7 @@ var suites = new IBenchmarkSuite[]
     new DistributedSuite(),
     new RlSuite(),
     new TransformSuite(),
+    new PackingSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
