@@ -10,7 +10,7 @@ namespace Microsoft.ML.Dpo.Benchmarks;
 /// <summary>
 /// Padding-free packing (issue 18) on a length-skewed batch: sequence lengths drawn uniformly from 32–1024 (seeded), the
 /// 23M-parameter Llama of the generation suite (hidden 384, 6 layers, vocab 32,000). Real tokens per second of a training
-/// step (forward, backward, AdamW) padded vs packed, for SFT (8 sequences) and DPO (4 pairs, precomputed reference), in
+/// step (forward, backward, AdamW) padded vs packed, for SFT (6 sequences) and DPO (3 pairs, precomputed reference), in
 /// alternating runs, medians; and, for the attention choice, the trunk alone (hidden states, backward) packed with
 /// per-sequence attention vs the same packed row through the dense block-diagonal mask.
 /// </summary>
@@ -19,7 +19,7 @@ internal sealed class PackingSuite : IBenchmarkSuite
     public string Name => "packing";
     public string Description => "padding-free vs padded SFT and DPO steps on lengths uniform in 32-1024 (real tokens/s), per-sequence vs block-diagonal attention";
 
-    const int MinLength = 32, MaxLength = 1024, SftRows = 8, DpoPairs = 4, Seed = 18;
+    const int MinLength = 32, MaxLength = 1024, SftRows = 6, DpoPairs = 3, Seed = 18;
 
     static CausalLMConfig Model()
     {
