@@ -109,6 +109,7 @@ public sealed class PaddingFreeTests
         using (var scope = NewDisposeScope())
         {
             var rows = SequenceScoring.PairRows(pairs);
+            if (name == "phi3-long") Assert.IsGreaterThan(8, rows.Max(r => r.Prompt.Length + r.Completion.Length), "the batch runs on the long factors");
             using var padded = SequenceBatch.Collate(rows, 0, model.Device);
             using var packed = SequenceBatch.Pack(rows, 0, model.Device);
             Assert.AreEqual(1, packed.Rows);
@@ -136,6 +137,20 @@ public sealed class PaddingFreeTests
         var step = new DpoStepOptions(LdAlpha: 0.5);
         AssertSame(model, Wrap(new DpoObjective(model, new ReferenceLogProbs.Live(reference), loss, step, 0)),
             Wrap(new DpoObjective(model, new ReferenceLogProbs.Live(reference), loss, step with { PaddingFree = true }, 0)), pairs, $"{name} DPO");
+    }
+
+    [TestMethod]
+    [DataRow("llama-tied")]
+    [DataRow("gemma2")]
+    public void PackedOrpoAndKtoEqualPadded(string name)
+    {
+        using var model = Model(name);
+        using var reference = Model(name, seed: 6);
+        var pairs = Pairs(4, seed: 7);
+        AssertSame(model, new OrpoObjective(model, 0.2, 0), new OrpoObjective(model, 0.2, 0, paddingFree: true), pairs, $"{name} ORPO");
+        var unpaired = pairs.Select((p, i) => new TokenizedUnpaired(p.Prompt, i % 2 == 0 ? p.Chosen : p.Rejected, i % 2 == 0, i, i)).ToList();
+        var step = new KtoStepOptions(0.1, 1.0, 1.0, 32);
+        AssertSame(model, new KtoObjective(model, reference, null, step, 0), new KtoObjective(model, reference, null, step with { PaddingFree = true }, 0), unpaired, $"{name} KTO");
     }
 
     [TestMethod]
