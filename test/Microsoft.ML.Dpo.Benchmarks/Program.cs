@@ -16,6 +16,7 @@ var suites = new IBenchmarkSuite[]
     new RlSuite(),
     new TransformSuite(),
     new PrecisionSuite(),
+    new PackingSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 

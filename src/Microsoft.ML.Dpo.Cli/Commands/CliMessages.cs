@@ -28,6 +28,8 @@ internal static class CliMessages
         ["Epochs"] = "--epochs",
         ["BatchSize"] = "--batch-size",
         ["PerRankBatchSize"] = "--per-rank-batch-size",
+        ["PaddingFree"] = "--padding-free",
+        ["MaxTokensPerBatch"] = "--max-tokens-per-batch",
         ["BestModelMetric"] = "--save-best",
         ["GreaterIsBetter"] = "--save-best-mode",
         ["EarlyStoppingPatience"] = "--early-stopping-patience",

@@ -32,6 +32,10 @@ internal static partial class TrainCommands
         public readonly Option<int> BatchSize = Cli.Option("--batch-size", "Examples per optimizer step (DPO: pairs), over all ranks of an MPI launch.", Defaults.BatchSize);
         public readonly Option<int> PerRankBatchSize = Cli.Option("--per-rank-batch-size", "Under mpirun: the most examples a rank runs in one forward pass " +
             "(its share of --batch-size is run in passes of this size; same result, less memory). 0: the whole share.", 0);
+        public readonly Option<bool> PaddingFree = Cli.Option("--padding-free", "SFT, DPO, ORPO, KTO: pack each batch's sequences into one row without padding " +
+            "(positions restart per sequence, attention stays within each; same results up to float rounding, less work on length-skewed data). Online RL stays padded.", Defaults.PaddingFree);
+        public readonly Option<int> MaxTokensPerBatch = Cli.Option("--max-tokens-per-batch", "Form each micro-batch by this token budget instead of --batch-size examples " +
+            "(real tokens with --padding-free, else rows x longest row; a DPO pair counts both sequences; seeded, resumable). 0: off. Not for online RL.", Defaults.MaxTokensPerBatch);
         public readonly Option<int?> MaxLength = Cli.Optional<int?>("--max-length", "Longest prompt + completion in tokens (default: 512, or the model's context when shorter).");
         public readonly Option<int?> MaxPromptLength = Cli.Optional<int?>("--max-prompt-length", "Longest prompt in tokens; longer prompts keep their end (default: half of --max-length).");
         public readonly Option<string> TruncationMode = Cli.Choice("--truncation-mode", "Which end of a prompt longer than --max-prompt-length is kept: " +
@@ -63,7 +67,7 @@ internal static partial class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, PaddingFree, MaxTokensPerBatch, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
                 command.Options.Add(option);
         }
@@ -94,6 +98,8 @@ internal static partial class TrainCommands
             options.Epochs = result.GetValue(Epochs);
             options.BatchSize = result.GetValue(BatchSize);
             options.PerRankBatchSize = result.GetValue(PerRankBatchSize);
+            options.PaddingFree = result.GetValue(PaddingFree);
+            options.MaxTokensPerBatch = result.GetValue(MaxTokensPerBatch);
             options.MaxLength = maxLength;
             options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
             options.Truncation = result.GetValue(TruncationMode) == "keep_start" ? Microsoft.ML.Dpo.Training.TruncationMode.KeepStart : Microsoft.ML.Dpo.Training.TruncationMode.KeepEnd;

@@ -37,7 +37,11 @@ public abstract class CausalLM : nn.Module
     /// The final-normed hidden states <c>[B, T, H]</c> of <paramref name="inputIds"/> <c>[B, T]</c> (int64).
     /// </summary>
     /// <param name="inputIds">Token ids <c>[B, T]</c>, int64.</param>
-    /// <param name="attentionMask">Optional <c>[B, past + T]</c> (int64 or bool): 1 for real tokens, 0 for padding. Null means all real.</param>
+    /// <param name="attentionMask">
+    /// Optional <c>[B, past + T]</c> (int64 or bool): 1 for real tokens, 0 for padding. Null means all real. An int64 mask may
+    /// instead number the sequences packed into a row 1, 2, … (0 still padding): each then sees only itself, with positions
+    /// from 0, exactly as if it were alone in a padded row (not with a cache).
+    /// </param>
     /// <param name="cache">Optional key/value cache: its past positions are attended to and this call's keys/values are appended.</param>
     public abstract Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null);
 
@@ -179,6 +183,11 @@ public abstract class CausalLM : nn.Module
     /// boolean attention mask <c>[B, 1, T, S]</c> (true = attend) combining causality and padding. Every query row may
     /// attend to its own position, so rows of padding queries are never fully masked (no NaN); real tokens never attend to padding.
     /// With a sliding window W, a query also ignores keys W or more positions back (counted in cache slots, as Hugging Face does).
+    /// An int64 mask may hold segment ids instead of ones (a packed batch: several sequences in one row, numbered 1, 2, …
+    /// left to right): positions restart at 0 with each segment and a token attends only to earlier tokens of its own
+    /// segment; a 0/1 mask is the one-segment case, unchanged. A mask carrying a <see cref="PackedSequences"/> layout
+    /// (<see cref="PackedSequences.Register"/>) skips the dense mask: positions come from the layout and
+    /// <see cref="Attend"/> runs per sequence.
     /// </summary>
     internal static (Tensor Positions, Tensor Mask) PrepareInputs(Tensor inputIds, Tensor? attentionMask, long past, int? slidingWindow = null)
     {
@@ -186,7 +195,14 @@ public abstract class CausalLM : nn.Module
             throw new ArgumentException($"inputIds must be [B, T], got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         long b = inputIds.shape[0], t = inputIds.shape[1], s = past + t;
         var device = inputIds.device;
+        if (PackedSequences.Of(attentionMask) is { } packed)
+        {
+            if (past != 0 || packed.Lengths.Count != b || packed.RowLength != t)
+                throw new ArgumentException($"A packed batch's mask describes [{packed.Lengths.Count}, {packed.RowLength}] tokens and no cache; got [{b}, {t}] with {past} cached positions.", nameof(attentionMask));
+            return packed.Prepare(device, slidingWindow);
+        }
         Tensor valid;                                                                 // [B, S] bool
+        Tensor? segment = null;                                                       // [B, S] int64 segment ids (int64 masks)
         if (attentionMask is null)
             valid = torch.ones(b, s, ScalarType.Bool, device);
         else
@@ -196,15 +212,32 @@ public abstract class CausalLM : nn.Module
                     $"attentionMask must be [B, past + T] = [{b}, {s}] (past = {past} cached positions), got [{string.Join(", ", attentionMask.shape)}].",
                     nameof(attentionMask));
             valid = attentionMask.to(device).ne(0);
+            if (attentionMask.dtype != ScalarType.Bool) segment = attentionMask.to(device).to(ScalarType.Int64).mul(valid);
         }
-        var positions = valid.to(ScalarType.Int64).cumsum(1).sub(1).clamp_min(0)       // [B, S]
+        var count = valid.to(ScalarType.Int64).cumsum(1);                             // [B, S] real tokens so far (inclusive)
+        var before = count.sub(1);
+        if (segment is not null)
+        {
+            // A segment starts where its id exceeds every id before it; its tokens count from that token's count.
+            var previous = torch.cat(new[] { torch.zeros(b, 1, ScalarType.Int64, device), segment.narrow(1, 0, s - 1) }, 1).cummax(1).values;
+            var start = valid.logical_and(segment.gt(previous));
+            before = before.sub(torch.where(start, before, torch.zeros_like(before)).cummax(1).values);
+        }
+        var positions = before.clamp_min(0)                                            // [B, S]
             .narrow(1, past, t);                                                      // [B, T]
         var queryPos = torch.arange(past, s, dtype: ScalarType.Int64, device: device).view(t, 1);   // [T, 1]
         var keyPos = torch.arange(0, s, dtype: ScalarType.Int64, device: device).view(1, s);        // [1, S]
         var causal = keyPos.le(queryPos);                                             // [T, S]
         if (slidingWindow is int window) causal = causal.logical_and(queryPos.sub(keyPos).lt(window));
         var self = keyPos.eq(queryPos);                                               // [T, S]
-        var mask = causal.unsqueeze(0).logical_and(valid.view(b, 1, s))               // [B, T, S]
+        var keys = valid.view(b, 1, s);                                               // [B, 1, S]
+        if (segment is not null)
+        {
+            // Same segment as the query (a padding query keeps the padded path's rule: every real key before it).
+            var query = segment.narrow(1, past, t).view(b, t, 1);                         // [B, T, 1]
+            keys = keys.logical_and(segment.view(b, 1, s).eq(query).logical_or(query.eq(0)));   // [B, T, S]
+        }
+        var mask = causal.unsqueeze(0).logical_and(keys)                              // [B, T, S]
             .logical_or(self.unsqueeze(0))
             .unsqueeze(1);                                                            // [B, 1, T, S]
         return (positions, mask);
@@ -214,6 +247,7 @@ public abstract class CausalLM : nn.Module
     /// Scaled dot-product attention of q <c>[B, H, T, D]</c> over k, v <c>[B, Hkv, S, D]</c> (GQA by repeating kv heads); softmax in
     /// float32. Under mixed precision (<see cref="ComputePrecision"/>) v may be half while q and k are float32 after rotary: all three are widened.
     /// </summary>
+    /// <remarks>With a packed batch's marker mask (<see cref="PackedSequences"/>) each sequence is attended on its own, with SDPA's causal kernel.</remarks>
     internal static Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor mask)
     {
         long h = q.shape[1], hkv = k.shape[1];
@@ -222,11 +256,18 @@ public abstract class CausalLM : nn.Module
             k = k.repeat_interleave(h / hkv, dim: 1);                                 // [B, H, S, D]
             v = v.repeat_interleave(h / hkv, dim: 1);
         }
+        if (PackedSequences.Of(mask) is { } packed)
+            return packed.AttendEach(q, k, v, (qs, ks, vs, m) => Sdpa(qs, ks, vs, m, causal: m is null));
+        return Sdpa(q, k, v, mask, causal: false);
+    }
+
+    static Tensor Sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal)
+    {
         var dtype = q.dtype;
         var wide = Precision.Wide(dtype);
         if (dtype == wide && k.dtype == wide && v.dtype == wide)
-            return nn.functional.scaled_dot_product_attention(q, k, v, mask);
-        return nn.functional.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), mask).to(dtype);
+            return nn.functional.scaled_dot_product_attention(q, k, v, mask, is_casual: causal);
+        return nn.functional.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), mask, is_casual: causal).to(dtype);
     }
 }
 

@@ -114,11 +114,13 @@ internal sealed class SelfAttention : nn.Module, IProjectionOwner
     // Hugging Face's eager path: scores = q·kᵀ · scale in the model's dtype, soft-capped, masked, softmaxed in float32.
     Tensor EagerAttend(Tensor q, Tensor k, Tensor v, Tensor mask)
     {
-        if (_kvHeads != _heads)
+        if (k.shape[1] != q.shape[1])
         {
             k = k.repeat_interleave(_heads / _kvHeads, dim: 1);                          // [B, H, S, D]
             v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
         }
+        if (PackedSequences.Of(mask) is { } packed)   // a packed batch: each sequence on its own, with its causal mask
+            return packed.AttendEach(q, k, v, (qs, ks, vs, m) => EagerAttend(qs, ks, vs, m ?? PackedSequences.Causal(qs.shape[2], qs.device)));
         var scores = q.matmul(k.transpose(2, 3)).mul(_scale);                           // [B, H, T, S]
         if (_softcap is double cap)
             scores = scores.div(cap).tanh().mul(cap);

@@ -50,8 +50,10 @@ public sealed class Gpt2LMHeadModel : CausalLM
         {
             using var scope = torch.NewDisposeScope();
             long past = cache?.Length ?? 0;
-            if (past + inputIds.shape[1] > _maxPositions)
-                throw new ArgumentException($"Sequence length {past + inputIds.shape[1]} exceeds gpt2 n_positions {_maxPositions}.", nameof(inputIds));
+            // A packed row holds several sequences: the longest of them is what needs positions.
+            long longest = PackedSequences.Of(attentionMask) is { } packed ? packed.Lengths.SelectMany(l => l).DefaultIfEmpty(0).Max() : past + inputIds.shape[1];
+            if (longest > _maxPositions)
+                throw new ArgumentException($"Sequence length {longest} exceeds gpt2 n_positions {_maxPositions}.", nameof(inputIds));
             var (positions, mask) = PrepareInputs(inputIds, attentionMask, past);     // [B, T], [B, 1, T, S]
             var x = wte.forward(inputIds) + wpe.forward(positions);                   // [B, T, H]
             foreach (var block in h)

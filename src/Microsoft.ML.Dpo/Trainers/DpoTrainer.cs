@@ -116,7 +116,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             }
         }
 
-        internal DpoStepOptions StepOptions => new(LdAlpha, UseWeighting, SyncReferenceSteps, SyncReferenceAlpha);
+        internal DpoStepOptions StepOptions => new(LdAlpha, UseWeighting, SyncReferenceSteps, SyncReferenceAlpha, PaddingFree);
 
         /// <inheritdoc />
         public override void Validate()

@@ -116,6 +116,7 @@ internal static class FineTuningRun
         $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={learningRate ?? o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
         $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
         (o.MixedPrecision != MixedPrecisionKind.None ? ";mixed=" + o.MixedPrecision : "") +
+        (o.MaxTokensPerBatch > 0 ? $";maxtokens={o.MaxTokensPerBatch};packed={o.PaddingFree}" : "") +
         (o is LanguageModelTrainerOptions { Lora: { } lora } ? ";lora=" + lora : "") +
         (o is LanguageModelTrainerOptions { RouterAuxLossCoefficient: double aux } ? $";aux={aux:R}" : "") +
         (o is LanguageModelTrainerOptions { RouterZLossCoefficient: > 0 and var z } ? $";zloss={z:R}" : "");

@@ -101,7 +101,7 @@ public sealed class KtoTrainer : IEstimator<LanguageModelTransformer>
             var evaluation = FineTuningRun.CreateEvaluation(options, log);
             evaluation?.GenerateReferenceAnswers(reference ?? policy, adapters is null ? null : adapters.Disable);
             var step = new KtoStepOptions(options.Beta, options.DesirableWeight, options.UndesirableWeight,
-                SequenceTruncation.WithinContext(options.MaxLength, options.MaxPromptLength, policy.Network.Config.MaxPositionEmbeddings).MaxLength);
+                SequenceTruncation.WithinContext(options.MaxLength, options.MaxPromptLength, policy.Network.Config.MaxPositionEmbeddings).MaxLength, options.PaddingFree);
             double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.KahnemanTverskyOptimization, policy, log);
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) +
                 string.Create(CultureInfo.InvariantCulture, $";kto;beta={options.Beta:R};wd={options.DesirableWeight:R};wu={options.UndesirableWeight:R};ref={options.ReferenceModelPath}"),

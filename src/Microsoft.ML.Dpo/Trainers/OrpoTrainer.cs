@@ -65,7 +65,7 @@ public sealed class OrpoTrainer : IEstimator<LanguageModelTransformer>
             double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.OddsRatioPreferenceOptimization, policy, log);
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";orpo;beta={options.Beta:R}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
-            var objective = FineTuningRun.WithRouterLosses(new OrpoObjective(policy.Network, options.Beta, policy.PadTokenId), policy.Network, options);
+            var objective = FineTuningRun.WithRouterLosses(new OrpoObjective(policy.Network, options.Beta, policy.PadTokenId, options.PaddingFree), policy.Network, options);
             var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);
             IReadOnlyDictionary<string, double>? validationMetrics = null;
             if (options.ValidationData is { } validationData)

@@ -67,7 +67,7 @@ public sealed class SftTrainer : IEstimator<LanguageModelTransformer>
             double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.SupervisedFineTuning, policy, log);
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";sft;completionOnly={options.CompletionOnlyLoss}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Completion }));
-            var objective = FineTuningRun.WithRouterLosses(new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss), policy.Network, options);
+            var objective = FineTuningRun.WithRouterLosses(new SftObjective(policy.Network, policy.PadTokenId, options.CompletionOnlyLoss, options.PaddingFree), policy.Network, options);
             var evaluation = FineTuningRun.CreateEvaluation(options, log);
             evaluation?.GenerateReferenceAnswers(policy);   // the starting model's answers
             var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);

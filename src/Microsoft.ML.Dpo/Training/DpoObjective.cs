@@ -11,7 +11,8 @@ namespace Microsoft.ML.Dpo.Training;
 /// <param name="UseWeighting">WPO: weight each pair by its completions' aligned probabilities.</param>
 /// <param name="SyncSteps">TR-DPO: update the live reference every this many steps (0: never).</param>
 /// <param name="SyncAlpha">TR-DPO's mixing weight α of the policy in the updated reference.</param>
-internal sealed record DpoStepOptions(double? LdAlpha = null, bool UseWeighting = false, int SyncSteps = 0, double SyncAlpha = 0.6);
+/// <param name="PaddingFree">Pack the chosen and rejected sequences into one padding-free row (<see cref="SequenceBatch.Pack"/>).</param>
+internal sealed record DpoStepOptions(double? LdAlpha = null, bool UseWeighting = false, int SyncSteps = 0, double SyncAlpha = 0.6, bool PaddingFree = false);
 
 /// <summary>
 /// The DPO step: chosen and rejected sequences through the policy in one concatenated forward pass, completion-token
@@ -24,7 +25,7 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
 {
     public ObjectiveResult Compute(IReadOnlyList<TokenizedPreference> examples)
     {
-        using var batch = SequenceBatch.Collate(SequenceScoring.PairRows(examples), padId, policy.Device);
+        using var batch = SequenceBatch.Create(SequenceScoring.PairRows(examples), padId, policy.Device, completionOnlyLoss: true, step.PaddingFree);
         var scores = SequenceScoring.Score(policy, batch,
             new ScoringRequest(SharedPrefix: step.LdAlpha.HasValue, WpoWeights: step.UseWeighting, Statistics: true));   // all [2B]
         Tensor logps = ReferenceLogProbs.LengthDesensitized(scores.Sum, scores.SharedSum, step.LdAlpha);
@@ -82,6 +83,10 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
         metrics["entropy"] = Ratio(scores.EntropySum!, scores.Count);
         metrics["mean_token_accuracy"] = Ratio(SequenceLogProbs.SplitPairs(scores.CorrectCount!).chosen, chosenCount);
     }
+
+    public bool SupportsPaddingFree => true;
+
+    public long? BatchTokens(IReadOnlyList<TokenizedPreference> batch) => SequenceBatch.ProcessedTokens(SequenceScoring.PairRows(batch), step.PaddingFree);
 
     /// <summary>TR-DPO: every <see cref="DpoStepOptions.SyncSteps"/> steps the live reference moves toward the policy.</summary>
     public void AfterStep(int stepsDone)

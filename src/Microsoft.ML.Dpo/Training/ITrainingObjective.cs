@@ -26,6 +26,16 @@ internal interface ITrainingObjective<TExample>
 
     /// <summary>Why a micro-batch's loss is not the weighted mean of its shards' losses (terms over the whole batch), or null when it is.</summary>
     string? ShardingCaveat => null;
+
+    /// <summary>Whether the objective packs its batches when <see cref="TrainingOptions.PaddingFree"/> is set (the loop refuses the option otherwise).</summary>
+    bool SupportsPaddingFree => false;
+
+    /// <summary>
+    /// The tokens <see cref="Compute"/> processes for <paramref name="batch"/> (real tokens when packed, rows × longest row
+    /// when padded), which <see cref="TrainingOptions.MaxTokensPerBatch"/> budgets; null when the objective cannot say
+    /// (the loop then refuses token-budget batching).
+    /// </summary>
+    long? BatchTokens(IReadOnlyList<TExample> batch) => null;
 }
 
 /// <summary>The loss of a micro-batch, its metrics (means over the micro-batch) and how many tokens it processed.</summary>

@@ -7,7 +7,12 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Dpo.Training;
 
 /// <summary>KTO's hyper-parameters.</summary>
-internal sealed record KtoStepOptions(double Beta, double DesirableWeight, double UndesirableWeight, int MaxLength);
+/// <param name="Beta">KTO's β.</param>
+/// <param name="DesirableWeight">The weight of desirable rows' losses.</param>
+/// <param name="UndesirableWeight">The weight of undesirable rows' losses.</param>
+/// <param name="MaxLength">The longest prompt + completion of a mismatched (KL) row.</param>
+/// <param name="PaddingFree">Pack the rows (and the mismatched rows) into padding-free batches (<see cref="SequenceBatch.Pack"/>).</param>
+internal sealed record KtoStepOptions(double Beta, double DesirableWeight, double UndesirableWeight, int MaxLength, bool PaddingFree = false);
 
 /// <summary>
 /// The KTO step: the batch's (prompt, completion) rows through the policy (with grad) and the reference; the reference point
@@ -24,8 +29,8 @@ internal sealed class KtoObjective(CausalLM policy, CausalLM reference, Func<IDi
         int n = examples.Count;
         var rows = examples.Select(e => (e.Prompt, e.Completion)).ToList();
         var mismatched = examples.Select((e, i) => (e.Prompt, Fit(e.Prompt, examples[(i + n - 1) % n].Completion))).ToList();
-        using var batch = SequenceBatch.Collate(rows, padId, policy.Device);
-        using var klBatch = SequenceBatch.Collate(mismatched, padId, policy.Device);
+        using var batch = SequenceBatch.Create(rows, padId, policy.Device, completionOnlyLoss: true, step.PaddingFree);
+        using var klBatch = SequenceBatch.Create(mismatched, padId, policy.Device, completionOnlyLoss: true, step.PaddingFree);
         var scores = SequenceScoring.Score(policy, batch, new ScoringRequest(Statistics: true));
         Tensor policyKl, referenceLogps, referenceKl;
         using (no_grad())
@@ -70,5 +75,16 @@ internal sealed class KtoObjective(CausalLM policy, CausalLM reference, Func<IDi
     }
 
     /// <summary>A mismatched completion cut to the room the prompt leaves (it was truncated for its own prompt).</summary>
+    public bool SupportsPaddingFree => true;
+
+    /// <summary>The rows and the mismatched (KL) rows, both of which the step runs through the policy.</summary>
+    public long? BatchTokens(IReadOnlyList<TokenizedUnpaired> batch)
+    {
+        int n = batch.Count;
+        var rows = batch.Select(e => (e.Prompt, e.Completion));
+        var mismatched = batch.Select((e, i) => (e.Prompt, Fit(e.Prompt, batch[(i + n - 1) % n].Completion)));
+        return SequenceBatch.ProcessedTokens(rows, step.PaddingFree) + SequenceBatch.ProcessedTokens(mismatched, step.PaddingFree);
+    }
+
     int[] Fit(int[] prompt, int[] completion) => completion.Length + prompt.Length <= step.MaxLength ? completion : completion[..Math.Max(1, step.MaxLength - prompt.Length)];
 }

@@ -11,11 +11,12 @@ namespace Microsoft.ML.Dpo.Training;
 /// answers' token-mean NLL, and <see cref="OrpoLoss"/> on the length-averaged log-probs. No reference model. Logs TRL's
 /// ORPO metrics: <c>nll_loss</c>, <c>log_odds_ratio</c>, <c>log_odds_chosen</c>, rewards λ·p̄ and the pair statistics.
 /// </summary>
-internal sealed class OrpoObjective(CausalLM policy, double lambda, int padId) : ITrainingObjective<TokenizedPreference>
+/// <remarks>With <c>paddingFree</c> the pairs are packed into one row (<see cref="SequenceBatch.Pack"/>).</remarks>
+internal sealed class OrpoObjective(CausalLM policy, double lambda, int padId, bool paddingFree = false) : ITrainingObjective<TokenizedPreference>
 {
     public ObjectiveResult Compute(IReadOnlyList<TokenizedPreference> examples)
     {
-        using var batch = SequenceBatch.Collate(SequenceScoring.PairRows(examples), padId, policy.Device);
+        using var batch = SequenceBatch.Create(SequenceScoring.PairRows(examples), padId, policy.Device, completionOnlyLoss: true, paddingFree);
         var scores = SequenceScoring.Score(policy, batch, new ScoringRequest(Statistics: true));
         var (chosenSum, rejectedSum) = SequenceLogProbs.SplitPairs(scores.Sum);
         var (chosenCount, rejectedCount) = SequenceLogProbs.SplitPairs(scores.Count);
@@ -40,4 +41,8 @@ internal sealed class OrpoObjective(CausalLM policy, double lambda, int padId) :
         }
         return new ObjectiveResult(loss, metrics, batch.Tokens);
     }
+
+    public bool SupportsPaddingFree => true;
+
+    public long? BatchTokens(IReadOnlyList<TokenizedPreference> batch) => SequenceBatch.ProcessedTokens(SequenceScoring.PairRows(batch), paddingFree);
 }

@@ -32,6 +32,10 @@ internal sealed class RouterAuxLossObjective<TExample>(ITrainingObjective<TExamp
 
     public void AfterStep(int step) => inner.AfterStep(step);
 
+    public bool SupportsPaddingFree => inner.SupportsPaddingFree;
+
+    public long? BatchTokens(IReadOnlyList<TExample> batch) => inner.BatchTokens(batch);
+
     public void AfterReport(int step, IReadOnlyDictionary<string, double> metrics) => inner.AfterReport(step, metrics);
 
     public ObjectiveResult Compute(IReadOnlyList<TExample> batch)

@@ -67,17 +67,21 @@ internal static class SequenceScoring
         Tensor labels = batch.InputIds[.., 1..].index(row, t);                          // [M]
         Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits, labels.unsqueeze(0))[0];   // [M], widened to float32 (float64 stays) inside
         var dtype = tokenLogps.dtype;
-        Tensor PerRow(Tensor perToken) => zeros(batch.Rows, dtype: perToken.dtype, device: perToken.device).index_add(0, row, perToken, 1);
-        Tensor count = targets.sum(1).to(dtype);                                        // [N]
+        // The sequence of each target: its row, or in a packed batch the sequence of its row it lies in.
+        Tensor sequence = batch.SequenceIndex is { } index ? index[.., 1..].index(row, t) : row;   // [M]
+        Tensor PerRow(Tensor perToken) => zeros(batch.Sequences, dtype: perToken.dtype, device: perToken.device).index_add(0, sequence, perToken, 1);
+        Tensor targetCount = batch.SequenceIndex is null ? targets.sum(1) : PerRow(ones_like(sequence));   // [N] int64
+        Tensor count = targetCount.to(dtype);                                           // [N]
         var result = new CompletionScores(PerRow(tokenLogps), count) { TokenLogProbs = tokenLogps };
 
         if (request.SharedPrefix)
         {
             // Rank of each completion token within its row (1-based), against the shorter completion of the pair.
             Tensor rank = targets.to(ScalarType.Int64).cumsum(1).index(row, t);          // [M]
-            var (chosenCount, rejectedCount) = SequenceLogProbs.SplitPairs(targets.sum(1));
+            if (batch.TargetsBefore is { } before) rank = rank - before.index(sequence);
+            var (chosenCount, rejectedCount) = SequenceLogProbs.SplitPairs(targetCount);
             Tensor shared = minimum(chosenCount, rejectedCount);
-            Tensor inShared = rank.le(cat([shared, shared]).index(row));                 // [M]
+            Tensor inShared = rank.le(cat([shared, shared]).index(sequence));            // [M]
             result = result with { SharedSum = PerRow(tokenLogps.masked_fill(inShared.logical_not(), 0.0)) };
         }
 

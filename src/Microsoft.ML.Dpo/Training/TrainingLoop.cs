@@ -54,10 +54,20 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
         if (examples.Count == 0) throw new InvalidOperationException("There is no training example left after data preparation.");
+        if (options.PaddingFree && !objective.SupportsPaddingFree)
+            throw new NotSupportedException("PaddingFree (--padding-free) is for SFT, DPO, ORPO and KTO; this trainer's batches stay padded.");
+        if (options.MaxTokensPerBatch > 0 && (order is not null || objective.BatchTokens([]) is null))
+            throw new NotSupportedException("MaxTokensPerBatch (--max-tokens-per-batch) is for SFT, DPO, ORPO and KTO; this trainer forms batches of BatchSize examples.");
         int[] EpochOrder(int epoch) => order?.Invoke(epoch) ?? ShuffledOrder(examples.Count, options.Seed, epoch);
-        int batchesPerEpoch = (EpochOrder(0).Length + options.BatchSize - 1) / options.BatchSize;
-        int stepsPerEpoch = (batchesPerEpoch + options.GradientAccumulationSteps - 1) / options.GradientAccumulationSteps;
-        int totalSteps = stepsPerEpoch * options.Epochs;
+        // The micro-batches of every epoch (example indices), fixed before training: a resumed run cuts the same ones.
+        var epochBatches = new List<int[]>[options.Epochs];
+        List<int[]> Batches(int epoch) => epochBatches[epoch] ??= options.MaxTokensPerBatch > 0
+            ? TokenBudgetBatches(EpochOrder(epoch), options.MaxTokensPerBatch, batch => objective.BatchTokens(batch.Select(i => examples[i]).ToList())!.Value)
+            : EpochOrder(epoch).Chunk(options.BatchSize).ToList();
+        int StepsOf(int epoch) => (Batches(epoch).Count + options.GradientAccumulationSteps - 1) / options.GradientAccumulationSteps;
+        // Batches of a fixed size give every epoch the same number of steps; a token budget may not.
+        int[] epochSteps = options.MaxTokensPerBatch > 0 ? Enumerable.Range(0, options.Epochs).Select(StepsOf).ToArray() : Enumerable.Repeat(StepsOf(0), options.Epochs).ToArray();
+        int totalSteps = epochSteps.Sum();
         if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
 
         ScalarType? computeDType = options.MixedPrecision switch
@@ -88,12 +98,14 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
 
         for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps && !stopped; epoch++)
         {
-            int[] indices = EpochOrder(epoch);
+            var batches = Batches(epoch);
+            int batchesPerEpoch = batches.Count;
+            epochBatches[epoch] = null!;   // each epoch's plan is needed once more at most (a resume); drop it as it is used
             int firstBatch = epoch == state.Epoch ? state.NextBatchInEpoch : 0;
             int accumulated = 0;
             for (int b = firstBatch; b < batchesPerEpoch && state.Step < totalSteps; b++)
             {
-                var batch = indices.Skip(b * options.BatchSize).Take(options.BatchSize).Select(i => examples[i]).ToList();
+                var batch = batches[b].Select(i => examples[i]).ToList();
                 using (Modeling.ComputePrecision.Use(computeDType))
                 if (parallel is not null)
                 {
@@ -157,7 +169,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 {
                     metrics.Add("tokens_per_second", tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds));
                     metrics.Add("num_tokens", state.Tokens);   // real tokens trained on so far, this run and the resumed ones (TRL's num_tokens)
-                    lastMetrics = Report(metrics, state, stepsPerEpoch, totalSteps, startStep, clock.Elapsed);
+                    lastMetrics = Report(metrics, state, epochSteps, totalSteps, startStep, clock.Elapsed);
                     objective.AfterReport(state.Step, lastMetrics);
                 }
                 if (main && checkpoint != null && options.CheckpointInterval > 0 && state.Step % options.CheckpointInterval == 0 && state.Step < totalSteps)
@@ -214,15 +226,47 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         return stack(withGrad.Select(p => p.grad!.norm()).ToArray()).norm().ToDouble();
     }
 
-    IReadOnlyDictionary<string, double> Report(MetricsLog metrics, TrainingState state, int stepsPerEpoch, int totalSteps, int startStep, TimeSpan elapsed)
+    IReadOnlyDictionary<string, double> Report(MetricsLog metrics, TrainingState state, int[] epochSteps, int totalSteps, int startStep, TimeSpan elapsed)
     {
-        double epoch = (double)state.Step / stepsPerEpoch;
+        // Fractional epoch: whole epochs done, plus the share of the current one (epochs of a token budget differ in steps).
+        double epoch = 0;
+        int before = 0;
+        foreach (int steps in epochSteps)
+        {
+            if (state.Step < before + steps) { epoch += (double)(state.Step - before) / Math.Max(1, steps); break; }
+            epoch++;
+            before += steps;
+        }
         var means = metrics.Flush(state.Step, epoch);
         int done = state.Step - startStep;
         TimeSpan? remaining = done > 0 ? TimeSpan.FromTicks(elapsed.Ticks / done * (totalSteps - state.Step)) : null;
         options.Progress?.Report(new TrainingProgress(state.Step, totalSteps, epoch, means, elapsed) { EstimatedRemaining = remaining });
         log?.Invoke($"step {state.Step}/{totalSteps} " + string.Join(" ", means.Select(kv => $"{kv.Key}={kv.Value:G4}")));
         return means;
+    }
+
+    /// <summary>
+    /// Micro-batches of <paramref name="order"/> under a token budget: examples are taken in order and a batch closes before
+    /// the example that would take <paramref name="tokens"/> of it over <paramref name="budget"/>; an example over the budget
+    /// alone is a batch of its own. Deterministic: the same order gives the same batches, every example in exactly one.
+    /// </summary>
+    internal static List<int[]> TokenBudgetBatches(int[] order, int budget, Func<IReadOnlyList<int>, long> tokens)
+    {
+        var batches = new List<int[]>();
+        var current = new List<int>();
+        foreach (int index in order)
+        {
+            current.Add(index);
+            if (current.Count > 1 && tokens(current) > budget)
+            {
+                current.RemoveAt(current.Count - 1);
+                batches.Add([.. current]);
+                current.Clear();
+                current.Add(index);
+            }
+        }
+        if (current.Count > 0) batches.Add([.. current]);
+        return batches;
     }
 
     /// <summary>The example order of an epoch: a Fisher–Yates shuffle seeded by (seed, epoch), so a resumed run sees the same order.</summary>

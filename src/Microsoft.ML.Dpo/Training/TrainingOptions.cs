@@ -77,6 +77,21 @@ public class TrainingOptions
     /// and runs it in passes of this size, which bounds its memory without changing the result. 0 (the default): the whole share at once.
     /// </summary>
     public int PerRankBatchSize { get; set; }
+    /// <summary>
+    /// Padding-free batches for SFT, DPO, ORPO and KTO: the sequences of a micro-batch are packed one after another into a
+    /// single row, positions restart at 0 for each, and attention runs sequence by sequence, so padding costs nothing
+    /// (every architecture; log-probabilities, losses and gradients equal the padded batch's up to float rounding).
+    /// Online RL, reward models, evaluation by generation and the precomputed reference pass stay padded. Default false.
+    /// </summary>
+    public bool PaddingFree { get; set; }
+    /// <summary>
+    /// Forms micro-batches by a token budget instead of <see cref="BatchSize"/> examples: examples are taken in the
+    /// (seeded) shuffled order and a micro-batch closes before the example that would take it over this many tokens, as
+    /// the step processes them — real tokens with <see cref="PaddingFree"/>, rows × the longest row when padded (a DPO
+    /// pair counts both sequences). An example longer than the budget is a micro-batch alone. Every example is seen once
+    /// per epoch, and a resumed run sees the same micro-batches. 0 (the default): off. Not with online RL.
+    /// </summary>
+    public int MaxTokensPerBatch { get; set; }
     /// <summary>Micro-batches whose gradients are summed before each optimizer step. Default 1.</summary>
     public int GradientAccumulationSteps { get; set; } = 1;
     /// <summary>
@@ -160,6 +175,7 @@ public class TrainingOptions
         Positive(MaxLength, nameof(MaxLength));
         Positive(MaxPromptLength, nameof(MaxPromptLength));
         Positive(LoggingInterval, nameof(LoggingInterval));
+        if (MaxTokensPerBatch < 0) throw new ArgumentOutOfRangeException(nameof(MaxTokensPerBatch), MaxTokensPerBatch, "MaxTokensPerBatch must not be negative (0: batches of BatchSize examples).");
         if (PerRankBatchSize < 0) throw new ArgumentOutOfRangeException(nameof(PerRankBatchSize), PerRankBatchSize, "PerRankBatchSize must not be negative (0: the whole share of each rank).");
         if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "WeightDecay must not be negative.");
         if (WarmupSteps < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "WarmupSteps must not be negative.");
