@@ -37,6 +37,8 @@ public sealed class LlamaForCausalLM : CausalLM
     public override Tensor LogitsFromHidden(Tensor hidden)
         => lm_head is null ? nn.functional.linear(hidden, model.embed_tokens.weight!) : lm_head.forward(hidden);   // [B, T, V]
 
+    internal override Training.OutputHead? FusedHead => new((lm_head?.weight ?? model.embed_tokens.weight)!);
+
     sealed class LlamaModel : nn.Module
     {
         internal readonly Embedding embed_tokens;              // [V, H]
