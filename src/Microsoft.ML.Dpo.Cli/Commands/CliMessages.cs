@@ -43,6 +43,8 @@ internal static class CliMessages
         ["CheckpointInterval"] = "--checkpoint-steps",
         ["RouterAuxLossCoefficient"] = "--router-aux-loss-coef",
         ["RouterZLossCoefficient"] = "--router-z-loss-coef",
+        ["ChunkedLogProbs"] = "--chunked-log-probs",
+        ["LogProbChunkSize"] = "--log-prob-chunk-size",
         // DPO
         ["Beta"] = "--beta",
         ["LossKind"] = "--loss",

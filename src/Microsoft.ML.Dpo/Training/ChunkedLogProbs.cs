@@ -219,7 +219,7 @@ internal sealed class ChunkedLogProbs : autograd.SingleTensorFunction<ChunkedLog
 internal sealed record LogProbChunking(bool? Enabled, int ChunkSize)
 {
     /// <summary>The automatic rule chunks vocabularies larger than this (32,768: Llama 2's 32,000 is not chunked, Qwen's 151,936 is).</summary>
-    public const int AutomaticVocabularyThreshold = 32_768;
+    public const int AutomaticVocabularyThreshold = TrainingOptions.ChunkedLogProbsVocabularyThreshold;
 
     /// <summary>The default of <see cref="TrainingOptions.LogProbChunkSize"/>.</summary>
     public const int DefaultChunkSize = 256;

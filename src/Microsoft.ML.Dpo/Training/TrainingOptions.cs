@@ -102,6 +102,8 @@ public class TrainingOptions
     /// trainer that scores tokens (SFT, the DPO family, ORPO, KTO, online RL), to the policy and the reference.
     /// </summary>
     public bool? ChunkedLogProbs { get; set; }
+    /// <summary>The vocabulary size above which <see cref="ChunkedLogProbs"/> = null chunks: 32,768.</summary>
+    public const int ChunkedLogProbsVocabularyThreshold = 32_768;
     /// <summary>
     /// Positions per chunk of <see cref="ChunkedLogProbs"/>: the logits' temporaries are a few [chunk, vocabulary] tensors.
     /// Smaller saves memory, larger runs the output head in fewer, larger matrix products. Default 256.
