@@ -85,10 +85,16 @@ internal sealed class ChunkedLogProbs : autograd.SingleTensorFunction<ChunkedLog
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(chunkSize, 1, nameof(chunkSize));
         ReleaseHandedBack();
+        Interlocked.Increment(ref calls);
         var settings = new Settings(head.Softcap, temperature, chunkSize, statistics);
         // Tensor arguments are the graph's inputs (a null bias is no input); the settings travel as a plain object.
         return apply(hidden, head.Weight, head.Bias, labels, settings);
     }
+
+    static long calls;
+
+    /// <summary>How many times <see cref="TokenLogProbs"/> has run in this process (which path the scoring took, for tests).</summary>
+    internal static long Calls => Interlocked.Read(ref calls);
 
     sealed record Settings(double? Softcap, double Temperature, long ChunkSize, TokenStatistics? Statistics);
 
@@ -180,7 +186,7 @@ internal sealed class ChunkedLogProbs : autograd.SingleTensorFunction<ChunkedLog
                 if (dWeight.dtype == dtype) dWeight.addmm_(dLow.t(), h);
                 else dWeight.add_(dLow.t().mm(h));
             }
-            dBias?.add_(d.sum(0).to_type(dBias.dtype));
+            dBias?.add_(d.sum(0L).to_type(dBias.dtype));   // 0L: a literal 0 would convert to ScalarType
         }
         Tensor? Cast(Tensor? grad, Tensor? like) => grad is null || like is null || grad.dtype == like.dtype ? grad : grad.to_type(like.dtype);
         // One entry per argument of apply: hidden, weight, bias (null when there is none), labels, settings.
