@@ -15,6 +15,7 @@ var suites = new IBenchmarkSuite[]
     new DistributedSuite(),
     new RlSuite(),
     new TransformSuite(),
+    new ChunkedSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
@@ -22,6 +23,8 @@ var suites = new IBenchmarkSuite[]
 if (args.Length == 2 && args[0] == "distributed-worker") return DistributedSuite.RunWorker(int.Parse(args[1]));
 // Internal: one DPO step variant in a fresh process, for its peak memory (DpoSuite starts it).
 if (args.Length == 2 && args[0] == "dpo-variant") return DpoSuite.RunVariantAndReportPeak(args[1]);
+// Internal: DPO steps with chunked log-probs at a chunk size, or "off", for peak memory and step time (ChunkedSuite starts it).
+if (args.Length == 2 && args[0] == "chunked-variant") return ChunkedSuite.RunVariant(args[1]);
 // Internal: one DPO step on the MoE benchmark model or its dense twin, for its peak memory (MoeSuite starts it).
 if (args.Length == 2 && args[0] == "moe-dpo-step") return MoeSuite.RunDpoStepAndReportPeak(args[1]);
 
