@@ -17,6 +17,7 @@ var suites = new IBenchmarkSuite[]
     new TransformSuite(),
     new PrecisionSuite(),
     new PackingSuite(),
+    new ChunkedSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
@@ -26,6 +27,8 @@ if (args.Length == 2 && args[0] == "distributed-worker") return DistributedSuite
 if (args.Length == 2 && args[0] == "dpo-variant") return DpoSuite.RunVariantAndReportPeak(args[1]);
 // Internal: DPO steps of one mixed-precision kind in a fresh process, for its peak memory (PrecisionSuite starts it).
 if (args.Length == 2 && args[0] == "precision-variant") return PrecisionSuite.RunVariantAndReportPeak(args[1]);
+// Internal: DPO steps with chunked log-probs at a chunk size, or "off", for peak memory and step time (ChunkedSuite starts it).
+if (args.Length == 2 && args[0] == "chunked-variant") return ChunkedSuite.RunVariant(args[1]);
 // Internal: one DPO step on the MoE benchmark model or its dense twin, for its peak memory (MoeSuite starts it).
 if (args.Length == 2 && args[0] == "moe-dpo-step") return MoeSuite.RunDpoStepAndReportPeak(args[1]);
 

@@ -46,6 +46,8 @@ internal static class CliMessages
         ["RouterAuxLossCoefficient"] = "--router-aux-loss-coef",
         ["RouterZLossCoefficient"] = "--router-z-loss-coef",
         ["MixedPrecision"] = "--mixed-precision",
+        ["ChunkedLogProbs"] = "--chunked-log-probs",
+        ["LogProbChunkSize"] = "--log-prob-chunk-size",
         // DPO
         ["Beta"] = "--beta",
         ["LossKind"] = "--loss",

@@ -64,11 +64,16 @@ internal static partial class TrainCommands
             "MoE experts: w1,w2,w3 (Mixtral) or gate,up,down (Qwen3-MoE); routers only when 'router' is listed.");
         public readonly Option<double?> RouterAuxLossCoef = Cli.Optional<double?>("--router-aux-loss-coef", "MoE models: weight of the load-balancing loss added to the objective (default: the config's router_aux_loss_coef, 0.001; 0 turns it off).");
         public readonly Option<double> RouterZLossCoef = Cli.Option("--router-z-loss-coef", "MoE models: weight of the router z-loss (default 0: off).", 0.0);
+        public readonly Option<string> ChunkedLogProbs = Cli.Choice("--chunked-log-probs", "Compute the completion tokens' log-probs a chunk of positions at a time, " +
+            "recomputing each chunk's logits in the backward pass, so no [tokens, vocabulary] logits tensor is kept for the step (same results, less memory): " +
+            $"on, off, or auto (when the vocabulary exceeds {TrainingOptions.ChunkedLogProbsVocabularyThreshold} tokens).", "auto", "auto", "on", "off");
+        public readonly Option<int> LogProbChunkSize = Cli.Option("--log-prob-chunk-size", "Positions per chunk of --chunked-log-probs.", Defaults.LogProbChunkSize);
 
         public void AddTo(Command command)
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, PaddingFree, MaxTokensPerBatch, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef,
+                ChunkedLogProbs, LogProbChunkSize })
                 command.Options.Add(option);
         }
 
@@ -124,6 +129,8 @@ internal static partial class TrainCommands
             options.CancellationToken = cancellation;
             options.RouterAuxLossCoefficient = result.GetValue(RouterAuxLossCoef);
             options.RouterZLossCoefficient = result.GetValue(RouterZLossCoef);
+            options.ChunkedLogProbs = result.GetValue(ChunkedLogProbs) switch { "on" => true, "off" => false, _ => null };
+            options.LogProbChunkSize = result.GetValue(LogProbChunkSize);
             if (result.GetValue(LoraRank) is int rank)
                 options.Lora = new LoraOptions
                 {

@@ -48,6 +48,13 @@ public abstract class CausalLM : nn.Module
     /// <summary>The output head: logits <c>[B, T, V]</c> (in the model's dtype) of hidden states <c>[B, T, H]</c>.</summary>
     public abstract Tensor LogitsFromHidden(Tensor hidden);
 
+    /// <summary>
+    /// The output head as one linear map (weight, bias, soft-cap) that computes exactly what <see cref="LogitsFromHidden"/>
+    /// does, so the completion log-probs can run it a chunk of positions at a time (<see cref="Training.ChunkedLogProbs"/>);
+    /// null for a head that is not such a map, which the scoring then runs whole. An override must change with <see cref="LogitsFromHidden"/>.
+    /// </summary>
+    internal virtual Training.OutputHead? FusedHead => null;
+
     /// <summary>Logits <c>[B, T, V]</c> as float32: <c>LogitsFromHidden(HiddenStates(...))</c>.</summary>
     /// <param name="inputIds">Token ids <c>[B, T]</c>, int64.</param>
     /// <param name="attentionMask">Optional <c>[B, past + T]</c> mask: 1 for real tokens, 0 for padding.</param>

@@ -328,4 +328,6 @@ public abstract class RotaryDecoderLM : CausalLM
             logits = logits.div(cap).tanh().mul(cap);
         return logits.MoveToOuterDisposeScope();
     }
+
+    internal override Training.OutputHead? FusedHead => new((_lmHead?.weight ?? _model.embed_tokens.weight)!, Softcap: _finalSoftcap);
 }

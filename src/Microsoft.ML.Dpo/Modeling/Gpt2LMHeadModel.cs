@@ -28,6 +28,8 @@ public sealed class Gpt2LMHeadModel : CausalLM
     /// <inheritdoc/>
     public override Tensor LogitsFromHidden(Tensor hidden) => ComputePrecision.Linear(hidden, transformer.wte.weight!);   // [B, T, V]
 
+    internal override Training.OutputHead? FusedHead => new(transformer.wte.weight!);
+
     sealed class Gpt2Model : nn.Module
     {
         internal readonly Embedding wte;    // [V, H]

@@ -37,6 +37,8 @@ public sealed class LlamaForCausalLM : CausalLM
     public override Tensor LogitsFromHidden(Tensor hidden)
         => lm_head is null ? ComputePrecision.Linear(hidden, model.embed_tokens.weight!) : ComputePrecision.Project(lm_head, hidden);   // [B, T, V]
 
+    internal override Training.OutputHead? FusedHead => new((lm_head?.weight ?? model.embed_tokens.weight)!);
+
     sealed class LlamaModel : nn.Module
     {
         internal readonly Embedding embed_tokens;              // [V, H]

@@ -158,10 +158,16 @@ internal static class FineTuningRun
         }
     }
 
-    /// <summary>Routes log lines to the options' callback and to ML.NET's log channel; dispose it when the run ends (it closes the channel).</summary>
+    /// <summary>
+    /// Routes log lines to the options' callback and to ML.NET's log channel, and puts the options' log-prob chunking in force;
+    /// dispose it when the run ends (it closes the channel).
+    /// </summary>
     public sealed class RunLog(IHostEnvironment? env, LanguageModelTrainerOptions options, string component) : IDisposable
     {
         readonly IChannel? channel = env?.Start(component);
+        // The run's log-prob chunking (ChunkedLogProbs, LogProbChunkSize) is in force while the run's log is open: for the
+        // whole of Fit, including a reference precomputation and evaluation.
+        readonly IDisposable chunking = LogProbChunking.Use(LogProbChunking.From(options));
 
         /// <summary>Writes one line.</summary>
         public void Write(string line)
@@ -177,7 +183,11 @@ internal static class FineTuningRun
             channel?.Warning(MessageSensitivity.None, line);
         }
 
-        /// <summary>Closes the ML.NET channel.</summary>
-        public void Dispose() => channel?.Dispose();
+        /// <summary>Closes the ML.NET channel and ends the run's log-prob chunking setting.</summary>
+        public void Dispose()
+        {
+            chunking.Dispose();
+            channel?.Dispose();
+        }
     }
 }

@@ -52,8 +52,14 @@ internal static class SequenceScoring
 
     /// <summary>
     /// <see cref="CompletionLogProbs"/> plus what <paramref name="request"/> asks for, from the same forward pass and the
-    /// same completion-position logits [M, V] (the statistics under no_grad, a chunk of positions at a time).
+    /// same completion-position logits (the statistics under no_grad, a chunk of positions at a time).
     /// </summary>
+    /// <remarks>
+    /// Under <see cref="LogProbChunking.Current"/> (<see cref="TrainingOptions.ChunkedLogProbs"/>; automatic: vocabularies
+    /// above 32,768) the logits are never formed whole: <see cref="ChunkedLogProbs"/> runs the output head on a chunk of
+    /// positions at a time and again in the backward pass, and fills the statistics from the same chunks. Otherwise the
+    /// completion-position logits [M, V] are formed once and kept for the backward pass.
+    /// </remarks>
     public static CompletionScores Score(CausalLM model, SequenceBatch batch, ScoringRequest request)
     {
         using var scope = NewDisposeScope();
@@ -62,10 +68,18 @@ internal static class SequenceScoring
         Tensor position = targets.nonzero();                                           // [M, 2]: (row, t), row-major
         Tensor row = position[.., 0], t = position[.., 1];
         Tensor predicting = hidden[.., ..^1].index(row, t);                             // [M, H]: hidden state at t predicts t+1
-        Tensor logits = model.LogitsFromHidden(predicting.unsqueeze(0));                // [1, M, V]
-        if (request.Temperature is double temperature && temperature != 1) logits = logits / temperature;
         Tensor labels = batch.InputIds[.., 1..].index(row, t);                          // [M]
-        Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits, labels.unsqueeze(0))[0];   // [M], widened to float32 (float64 stays) inside
+        double temperature = request.Temperature ?? 1;
+        long m = labels.shape[0];
+        var wide = Precision.Wide(predicting.dtype);
+        Tensor? Stat(bool wanted) => wanted ? zeros(m, dtype: wide, device: predicting.device) : null;
+        var statistics = request.WpoWeights || request.Statistics
+            ? new TokenStatistics { LogSquaredMass = Stat(request.WpoWeights), Entropy = Stat(request.Statistics), LogitMean = Stat(request.Statistics), Correct = Stat(request.Statistics) }
+            : null;
+        var chunking = LogProbChunking.Current;
+        Tensor tokenLogps = chunking.AppliesTo(model.Config.VocabSize) && model.FusedHead is OutputHead head
+            ? ChunkedLogProbs.TokenLogProbs(head, predicting, labels, temperature, chunking.ChunkSize, statistics)   // [M], no [M, V] kept
+            : FullLogitsTokenLogProbs(model, predicting, labels, temperature, statistics);
         var dtype = tokenLogps.dtype;
         // The sequence of each target: its row, or in a packed batch the sequence of its row it lies in.
         Tensor sequence = batch.SequenceIndex is { } index ? index[.., 1..].index(row, t) : row;   // [M]
@@ -85,41 +99,42 @@ internal static class SequenceScoring
             result = result with { SharedSum = PerRow(tokenLogps.masked_fill(inShared.logical_not(), 0.0)) };
         }
 
-        if (request.WpoWeights || request.Statistics)
+        if (statistics is not null)
         {
-            using var _ = no_grad();
-            long m = labels.shape[0];
-            var compute = dtype;
-            Tensor aligned = zeros(m, dtype: compute, device: tokenLogps.device);
-            Tensor entropy = zeros_like(aligned), logitMean = zeros_like(aligned), correct = zeros_like(aligned);
-            for (long start = 0; start < m; start += StatisticsChunk)
-            {
-                using var chunkScope = NewDisposeScope();
-                long length = Math.Min(StatisticsChunk, m - start);
-                Tensor z = logits[0].narrow(0, start, length).to_type(compute);         // [m, V]
-                Tensor lse = z.logsumexp(-1);                                           // [m]
-                if (request.WpoWeights)
-                {
-                    // WPO (Zhou et al., 2024, eq. 2): log p aligned to greedy-ish sampling, log p − log Σ p².
-                    Tensor logDenominator = (z * 2).logsumexp(-1) - lse * 2;
-                    aligned.narrow(0, start, length).copy_(tokenLogps.detach().narrow(0, start, length) - logDenominator);
-                }
-                if (request.Statistics)
-                {
-                    Tensor p = (z - lse.unsqueeze(-1)).exp();
-                    entropy.narrow(0, start, length).copy_(lse - (p * z).sum(-1));
-                    logitMean.narrow(0, start, length).copy_(z.mean([-1L]));
-                    correct.narrow(0, start, length).copy_(z.argmax(-1).eq(labels.narrow(0, start, length)).to_type(compute));
-                }
-            }
-            if (request.WpoWeights) result = result with { WpoLogWeight = PerRow(aligned) / count.clamp_min(1) };
+            if (request.WpoWeights) result = result with { WpoLogWeight = PerRow(tokenLogps.detach() - statistics.LogSquaredMass!) / count.clamp_min(1) };
             if (request.Statistics)
-                result = result with { EntropySum = PerRow(entropy), LogitMeanSum = PerRow(logitMean), CorrectCount = PerRow(correct) };
+                result = result with { EntropySum = PerRow(statistics.Entropy!), LogitMeanSum = PerRow(statistics.LogitMean!), CorrectCount = PerRow(statistics.Correct!) };
         }
 
         foreach (var tensor in new[] { result.Sum, result.Count, result.TokenLogProbs, result.SharedSum, result.WpoLogWeight, result.EntropySum, result.LogitMeanSum, result.CorrectCount })
             tensor?.MoveToOuterDisposeScope();
         return result;
+    }
+
+    /// <summary>
+    /// The plain path: logits [M, V] at the completion positions from <see cref="CausalLM.LogitsFromHidden"/> (kept for the
+    /// backward pass), their per-token log-probs [M], and the statistics under no_grad a chunk of positions at a time.
+    /// Used when chunking is off, or for a head <see cref="ChunkedLogProbs"/> cannot fuse (<see cref="CausalLM.FusedHead"/> null).
+    /// </summary>
+    static Tensor FullLogitsTokenLogProbs(CausalLM model, Tensor predicting, Tensor labels, double temperature, TokenStatistics? statistics)
+    {
+        using var scope = NewDisposeScope();
+        Tensor logits = model.LogitsFromHidden(predicting.unsqueeze(0));                // [1, M, V]
+        if (temperature != 1) logits = logits / temperature;
+        Tensor tokenLogps = SequenceLogProbs.TokenLogProbs(logits, labels.unsqueeze(0))[0];   // [M], widened to float32 (float64 stays) inside
+        if (statistics is not null)
+        {
+            using var _ = no_grad();
+            long m = labels.shape[0];
+            for (long start = 0; start < m; start += StatisticsChunk)
+            {
+                using var chunkScope = NewDisposeScope();
+                long length = Math.Min(StatisticsChunk, m - start);
+                Tensor z = logits[0].narrow(0, start, length).to_type(tokenLogps.dtype);   // [m, V]
+                statistics.Fill(start, z, z.logsumexp(-1), labels.narrow(0, start, length));
+            }
+        }
+        return tokenLogps.MoveToOuterDisposeScope();
     }
 
     /// <summary>The rows of a DPO batch: the B chosen sequences, then the B rejected ones.</summary>

@@ -136,6 +136,22 @@ public class TrainingOptions
     internal double InitialLossScale { get; set; } = LossScaler.InitialScale;
     /// <summary>Float16 loss scaling's steps without overflow before the scale doubles (GradScaler's 2,000); internal, for tests.</summary>
     internal int LossScaleGrowthInterval { get; set; } = LossScaler.GrowthInterval;
+    /// <summary>
+    /// Compute the completion tokens' log-probabilities chunk by chunk, so that no [tokens, vocabulary] logits tensor is
+    /// kept for the whole step: the output head runs on <see cref="LogProbChunkSize"/> positions at a time and again in the
+    /// backward pass (a fused linear + log-softmax + gather; the results equal the unchunked ones up to rounding).
+    /// True: always; false: never; null (the default): when the vocabulary exceeds 32,768 tokens (Qwen's 151,936, Llama 3's
+    /// 128,256, Gemma's 256,000 and GPT-2's 50,257 are chunked; Llama 2's and Mistral's 32,000 are not). Applies to every
+    /// trainer that scores tokens (SFT, the DPO family, ORPO, KTO, online RL), to the policy and the reference.
+    /// </summary>
+    public bool? ChunkedLogProbs { get; set; }
+    /// <summary>The vocabulary size above which <see cref="ChunkedLogProbs"/> = null chunks: 32,768.</summary>
+    public const int ChunkedLogProbsVocabularyThreshold = 32_768;
+    /// <summary>
+    /// Positions per chunk of <see cref="ChunkedLogProbs"/>: the logits' temporaries are a few [chunk, vocabulary] tensors.
+    /// Smaller saves memory, larger runs the output head in fewer, larger matrix products. Default 256.
+    /// </summary>
+    public int LogProbChunkSize { get; set; } = LogProbChunking.DefaultChunkSize;
     /// <summary>Folder for checkpoints and the metrics file (metrics.jsonl); null keeps nothing on disk. Default null.</summary>
     public string? CheckpointDirectory { get; set; }
     /// <summary>Optimizer steps between checkpoints (0: only at the end, on cancellation and before a failure). Default 0.</summary>
@@ -176,6 +192,7 @@ public class TrainingOptions
         Positive(MaxPromptLength, nameof(MaxPromptLength));
         Positive(LoggingInterval, nameof(LoggingInterval));
         if (MaxTokensPerBatch < 0) throw new ArgumentOutOfRangeException(nameof(MaxTokensPerBatch), MaxTokensPerBatch, "MaxTokensPerBatch must not be negative (0: batches of BatchSize examples).");
+        Positive(LogProbChunkSize, nameof(LogProbChunkSize));
         if (PerRankBatchSize < 0) throw new ArgumentOutOfRangeException(nameof(PerRankBatchSize), PerRankBatchSize, "PerRankBatchSize must not be negative (0: the whole share of each rank).");
         if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "WeightDecay must not be negative.");
         if (WarmupSteps < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "WarmupSteps must not be negative.");
