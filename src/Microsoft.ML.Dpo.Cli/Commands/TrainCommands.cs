@@ -57,11 +57,13 @@ internal static partial class TrainCommands
             "MoE experts: w1,w2,w3 (Mixtral) or gate,up,down (Qwen3-MoE); routers only when 'router' is listed.");
         public readonly Option<double?> RouterAuxLossCoef = Cli.Optional<double?>("--router-aux-loss-coef", "MoE models: weight of the load-balancing loss added to the objective (default: the config's router_aux_loss_coef, 0.001; 0 turns it off).");
         public readonly Option<double> RouterZLossCoef = Cli.Option("--router-z-loss-coef", "MoE models: weight of the router z-loss (default 0: off).", 0.0);
+        public readonly Option<double?> PeakFlops = Cli.Optional<double?>("--peak-flops", "The peak FLOP/s of one device (e.g. 9.89e14 for an H100's dense bf16), " +
+            "to log the model FLOPs utilization (mfu) beside the achieved flops_per_second (default: none, no mfu).");
 
         public void AddTo(Command command)
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
-                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef })
+                LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef, PeakFlops })
                 command.Options.Add(option);
         }
 
@@ -106,6 +108,7 @@ internal static partial class TrainCommands
             options.CancellationToken = cancellation;
             options.RouterAuxLossCoefficient = result.GetValue(RouterAuxLossCoef);
             options.RouterZLossCoefficient = result.GetValue(RouterZLossCoef);
+            options.PeakFlops = result.GetValue(PeakFlops);
             if (result.GetValue(LoraRank) is int rank)
                 options.Lora = new LoraOptions
                 {

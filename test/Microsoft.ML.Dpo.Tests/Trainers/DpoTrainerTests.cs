@@ -143,6 +143,35 @@ public sealed class DpoTrainerTests
     }
 
     [TestMethod]
+    public void ThroughputMfuAndPeakMemoryAreLoggedWithTheirAccounting()
+    {
+        var reports = new List<IReadOnlyDictionary<string, double>>();
+        var options = Options(o => { o.MaxSteps = 2; o.PeakFlops = 1e9; });
+        options.Progress = new SyncProgress(p => reports.Add(p.Metrics));
+        using var model = new MLContext().Alignment().Trainers.Dpo(options).Fit(Pairs(new MLContext()));
+        var last = reports[^1];
+        double policy = last["flops_per_second/policy"], reference = last["flops_per_second/reference"];
+        Assert.IsTrue(policy > 0 && reference > 0);
+        // The live reference runs one forward, the policy a forward and a backward (three), over the same sequences.
+        Assert.AreEqual(3.0, policy / reference, 1e-9);
+        Assert.AreEqual(policy + reference, last["flops_per_second"], 1e-6 * last["flops_per_second"]);
+        Assert.AreEqual(last["flops_per_second"] / 1e9, last["mfu"], 1e-12);
+        Assert.IsTrue(last["tokens_per_second"] > 0);
+        if (OperatingSystem.IsLinux()) Assert.IsTrue(last["peak_rss_mib"] > 50, $"{last["peak_rss_mib"]}");
+
+        // Without a known peak, MFU is left out; with a precomputed reference, no reference FLOPs are counted in the steps.
+        reports.Clear();
+        using var precomputeDir = new TempDirectory();
+        var precomputed = Options(o => { o.MaxSteps = 2; o.PrecomputeReferenceLogProbs = true; o.CheckpointDirectory = precomputeDir.Path; });
+        precomputed.Progress = new SyncProgress(p => reports.Add(p.Metrics));
+        using var second = new MLContext().Alignment().Trainers.Dpo(precomputed).Fit(Pairs(new MLContext()));
+        Assert.IsFalse(reports[^1].ContainsKey("mfu"));
+        Assert.IsFalse(reports[^1].ContainsKey("flops_per_second/reference"));
+        Assert.IsTrue(reports[^1]["flops_per_second"] > 0);
+        StringAssert.Contains(File.ReadAllLines(Path.Combine(precomputeDir.Path, "metrics.jsonl"))[^1], "\"flops_per_second\"");
+    }
+
+    [TestMethod]
     public void StepMetricsReachMlNetsLog()
     {
         var ml = new MLContext();
