@@ -109,7 +109,7 @@ public sealed class LanguageModel : IDisposable
     /// </summary>
     public LanguageModel Clone()
     {
-        var copy = CausalLM.Create(Network.Config, Network.DType, Network.Device);
+        var copy = CausalLM.CreateCore(Network.Config, Network.DType, Network.Device, initialize: false);   // every weight is overwritten below
         using (no_grad())
         using (NewDisposeScope())
         {
@@ -117,6 +117,37 @@ public sealed class LanguageModel : IDisposable
             foreach (var (name, tensor) in copy.named_parameters()) tensor.copy_(source[name]);
         }
         return new LanguageModel(copy, Tokenizer);
+    }
+
+    /// <summary>
+    /// A second model over the same weight storage as this one (sharing the tokenizer): nothing is copied, so it costs no
+    /// memory. For a LoRA run on a model given in memory, whose base weights are frozen and never written: the adapters go on
+    /// the new network, the caller's network keeps its own modules. Only for a model without adapters (whose weights would
+    /// have to be merged, i.e. copied). The new network's parameters are created without initialisation and never touched
+    /// (no memory is committed for them) before they are pointed at this model's storage.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">This model has LoRA adapters.</exception>
+    internal LanguageModel ShareWeights()
+    {
+        if (Lora is not null) throw new InvalidOperationException("A model with LoRA adapters cannot share its weights; clone it (the adapters are merged).");
+        var device = Network.Device;
+        var network = CausalLM.CreateCore(Network.Config, Network.DType, device: null, initialize: false);   // on the CPU: not moved, never committed
+        try
+        {
+            using (no_grad())
+            {
+                var source = Network.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+                foreach (var (name, p) in network.named_parameters())
+                    p.set_(source[name]);
+            }
+            if (device.type != DeviceType.CPU) network.to(device);   // the buffers (rotary tables); the parameters already live there
+            return new LanguageModel(network, Tokenizer);
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
     }
 
     /// <summary>A text generator over this model.</summary>

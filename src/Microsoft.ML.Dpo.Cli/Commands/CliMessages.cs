@@ -37,6 +37,7 @@ internal static class CliMessages
         ["LearningRate"] = "--learning-rate",
         ["WarmupSteps"] = "--warmup-steps",
         ["MaxSteps"] = "--max-steps",
+        ["PeakFlops"] = "--peak-flops",
         ["MaxLength"] = "--max-length",
         ["MaxPromptLength"] = "--max-prompt-length",
         ["Truncation"] = "--truncation-mode",

@@ -64,6 +64,8 @@ internal static partial class TrainCommands
             "MoE experts: w1,w2,w3 (Mixtral) or gate,up,down (Qwen3-MoE); routers only when 'router' is listed.");
         public readonly Option<double?> RouterAuxLossCoef = Cli.Optional<double?>("--router-aux-loss-coef", "MoE models: weight of the load-balancing loss added to the objective (default: the config's router_aux_loss_coef, 0.001; 0 turns it off).");
         public readonly Option<double> RouterZLossCoef = Cli.Option("--router-z-loss-coef", "MoE models: weight of the router z-loss (default 0: off).", 0.0);
+        public readonly Option<double?> PeakFlops = Cli.Optional<double?>("--peak-flops", "The peak FLOP/s of one device (e.g. 9.89e14 for an H100's dense bf16), " +
+            "to log the model FLOPs utilization (mfu) beside the achieved flops_per_second (default: none, no mfu).");
         public readonly Option<string> ChunkedLogProbs = Cli.Choice("--chunked-log-probs", "Compute the completion tokens' log-probs a chunk of positions at a time, " +
             "recomputing each chunk's logits in the backward pass, so no [tokens, vocabulary] logits tensor is kept for the step (same results, less memory): " +
             $"on, off, or auto (when the vocabulary exceeds {TrainingOptions.ChunkedLogProbsVocabularyThreshold} tokens).", "auto", "auto", "on", "off");
@@ -73,7 +75,7 @@ internal static partial class TrainCommands
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, PaddingFree, MaxTokensPerBatch, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef,
-                ChunkedLogProbs, LogProbChunkSize })
+                ChunkedLogProbs, LogProbChunkSize, PeakFlops })
                 command.Options.Add(option);
         }
 
@@ -131,6 +133,7 @@ internal static partial class TrainCommands
             options.RouterZLossCoefficient = result.GetValue(RouterZLossCoef);
             options.ChunkedLogProbs = result.GetValue(ChunkedLogProbs) switch { "on" => true, "off" => false, _ => null };
             options.LogProbChunkSize = result.GetValue(LogProbChunkSize);
+            options.PeakFlops = result.GetValue(PeakFlops);
             if (result.GetValue(LoraRank) is int rank)
                 options.Lora = new LoraOptions
                 {

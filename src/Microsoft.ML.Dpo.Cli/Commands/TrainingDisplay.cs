@@ -5,7 +5,7 @@ using Spectre.Console;
 namespace MlDpo.Commands;
 
 /// <summary>
-/// Shows training progress: a Spectre.Console progress bar (step, loss, reward accuracy, ETA) on an interactive terminal,
+/// Shows training progress: a Spectre.Console progress bar (step, loss, reward accuracy, tokens/s, MFU or FLOP/s, peak memory, ETA) on an interactive terminal,
 /// plain log lines (one per logging step) otherwise.
 /// </summary>
 internal sealed class TrainingDisplay(TextWriter output, bool progressBar) : IProgress<TrainingProgress>
@@ -48,6 +48,10 @@ internal sealed class TrainingDisplay(TextWriter output, bool progressBar) : IPr
         var text = new System.Text.StringBuilder().Append(CultureInfo.InvariantCulture, $"step {value.Step}/{value.TotalSteps}");
         if (value.Metrics.TryGetValue("loss", out double loss)) text.Append(CultureInfo.InvariantCulture, $"  loss {loss:F4}");
         if (value.Metrics.TryGetValue("rewards/accuracies", out double accuracy)) text.Append(CultureInfo.InvariantCulture, $"  acc {accuracy:P0}");
+        if (value.Metrics.TryGetValue("tokens_per_second", out double tokens)) text.Append(CultureInfo.InvariantCulture, $"  {tokens:F0} tok/s");
+        if (value.Metrics.TryGetValue("mfu", out double mfu)) text.Append(CultureInfo.InvariantCulture, $"  MFU {mfu:P1}");
+        else if (value.Metrics.TryGetValue("flops_per_second", out double flops)) text.Append(CultureInfo.InvariantCulture, $"  {flops / 1e9:F1} GFLOP/s");
+        if (value.Metrics.TryGetValue("peak_rss_mib", out double rss)) text.Append(CultureInfo.InvariantCulture, $"  peak {rss / 1024:F1} GiB");
         if (value.EstimatedRemaining is { } eta) text.Append(CultureInfo.InvariantCulture, $"  eta {eta:hh\\:mm\\:ss}");
         task.Description = Markup.Escape(text.ToString());
     }

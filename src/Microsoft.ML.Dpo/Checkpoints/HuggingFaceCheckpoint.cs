@@ -42,15 +42,11 @@ public static class HuggingFaceCheckpoint
             var files = header.Values.Select(h => h.File).Distinct().ToList();
             string weightsSource = files.Count == 1 ? files[0] : directory;
             var sources = MatchTensors(model, header.ToDictionary(kv => kv.Key, kv => kv.Value.Entry.Shape, StringComparer.Ordinal), weightsSource, configPath);
-            var tensors = Safetensors.LoadDirectory(directory);
-            try
-            {
-                Copy(model, sources, tensors);
-            }
-            finally
-            {
-                foreach (var t in tensors.Values) t.Dispose();
-            }
+            // Streamed: each tensor's bytes go from the file straight into its parameter (through a small bounded buffer when the
+            // dtype or device differs), shard by shard in file order, so the peak is the model plus one buffer, not twice the model.
+            var parameters = model.named_parameters().ToDictionary(np => np.name, np => (Tensor)np.parameter, StringComparer.Ordinal);
+            foreach (var shard in sources.GroupBy(kv => header[kv.Value].File))
+                Safetensors.ReadInto(shard.Key, shard.Select(kv => (header[kv.Value].Entry, parameters[kv.Key])).ToList());
             return model;
         }
         catch

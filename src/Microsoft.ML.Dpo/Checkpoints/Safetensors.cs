@@ -196,6 +196,66 @@ public static class Safetensors
         }
     }
 
+    /// <summary>The size of the buffer through which <see cref="ReadInto"/> converts a tensor (elements): 16 M, 64 MB of float32.</summary>
+    internal const long ReadChunkElements = 16L << 20;
+
+    /// <summary>
+    /// Reads the data of the given entries of <paramref name="path"/> (checked by <see cref="ReadHeader(string)"/>) straight into
+    /// their destination tensors, whose shapes must equal the entries'; in file order. A CPU destination of the stored dtype is
+    /// filled in place; any other (another dtype, or on a GPU) through a CPU buffer of at most <see cref="ReadChunkElements"/>
+    /// elements, converted by <c>copy_</c> exactly as copying a loaded tensor would. Nothing as large as the tensor is allocated.
+    /// <paramref name="chunkElements"/> is the most elements read at once (tests make it small to cross chunk boundaries).
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file changed since its header was read (now truncated, or another header length).</exception>
+    internal static void ReadInto(string path, IReadOnlyList<(Entry Entry, Tensor Destination)> targets, long chunkElements = ReadChunkElements)
+    {
+        if (!BitConverter.IsLittleEndian)
+            throw new PlatformNotSupportedException("Safetensors reading requires a little-endian machine.");
+        var entries = ReadHeader(path, out long dataStart).ToDictionary(e => e.Name, StringComparer.Ordinal);
+        using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.SequentialScan);
+        using var noGrad = torch.no_grad();
+        foreach (var (expected, destination) in targets.OrderBy(t => t.Entry.Begin))
+        {
+            if (!entries.TryGetValue(expected.Name, out var e) || e.Begin != expected.Begin || e.End != expected.End || e.DType != expected.DType)
+                throw new InvalidDataException($"Safetensors file '{path}' changed while it was being read: tensor '{expected.Name}' no longer has the entry its header had.");
+            if (!e.Shape.SequenceEqual(destination.shape))
+                throw new ArgumentException($"Tensor '{e.Name}' of '{path}' has shape [{string.Join(", ", e.Shape)}], its destination [{string.Join(", ", destination.shape)}].");
+            long count = e.Shape.Aggregate(1L, (a, d) => a * d);
+            if (count == 0) continue;
+            var stored = ToScalarType(e.DType);
+            int elementSize = ElementSize(e.DType)!.Value;
+            f.Position = dataStart + e.Begin;
+            using var flat = destination.view(-1);
+            bool inPlace = destination.device_type == DeviceType.CPU && destination.dtype == stored && destination.is_contiguous();
+            using var buffer = inPlace ? null : torch.empty(Math.Min(count, chunkElements), stored);
+            for (long at = 0; at < count; at += chunkElements)
+            {
+                long n = Math.Min(chunkElements, count - at);
+                using var part = flat.narrow(0, at, n);
+                if (inPlace) Fill(f, part, path, e.Name);
+                else
+                {
+                    using var staged = buffer!.narrow(0, 0, n);
+                    Fill(f, staged, path, e.Name);
+                    part.copy_(staged);
+                }
+            }
+        }
+    }
+
+    /// <summary>Reads exactly the bytes of the contiguous CPU tensor <paramref name="t"/> (small enough for a span) from <paramref name="f"/>.</summary>
+    static void Fill(FileStream f, Tensor t, string path, string name)
+    {
+        try
+        {
+            f.ReadExactly(t.bytes);
+        }
+        catch (EndOfStreamException)
+        {
+            throw new InvalidDataException($"Safetensors file '{path}' is truncated: the data of tensor '{name}' ends past the end of the file.");
+        }
+    }
+
     /// <summary>
     /// Writes <paramref name="tensors"/> (Float32, Float16 or BFloat16; copied to CPU) as a safetensors file, names sorted,
     /// header padded to a multiple of 8 bytes. The file is written to a temporary sibling and renamed into place.

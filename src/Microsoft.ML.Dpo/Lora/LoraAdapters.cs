@@ -477,7 +477,8 @@ public sealed class LoraAdapters
     /// Folds the adapters into the base weights (<c>W += (α/r)·B·A</c>, transposed for GPT-2's <c>[in, out]</c> Conv1D) and puts
     /// the plain projections back: the network becomes an ordinary model computing the adapted function. The parameters
     /// that were trainable before the adapters were applied become trainable again. Clears <see cref="LanguageModel.Lora"/>
-    /// of <paramref name="model"/> when given.
+    /// of <paramref name="model"/> when given. Each merged weight is new storage (<c>W + ΔW</c>), never written in place, so a
+    /// model whose base weights are shared with another (a LoRA fit of a model given in memory) leaves that other model as it was.
     /// </summary>
     public void MergeAndUnload(LanguageModel? model = null)
     {
@@ -492,8 +493,11 @@ public sealed class LoraAdapters
             {
                 if (merge)
                 {
+                    // Into new storage, not in place: the base weights may be shared with the caller's model (a LoRA run on a model
+                    // given in memory, FineTuningRun.LoadPolicy), which must stay as it was.
                     using var delta = lora.Delta();
-                    lora.BaseWeight.add_(delta);
+                    using var merged = lora.BaseWeight.add(delta);
+                    lora.BaseWeight.set_(merged);
                 }
                 Network.ReplaceProjection(name, lora.BaseLayer);
                 lora.A.Dispose();

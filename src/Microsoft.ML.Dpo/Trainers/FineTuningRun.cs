@@ -13,10 +13,18 @@ namespace Microsoft.ML.Dpo.Trainers;
 /// <summary>The steps SFT and DPO share around the training loop: the starting model, tokenization, checkpoints, logging.</summary>
 internal static class FineTuningRun
 {
-    /// <summary>A fresh copy of the starting model that training may modify (with fresh LoRA adapters when <see cref="LanguageModelTrainerOptions.Lora"/> is set).</summary>
+    /// <summary>
+    /// The starting model that training may modify: a fresh copy of <see cref="LanguageModelTrainerOptions.BaseModel"/>, or the
+    /// model loaded from <see cref="LanguageModelTrainerOptions.BaseModelPath"/>; with <see cref="LanguageModelTrainerOptions.Lora"/>
+    /// set, with fresh adapters. LoRA freezes every base weight and never writes one, so an in-memory base model without
+    /// adapters is not copied: the policy is a second network over the same weight storage (<see cref="LanguageModel.ShareWeights"/>),
+    /// and the caller's model keeps its own modules, untouched. One full copy of the weights exists, not two.
+    /// </summary>
     public static LanguageModel LoadPolicy(LanguageModelTrainerOptions options)
     {
-        var policy = options.BaseModel?.Clone() ?? LanguageModel.Load(options.BaseModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device));   // one GPU per rank
+        var policy = options.BaseModel is { } inMemory
+            ? options.Lora is not null && inMemory.Lora is null ? inMemory.ShareWeights() : inMemory.Clone()
+            : LanguageModel.Load(options.BaseModelPath!, options.Precision, Distributed.DistributedWorld.Current.DeviceFor(options.Device));   // one GPU per rank
         if (options.Lora is null) return policy;
         try
         {

@@ -88,6 +88,13 @@ internal sealed class DpoObjective(CausalLM policy, ReferenceLogProbs? reference
 
     public long? BatchTokens(IReadOnlyList<TokenizedPreference> batch) => SequenceBatch.ProcessedTokens(SequenceScoring.PairRows(batch), step.PaddingFree);
 
+    ModelFlops? flops;
+
+    /// <summary>Each pair's two sequences through the policy (forward + backward) and, with a live reference, its forward.</summary>
+    public StepFlops? Flops(IReadOnlyList<TokenizedPreference> batch) =>
+        (flops ??= ModelFlops.Of(policy)).Pairs(batch.Select(e => (e.Prompt.Length, e.Chosen.Length, e.Rejected.Length)),
+            liveReference: loss.RequiresReference && reference is ReferenceLogProbs.Live);
+
     /// <summary>TR-DPO: every <see cref="DpoStepOptions.SyncSteps"/> steps the live reference moves toward the policy.</summary>
     public void AfterStep(int stepsDone)
     {

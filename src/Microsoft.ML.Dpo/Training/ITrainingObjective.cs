@@ -24,6 +24,12 @@ internal interface ITrainingObjective<TExample>
     /// </summary>
     double LossDenominator(IReadOnlyList<TExample> batch) => batch.Count;
 
+    /// <summary>
+    /// The model FLOPs of <paramref name="batch"/> (<see cref="ModelFlops"/>: policy forward + backward, and a live reference's
+    /// forward apart), for the throughput and MFU metrics; null when the objective does not count them.
+    /// </summary>
+    StepFlops? Flops(IReadOnlyList<TExample> batch) => null;
+
     /// <summary>Why a micro-batch's loss is not the weighted mean of its shards' losses (terms over the whole batch), or null when it is.</summary>
     string? ShardingCaveat => null;
 

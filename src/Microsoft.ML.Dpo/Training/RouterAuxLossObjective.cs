@@ -28,6 +28,8 @@ internal sealed class RouterAuxLossObjective<TExample>(ITrainingObjective<TExamp
 
     public double LossDenominator(IReadOnlyList<TExample> batch) => inner.LossDenominator(batch);
 
+    public StepFlops? Flops(IReadOnlyList<TExample> batch) => inner.Flops(batch);
+
     public string? ShardingCaveat => "The MoE load-balancing loss is a product of means over the tokens of one forward pass, so it differs between one batch and its shards.";
 
     public void AfterStep(int step) => inner.AfterStep(step);

@@ -22,6 +22,16 @@ internal sealed class SftObjective(CausalLM model, int padId, bool completionOnl
 
     public long? BatchTokens(IReadOnlyList<TokenizedCompletion> batch) => SequenceBatch.ProcessedTokens(batch.Select(e => (e.Prompt, e.Completion)), paddingFree);
 
+    ModelFlops? flops;
+
+    /// <summary>Forward + backward of each sequence, the output layer at its target positions.</summary>
+    public StepFlops? Flops(IReadOnlyList<TokenizedCompletion> batch)
+    {
+        flops ??= ModelFlops.Of(model);
+        return new StepFlops(batch.Sum(e => flops.Training(e.Prompt.Length + e.Completion.Length,
+            completionOnlyLoss ? ModelFlops.HeadPositions(e.Prompt.Length, e.Completion.Length) : Math.Max(0, e.Prompt.Length + e.Completion.Length - 1))), 0);
+    }
+
     /// <summary>The target tokens <see cref="SequenceBatch.Collate"/> marks: the loss is a mean over them (the first token of a row is never one).</summary>
     public double LossDenominator(IReadOnlyList<TokenizedCompletion> batch) => Math.Max(1, batch.Sum(e =>
     {

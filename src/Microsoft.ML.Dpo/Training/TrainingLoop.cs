@@ -94,6 +94,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         var clock = Stopwatch.StartNew();
         int startStep = state.Step;
         long tokens = 0, stepTokens = 0;
+        StepFlops? flops = null;   // model FLOPs of this run's micro-batches, when the objective counts them
         bool stopped = false;
 
         for (int epoch = state.Epoch; epoch < options.Epochs && state.Step < totalSteps && !stopped; epoch++)
@@ -129,6 +130,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                     tokens += result.Tokens;
                     stepTokens += result.Tokens;
                 }
+                if (objective.Flops(batch) is { } batchFlops) flops = (flops ?? default) + batchFlops;   // the whole micro-batch (all ranks)
                 accumulated++;
                 bool lastOfEpoch = b == batchesPerEpoch - 1;
                 if (accumulated < options.GradientAccumulationSteps && !lastOfEpoch) continue;
@@ -169,6 +171,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 {
                     metrics.Add("tokens_per_second", tokens / Math.Max(1e-9, clock.Elapsed.TotalSeconds));
                     metrics.Add("num_tokens", state.Tokens);   // real tokens trained on so far, this run and the resumed ones (TRL's num_tokens)
+                    AddThroughput(metrics, flops, clock.Elapsed.TotalSeconds);
                     lastMetrics = Report(metrics, state, epochSteps, totalSteps, startStep, clock.Elapsed);
                     objective.AfterReport(state.Step, lastMetrics);
                 }
@@ -205,6 +208,27 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                                              : File.Exists(Path.Combine(checkpoint.Path, "trainer_state.json")) ? $"The last good checkpoint is kept in {checkpoint.Path}." : "No checkpoint had been written yet.";
             return new TrainingDivergedException($"{what}; training stopped without applying it. {kept} Lower the learning rate or check the data.");
         }
+    }
+
+    /// <summary>
+    /// The accounting metrics of a report, over this run so far: <c>flops_per_second</c> (model FLOPs, <see cref="ModelFlops"/>;
+    /// all ranks), split into <c>flops_per_second/policy</c> and <c>flops_per_second/reference</c> when a live reference runs;
+    /// <c>mfu</c> when <see cref="TrainingOptions.PeakFlops"/> is set; <c>peak_rss_mib</c>, this process's peak resident memory
+    /// (Linux VmHWM; on a GPU it is host memory only — TorchSharp 0.107 exposes no CUDA allocator statistics).
+    /// </summary>
+    void AddThroughput(MetricsLog metrics, StepFlops? flops, double seconds)
+    {
+        if (flops is { } f && seconds > 0)
+        {
+            metrics.Add("flops_per_second", f.Total / seconds);
+            if (f.Reference > 0)
+            {
+                metrics.Add("flops_per_second/policy", f.Policy / seconds);
+                metrics.Add("flops_per_second/reference", f.Reference / seconds);
+            }
+            if (options.PeakFlops is double peak) metrics.Add("mfu", f.Total / seconds / (peak * world!.Size));
+        }
+        if (Runtime.ProcessMemory.PeakResidentBytes() is long rss) metrics.Add("peak_rss_mib", rss / 1048576.0);
     }
 
     /// <summary>Every rank must resume from the same step: a checkpoint folder that only some ranks see (not shared) is an error.</summary>

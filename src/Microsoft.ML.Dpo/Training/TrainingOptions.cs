@@ -175,6 +175,13 @@ public class TrainingOptions
     public int LoggingInterval { get; set; } = 10;
     /// <summary>Stop after this many optimizer steps (0: no limit besides <see cref="Epochs"/>). Default 0.</summary>
     public int MaxSteps { get; set; }
+    /// <summary>
+    /// The peak FLOP/s of one device (one rank), e.g. its dense fp32 or bf16 tensor throughput, for the <c>mfu</c> metric
+    /// (model FLOPs utilization: the achieved model FLOP/s — see <c>flops_per_second</c> — over this times the ranks). Null (the
+    /// default): no <c>mfu</c>, only the achieved FLOP/s, since no peak is known reliably for every CPU and GPU (the benchmarks
+    /// measure libtorch's own matmul throughput instead).
+    /// </summary>
+    public double? PeakFlops { get; set; }
     /// <summary>Receives the metrics at every logging step.</summary>
     public IProgress<TrainingProgress>? Progress { get; set; }
     /// <summary>Cancels training; a checkpoint is written first when <see cref="CheckpointDirectory"/> is set.</summary>
@@ -197,6 +204,7 @@ public class TrainingOptions
         if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "WeightDecay must not be negative.");
         if (WarmupSteps < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "WarmupSteps must not be negative.");
         if (MaxPromptLength >= MaxLength) throw new ArgumentOutOfRangeException(nameof(MaxPromptLength), MaxPromptLength, $"MaxPromptLength must be less than MaxLength ({MaxLength}).");
+        if (PeakFlops is double peak) Positive(peak, nameof(PeakFlops));
         if (Resume && CheckpointDirectory is null) throw new ArgumentException("Resume requires CheckpointDirectory.", nameof(Resume));
         if (!Enum.IsDefined(MixedPrecision)) throw new ArgumentOutOfRangeException(nameof(MixedPrecision), MixedPrecision, "MixedPrecision must be None, BFloat16 or Float16.");
         if (MixedPrecision != MixedPrecisionKind.None && Precision != ModelPrecision.Float32)

@@ -109,6 +109,69 @@ public sealed class DpoTrainerTests
     }
 
     [TestMethod]
+    public void LoraFitOfAnInMemoryModelSharesItsFrozenWeightsAndNeverModifiesThem()
+    {
+        float[] before = Weights(baseModel!);
+        var lora = new Microsoft.ML.Dpo.Lora.LoraOptions { Rank = 4, TargetModules = ["all-linear"] };
+        Losses(Options(o => { o.Lora = lora; o.MaxSteps = 3; }), out var shared);
+        Losses(Options(o => { o.Lora = lora; o.MaxSteps = 3; o.BaseModel = null; o.BaseModelPath = dir!.Combine("base-hf"); }), out var fromPath);
+        using (shared) using (fromPath)
+        {
+            CollectionAssert.AreEqual(before, Weights(baseModel!), "LoRA never writes a base weight");
+            // No copy was made: every frozen weight of the fitted model is the caller's own storage.
+            var callers = baseModel!.Network.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+            int sharedCount = 0;
+            foreach (var (name, p) in shared.Model.Network.named_parameters().Where(np => !np.parameter.requires_grad))
+            {
+                var own = callers[name.Replace(".base_layer.", ".")];
+                Assert.IsTrue(System.Runtime.CompilerServices.Unsafe.AreSame(
+                    ref System.Runtime.InteropServices.MemoryMarshal.GetReference(p.bytes),
+                    ref System.Runtime.InteropServices.MemoryMarshal.GetReference(own.bytes)), name);
+                sharedCount++;
+            }
+            Assert.AreEqual(callers.Count, sharedCount);
+            CollectionAssert.AreEqual(Weights(fromPath.Model), Weights(shared.Model), "sharing trains exactly like a loaded copy");
+            // Merging writes new storage, so the caller's model still stays as it was, and the merged model computes the same.
+            using var ids = tensor(new long[] { 3, 7, 11, 5 }).unsqueeze(0);
+            using var adapted = shared.Model.Network.Forward(ids);
+            shared.Model.Lora!.MergeAndUnload(shared.Model);
+            using var merged = shared.Model.Network.Forward(ids);
+            Assert.IsTrue(adapted.allclose(merged, rtol: 1e-4, atol: 1e-5));
+            CollectionAssert.AreEqual(before, Weights(baseModel!), "merging the fitted model's adapters leaves the caller's model alone");
+        }
+        CollectionAssert.AreEqual(before, Weights(baseModel!), "disposing the fitted model leaves the caller's model usable");
+    }
+
+    [TestMethod]
+    public void ThroughputMfuAndPeakMemoryAreLoggedWithTheirAccounting()
+    {
+        var reports = new List<IReadOnlyDictionary<string, double>>();
+        var options = Options(o => { o.MaxSteps = 2; o.PeakFlops = 1e9; });
+        options.Progress = new SyncProgress(p => reports.Add(p.Metrics));
+        using var model = new MLContext().Alignment().Trainers.Dpo(options).Fit(Pairs(new MLContext()));
+        var last = reports[^1];
+        double policy = last["flops_per_second/policy"], reference = last["flops_per_second/reference"];
+        Assert.IsTrue(policy > 0 && reference > 0);
+        // The live reference runs one forward, the policy a forward and a backward (three), over the same sequences.
+        Assert.AreEqual(3.0, policy / reference, 1e-9);
+        Assert.AreEqual(policy + reference, last["flops_per_second"], 1e-6 * last["flops_per_second"]);
+        Assert.AreEqual(last["flops_per_second"] / 1e9, last["mfu"], 1e-12);
+        Assert.IsTrue(last["tokens_per_second"] > 0);
+        if (OperatingSystem.IsLinux()) Assert.IsTrue(last["peak_rss_mib"] > 50, $"{last["peak_rss_mib"]}");
+
+        // Without a known peak, MFU is left out; with a precomputed reference, no reference FLOPs are counted in the steps.
+        reports.Clear();
+        using var precomputeDir = new TempDirectory();
+        var precomputed = Options(o => { o.MaxSteps = 2; o.PrecomputeReferenceLogProbs = true; o.CheckpointDirectory = precomputeDir.Path; });
+        precomputed.Progress = new SyncProgress(p => reports.Add(p.Metrics));
+        using var second = new MLContext().Alignment().Trainers.Dpo(precomputed).Fit(Pairs(new MLContext()));
+        Assert.IsFalse(reports[^1].ContainsKey("mfu"));
+        Assert.IsFalse(reports[^1].ContainsKey("flops_per_second/reference"));
+        Assert.IsTrue(reports[^1]["flops_per_second"] > 0);
+        StringAssert.Contains(File.ReadAllLines(Path.Combine(precomputeDir.Path, "metrics.jsonl"))[^1], "\"flops_per_second\"");
+    }
+
+    [TestMethod]
     public void StepMetricsReachMlNetsLog()
     {
         var ml = new MLContext();
