@@ -100,7 +100,7 @@ public sealed class OnlineRlCliTests
         WritePrompts(prompts, StylePreferenceTask.TrainSubjects.Take(4));
         Assert.AreEqual(0, Run("init", "--arch", "llama", "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("base")).Code);
         Assert.AreEqual(0, Run("init", "--arch", "llama", "--preset", "tiny", "--tokenizer", "bytes", "--seed", "3", "--output", judgeModel).Code);
-        string[] Common(string verb) => [verb, "--model", dir.Combine("base"), "--data", prompts, "--output", dir.Combine(verb), "--max-completion-length", "8",
+        string[] Common(string verb, string? output = null) => [verb, "--model", dir.Combine("base"), "--data", prompts, "--output", output ?? dir.Combine(verb), "--max-completion-length", "8",
             "--batch-size", "4", "--max-steps", "1", "--logging-steps", "1", "--max-length", "64", "--max-prompt-length", "40"];
 
         // A regex judge as the only reward of online DPO; with a verifiable reward beside it in GRPO and RLOO (weights: functions, then the judge).
@@ -118,13 +118,13 @@ public sealed class OnlineRlCliTests
 
         // The LLM-judge path (RLAIF from the shell): a local chat model rates every sampled answer through IChatClient. This random
         // model writes no readable rating, so every item is unscored and counted, and every pair ties; the point is that it is asked.
-        var chat = Run([.. Common("online-dpo"), "--output", dir.Combine("chat"), "--judge", "chat:" + judgeModel]);
+        var chat = Run([.. Common("online-dpo", dir.Combine("chat")), "--judge", "chat:" + judgeModel]);
         Assert.AreEqual(0, chat.Code, chat.Error);
         StringAssert.Contains(chat.Out, "rewards/judge/unscored=8", "4 prompts × 2 answers asked of the chat judge, none rated");
         StringAssert.Contains(chat.Out, "pairs/tied_share=1");
 
         // The judge's model is an input of the run: the output folder may not replace it.
-        var clash = Run([.. Common("online-dpo"), "--output", judgeModel, "--judge", "reward-model:" + judgeModel]);
+        var clash = Run([.. Common("online-dpo", judgeModel), "--judge", "reward-model:" + judgeModel]);
         Assert.AreEqual(1, clash.Code);
         StringAssert.Contains(clash.Error, "an input of this run");
     }
