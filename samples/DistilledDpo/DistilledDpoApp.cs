@@ -25,18 +25,24 @@ namespace DistilledDpo;
 /// <param name="UrialPreferredStyleRate">Share of URIAL answers that are exactly a preferred answer.</param>
 /// <param name="DpoShiftFromSft">Shares of the dDPO answers' tokens unshifted/marginal/shifted under the dSFT model (<see cref="TokenShiftAnalysis"/>).</param>
 /// <param name="UrialShiftFromBase">The same for URIAL's answers under the base model without the in-context prompt (random base: URIAL's premise does not hold).</param>
+/// <param name="JudgeBudget">Judge calls of every arm of the comparison: the offline arm's rating calls.</param>
+/// <param name="Comparison">The equal-judge-budget comparison (<see cref="JudgeBudgetComparison"/>): dSFT, offline DPO, then the online arms run; empty when none ran.</param>
 public sealed record DistilledDpoSummary(int PairsFromFeedback, string Binarization, double DpoWinRateOverSft, double UrialWinRateOverSft,
     double SftPreferredStyleRate, double DpoPreferredStyleRate, double UrialPreferredStyleRate,
-    TokenShiftShares? DpoShiftFromSft = null, TokenShiftShares? UrialShiftFromBase = null);
+    TokenShiftShares? DpoShiftFromSft = null, TokenShiftShares? UrialShiftFromBase = null, long JudgeBudget = 0, IReadOnlyList<ComparisonArm>? Comparison = null);
 
 /// <summary>The distilled DPO recipe (Tunstall et al., 2023) end to end.</summary>
 public static class DistilledDpoApp
 {
-    /// <summary>Parses <c>--output</c>, <c>--completions</c>, <c>--seed</c> and runs; returns the exit code.</summary>
+    /// <summary>The online arms of the comparison, as <c>--compare</c> names them.</summary>
+    public static readonly string[] OnlineArms = ["online-dpo", "rloo", "grpo"];
+
+    /// <summary>Parses <c>--output</c>, <c>--completions</c>, <c>--seed</c>, <c>--compare</c>, <c>--no-compare</c> and runs; returns the exit code.</summary>
     public static int Run(string[] args)
     {
         string output = "distilled-dpo-output";
         int k = 8, seed = 42;
+        IReadOnlyCollection<string> arms = OnlineArms;
         for (int i = 0; i < args.Length; i++)
         {
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
@@ -45,16 +51,30 @@ public static class DistilledDpoApp
                 case "--output": output = Value(); break;
                 case "--completions": k = int.Parse(Value()); break;
                 case "--seed": seed = int.Parse(Value()); break;
-                default: Console.Error.WriteLine($"Unknown argument '{args[i]}'. Use --output DIR, --completions K, --seed S."); return 2;
+                case "--compare": arms = Value().Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries); break;
+                case "--no-compare": arms = []; break;
+                default:
+                    Console.Error.WriteLine($"Unknown argument '{args[i]}'. Use --output DIR, --completions K, --seed S, --compare {string.Join(",", OnlineArms)} (a subset), --no-compare.");
+                    return 2;
             }
         }
-        Run(output, k, seed);
+        if (arms.FirstOrDefault(a => !OnlineArms.Contains(a)) is { } unknown)
+        {
+            Console.Error.WriteLine($"--compare: unknown arm '{unknown}'; arms: {string.Join(", ", OnlineArms)}.");
+            return 2;
+        }
+        Run(output, k, seed, arms);
         return 0;
     }
 
-    /// <summary>Runs the recipe, writing models and summary.json under <paramref name="output"/>.</summary>
-    public static DistilledDpoSummary Run(string output, int completionsPerPrompt, int seed)
+    /// <summary>
+    /// Runs the recipe, writing models and summary.json under <paramref name="output"/>; then, for each arm of
+    /// <paramref name="compareWith"/> ("online-dpo", "rloo", "grpo"), trains it from the dSFT model with the offline arm's
+    /// judge budget and compares all arms side by side (<see cref="JudgeBudgetComparison"/>).
+    /// </summary>
+    public static DistilledDpoSummary Run(string output, int completionsPerPrompt, int seed, IReadOnlyCollection<string>? compareWith = null)
     {
+        compareWith ??= [];
         output = Path.GetFullPath(output);
         Directory.CreateDirectory(output);
         var ml = new MLContext(seed: seed);
@@ -68,7 +88,8 @@ public static class DistilledDpoApp
             Seed = seed, LoggingInterval = 5, Progress = display.Progress, Log = display.Log,
         }).Fit(ml.Data.LoadFromCompletions(DemoTask.SftExamples())));
 
-        // 2. Sample k completions per training prompt from the dSFT model.
+        // 2. Sample k completions per training prompt from the dSFT model (the offline arm's clock starts here).
+        var offlineClock = System.Diagnostics.Stopwatch.StartNew();
         var prompts = DemoTask.TrainPairs().Select(p => p.Prompt).Distinct().ToList();
         var candidates = CompletionRanker.SampleCompletions(sft.Model, prompts, completionsPerPrompt,
             new GenerationOptions { Temperature = 1.0, MaxNewTokens = 32, StopStrings = ["\n"], Seed = seed });
@@ -81,6 +102,7 @@ public static class DistilledDpoApp
         var scored = CompletionRanker.RankAsync(judge, candidates, report: ranking).GetAwaiter().GetResult();
         var binarization = new BinarizationReport();
         var pairs = PreferenceBinarizer.Binarize(scored, new BinarizationOptions { Strategy = BinarizationStrategy.BestVsRandom, Seed = seed }, binarization);
+        long budget = teacher.Calls;   // the offline arm's judge calls: every arm of the comparison gets as many
         AnsiConsole.MarkupLine($"[bold]AI feedback[/]: {Markup.Escape(ranking.ToString() ?? "")}; judge: {Markup.Escape(judge.Statistics.ToString() ?? "")}; binarized into {pairs.Count} pairs ({Markup.Escape(Describe(binarization))})");
         if (pairs.Count == 0) throw new InvalidOperationException("The judge found no preference among the sampled completions: sample more (--completions).");
 
@@ -90,8 +112,12 @@ public static class DistilledDpoApp
             BaseModel = sft.Model, Beta = 0.1, Epochs = 6, BatchSize = 8, LearningRate = 1e-4, RpoAlpha = 0, MaxLength = 128, MaxPromptLength = 96,   // plain DPO, as measured in the README
             Seed = seed, LoggingInterval = 2, CheckpointDirectory = Path.Combine(output, "ddpo-run"), ExistingCheckpoint = ExistingCheckpointAction.Restart, Progress = display.Progress, Log = display.Log,
         }).Fit(ml.Data.LoadFromPreferencePairs(pairs)));
+        double offlineSeconds = offlineClock.Elapsed.TotalSeconds;
 
         // 6. Held-out comparison: dDPO and URIAL (base model, in-context alignment) against dSFT, by the same judge.
+        // The evaluations use a teacher of their own, so that the arms' counts are their training's calls only.
+        using var evaluationTeacher = new RubricTeacher();
+        var evaluator = new ChatClientJudge(evaluationTeacher);
         var heldOut = DemoTask.HeldOutPrompts;
         var greedy = new GenerationOptions { MaxNewTokens = 32, StopStrings = ["\n"] };
         var sftAnswers = sft.Model.CreateGenerator().Generate(heldOut, greedy);
@@ -115,7 +141,7 @@ public static class DistilledDpoApp
         ShiftReportFiles.Write(urialShift, Path.Combine(output, "shift", "urial-vs-base.json"), "URIAL vs base");
 
         var summary = new DistilledDpoSummary(pairs.Count, Describe(binarization),
-            Judges.WinRate(judge, heldOut, dpoAnswers, sftAnswers), Judges.WinRate(judge, heldOut, urialAnswers, sftAnswers),
+            Judges.WinRate(evaluator, heldOut, dpoAnswers, sftAnswers), Judges.WinRate(evaluator, heldOut, urialAnswers, sftAnswers),
             Style(sftAnswers), Style(dpoAnswers), Style(urialAnswers), dpoShift.Overall, urialShift.Overall);
         var table = new Table().AddColumns("held-out prompt", "dSFT", "dDPO", "URIAL (base model)");
         foreach (int i in new[] { 0, heldOut.Count / 2, heldOut.Count - 1 })
@@ -125,6 +151,38 @@ public static class DistilledDpoApp
         AnsiConsole.MarkupLine($"[bold]Answers in the preferred style[/]: dSFT {summary.SftPreferredStyleRate:P0}, dDPO {summary.DpoPreferredStyleRate:P0}, URIAL {summary.UrialPreferredStyleRate:P0}");
         AnsiConsole.MarkupLine($"[bold]Token distribution shift[/] (shifted / marginal): dDPO vs dSFT {dpoShift.Shifted:P1} / {dpoShift.Marginal:P1}, " +
                                $"URIAL vs base {urialShift.Shifted:P1} / {urialShift.Marginal:P1} (random base: URIAL's premise does not hold); reports in {Markup.Escape(Path.Combine(output, "shift"))}");
+
+        // 8. The equal-judge-budget comparison: offline DPO against online DPO, RLOO and GRPO, each online arm started from dSFT and
+        //    stopped after the offline arm's number of judge calls.
+        if (compareWith.Count > 0)
+        {
+            var arms = new List<ComparisonArm>
+            {
+                new("dSFT", 0, 0.5, summary.SftPreferredStyleRate, 0, 0, "the starting point of every arm"),
+                new("offline DPO (dDPO)", budget, summary.DpoWinRateOverSft, summary.DpoPreferredStyleRate,
+                    JudgeBudgetComparison.KlToSft(dpo.Model, sft.Model, heldOut, 32, seed), offlineSeconds,
+                    $"{prompts.Count} prompts × {completionsPerPrompt} completions rated up front, {pairs.Count} pairs, 6 epochs of DPO"),
+            };
+            var online = JudgeBudgetComparison.TrainOnlineArms(ml, sft.Model, prompts, budget, compareWith, seed, display);
+            try
+            {
+                foreach (var (name, model, calls, seconds, setup) in online)
+                {
+                    var answers = model.Model.CreateGenerator().Generate(heldOut, greedy);
+                    arms.Add(new ComparisonArm(name, calls, Judges.WinRate(evaluator, heldOut, answers, sftAnswers), Style(answers),
+                        JudgeBudgetComparison.KlToSft(model.Model, sft.Model, heldOut, 32, seed), seconds, setup));
+                }
+            }
+            finally
+            {
+                foreach (var arm in online) arm.Model.Dispose();
+            }
+            summary = summary with { JudgeBudget = budget, Comparison = arms };
+            string markdown = JudgeBudgetComparison.ToMarkdown(arms, budget, heldOut.Count);
+            Console.WriteLine();
+            Console.WriteLine(markdown);
+            File.WriteAllText(Path.Combine(output, "comparison.md"), markdown);
+        }
         File.WriteAllText(Path.Combine(output, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }

@@ -9,10 +9,17 @@ namespace Microsoft.ML.Dpo.Samples;
 /// 3 for a curt one, 1 for anything else (malformed, empty, off-task). It stands in for a hosted or local chat model: the
 /// judge that talks to it (<see cref="ChatClientJudge"/>) builds the same request and parses the same kind of answer.
 /// </summary>
+/// <remarks>It counts the requests it answers (<see cref="Calls"/>): the judge-call budget of the sample's comparison.</remarks>
 internal sealed class RubricTeacher : IChatClient
 {
+    long calls;
+
+    /// <summary>Rating requests answered so far (one per judged completion).</summary>
+    public long Calls => Interlocked.Read(ref calls);
+
     public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
+        Interlocked.Increment(ref calls);
         string request = messages.Last().Text;
         string answer = Between(request, "[Answer]\n", "\n\n[End of answer]").Trim();
         int rating = DemoTask.IsPreferredStyle(answer) ? 9 : DemoTask.IsCurtStyle(answer) ? 3 : 1;

@@ -6,20 +6,27 @@ using Microsoft.ML.Dpo.Feedback;
 namespace MlDpo.Commands;
 
 /// <summary>
-/// <c>--judge KIND[:ARGUMENT]</c>, the judge that decides which of two answers is better (for <c>eval/win_rate</c>), shared by
-/// the verbs that evaluate by generation: <c>reward-model:DIR</c>, <c>rating:DIR</c>, <c>chat:DIR</c>, <c>implicit:MODEL,REFERENCE</c>
-/// and <c>regex:PATTERN</c>.
+/// <c>--judge KIND[:ARGUMENT]</c>, a judge that scores answers, shared by the verbs that evaluate by generation (it decides
+/// which of two answers is better, for <c>eval/win_rate</c>) and by the online RL verbs (the judge in the loop, a reward):
+/// <c>reward-model:DIR</c>, <c>rating:DIR</c>, <c>chat:DIR</c>, <c>implicit:MODEL,REFERENCE</c> and <c>regex:PATTERN</c>.
 /// </summary>
 internal sealed class JudgeOptions
 {
     /// <summary>The judge kinds, as <c>--judge</c> names them.</summary>
     public static readonly string[] Kinds = ["reward-model", "rating", "chat", "implicit", "regex"];
 
-    public readonly Option<string?> Judge = Cli.Optional<string?>("--judge",
-        "The judge of eval/win_rate (which answer is better): reward-model:DIR (a reward model trained with the library), " +
+    /// <summary>The judge kinds and what each scores, for the help text.</summary>
+    public const string KindsHelp = "reward-model:DIR (a reward model trained with the library), " +
         "rating:DIR (a local model's probability-weighted 1-5 rating), chat:DIR (a local chat model as an LLM judge through IChatClient), " +
-        "implicit:MODEL,REFERENCE (DPO's implicit reward log π − log π_ref), regex:PATTERN (1 when the answer matches the .NET regular expression, else 0). " +
-        "Default: none (no win rate).");
+        "implicit:MODEL,REFERENCE (DPO's implicit reward log π − log π_ref), regex:PATTERN (1 when the answer matches the .NET regular expression, else 0)";
+
+    public readonly Option<string?> Judge;
+
+    /// <summary>The option with the help text of evaluation: the judge of eval/win_rate.</summary>
+    public JudgeOptions() : this("The judge of eval/win_rate (which answer is better): " + KindsHelp + ". Default: none (no win rate).") { }
+
+    /// <summary>The option with its own help text (the online RL verbs: the judge as a reward).</summary>
+    public JudgeOptions(string description) => Judge = Cli.Optional<string?>("--judge", description);
 
     public void AddTo(Command command) => command.Options.Add(Judge);
 
@@ -53,6 +60,21 @@ internal sealed class JudgeOptions
                     throw new CliException($"--judge implicit:{argument}: expected two model folders, implicit:MODEL,REFERENCE.");
                 return new ImplicitRewardJudge(Own(LanguageModel.Load(Directory(parts[0]), device: device), owned), Own(LanguageModel.Load(Directory(parts[1]), device: device), owned));
         }
+    }
+
+    /// <summary>The model folders a <c>--judge</c> value names (none for regex:), to keep an output folder from replacing them.</summary>
+    public static IReadOnlyList<string> ModelPaths(string? spec)
+    {
+        if (spec is null) return [];
+        int colon = spec.IndexOf(':');
+        string kind = (colon < 0 ? spec : spec[..colon]).Trim().ToLowerInvariant();
+        string argument = colon < 0 ? "" : spec[(colon + 1)..];
+        return kind switch
+        {
+            "reward-model" or "rating" or "chat" when argument.Length > 0 => [argument],
+            "implicit" => argument.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries),
+            _ => [],
+        };
     }
 
     static string Directory(string path) =>

@@ -49,7 +49,7 @@ internal static partial class TrainCommands
         var lossType = Cli.Choice("--loss-type", "How token losses are averaged (TRL's loss_type).", "dapo", "grpo", "bnpo", "dr_grpo", "dapo");
         var scale = Cli.Choice("--scale-rewards", "How centred rewards are scaled: by the group's std, the batch's, or not at all (TRL's scale_rewards).", "group", "group", "batch", "none");
         var command = new Command("grpo", "Group Relative Policy Optimization on the prompts of --data (any file with a prompt field): K completions per prompt " +
-            "sampled from the policy, rewarded (--reward-function, --reward-model), group-relative advantages, clipped surrogate; writes a Hugging Face directory with metrics.jsonl.");
+            "sampled from the policy, rewarded (--reward-function, --reward-model, --judge), group-relative advantages, clipped surrogate; writes a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         online.AddTo(command);
         foreach (Option option in new Option[] { learningRate, beta, epsilon, epsilonHigh, iterations, lossType, scale }) command.Options.Add(option);
@@ -75,7 +75,7 @@ internal static partial class TrainCommands
         var beta = Cli.Option("--beta", "β of the sequence-level KL penalty folded into the reward (0: no reference model).", 0.05);
         var normalize = Cli.Option("--normalize-advantages", "Standardise the advantages over the batch.", false);
         var command = new Command("rloo", "REINFORCE Leave-One-Out on the prompts of --data: K completions per prompt sampled from the policy, rewarded " +
-            "(--reward-model, --reward-function), KL-shaped reward, leave-one-out baseline; writes a Hugging Face directory with metrics.jsonl.");
+            "(--reward-model, --reward-function, --judge), KL-shaped reward, leave-one-out baseline; writes a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         online.AddTo(command);
         foreach (Option option in new Option[] { learningRate, beta, normalize }) command.Options.Add(option);
@@ -94,7 +94,7 @@ internal static partial class TrainCommands
         var learningRate = Cli.Optional<double?>("--learning-rate", TrainingDefaults.Help(TrainingStage.OnlineReinforcement));
         var beta = Cli.Option("--beta", "DPO's β (> 0).", 0.1);
         var command = new Command("online-dpo", "Online DPO on the prompts of --data: two completions per prompt sampled from the policy, the rewards " +
-            "(--reward-model, --reward-function) pick the better, DPO loss on the fresh pair; writes a Hugging Face directory with metrics.jsonl.");
+            "(--judge, e.g. chat:DIR for an LLM judge; --reward-model, --reward-function) pick the better, DPO loss on the fresh pair; writes a Hugging Face directory with metrics.jsonl.");
         common.AddTo(command);
         online.AddTo(command);
         online.NumGenerations.DefaultValueFactory = _ => 2;
@@ -156,16 +156,21 @@ internal static partial class TrainCommands
         var (stdout, _) = Cli.Writers(result);
         var display = new TrainingDisplay(stdout, Cli.IsTerminal(result));
         online.Apply(result, options);
-        string checkpoints = common.Apply(result, options, display, cancellation, result.GetValue(online.Rewards.RewardModel));
-        options.Rewards = online.Rewards.Build(result, options.Device, out var rewardModel);
-        using (rewardModel)
+        string checkpoints = common.Apply(result, options, display, cancellation, [.. online.Rewards.ModelPaths(result)]);
+        var owned = new List<IDisposable>();
+        try
         {
+            options.Rewards = online.Rewards.Build(result, options.Device, owned);
             var ml = new MLContext(seed: options.Seed);
             var loadReport = new DataLoadReport();
             var data = ml.Data.LoadPrompts(common.DataPath(result),
                 new CompletionDataLoadOptions { SkipMalformedRows = options.SkipInvalidRows, ChatTemplate = common.ChatTemplate(result, stdout) }, loadReport);
             stdout.WriteLine($"Data: {loadReport}");
             return Train(result, common, stdout, display, verb, checkpoints, () => trainer(ml).Fit(data));
+        }
+        finally
+        {
+            foreach (var model in owned) model.Dispose();
         }
     }
 }

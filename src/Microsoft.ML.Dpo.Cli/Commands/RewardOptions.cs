@@ -7,9 +7,10 @@ using Microsoft.ML.Dpo.Reinforcement;
 namespace MlDpo.Commands;
 
 /// <summary>
-/// The reward options of the online RL verbs (<c>grpo</c>, <c>rloo</c>): verifiable rewards written on the command line
-/// (<c>--reward-function ends-with:TEXT</c> or <c>regex:PATTERN</c>, repeatable), a reward model trained by <c>mldpo reward</c>
-/// (<c>--reward-model DIR</c>), and their weights.
+/// The reward options of the online RL verbs (<c>grpo</c>, <c>rloo</c>, <c>online-dpo</c>): verifiable rewards written on the
+/// command line (<c>--reward-function ends-with:TEXT</c> or <c>regex:PATTERN</c>, repeatable), a reward model trained by
+/// <c>mldpo reward</c> (<c>--reward-model DIR</c>), any judge of <c>mldpo evaluate</c> in the loop (<c>--judge KIND:ARGUMENT</c>,
+/// <see cref="JudgeOptions"/>: an LLM judge through IChatClient is RLAIF), and their weights.
 /// </summary>
 internal sealed class RewardOptions
 {
@@ -20,23 +21,30 @@ internal sealed class RewardOptions
         AllowMultipleArgumentsPerToken = false,
     };
     public readonly Option<string?> RewardModel = Cli.Optional<string?>("--reward-model", "A reward model directory written by mldpo reward (scores each answer).");
-    public readonly Option<string?> Weights = Cli.Optional<string?>("--reward-weights", "Comma-separated weights: one per --reward-function (in order), then one for --reward-model (default: 1 each).");
+    public readonly JudgeOptions Judge = new("A judge in the loop, as a reward (its score of each sampled answer; the same kinds as mldpo evaluate --judge): " +
+        JudgeOptions.KindsHelp + ". chat:DIR is RLAIF: an LLM rates every answer through IChatClient. Default: none.");
+    public readonly Option<string?> Weights = Cli.Optional<string?>("--reward-weights",
+        "Comma-separated weights: one per --reward-function (in order), then one for --reward-model, then one for --judge (default: 1 each).");
 
     public void AddTo(Command command)
     {
         command.Options.Add(Functions);
         command.Options.Add(RewardModel);
+        Judge.AddTo(command);
         command.Options.Add(Weights);
     }
 
-    /// <summary>The rewards the options name; the reward model, when one is loaded, is returned to be disposed after training.</summary>
-    public List<RewardFunction> Build(ParseResult result, string device, out IDisposable? loaded)
+    /// <summary>The model folders the rewards read (reward model, judge models), which the output folder must not replace.</summary>
+    public IEnumerable<string?> ModelPaths(ParseResult result) => [result.GetValue(RewardModel), .. JudgeOptions.ModelPaths(result.GetValue(Judge.Judge))];
+
+    /// <summary>The rewards the options name; the models loaded for them are added to <paramref name="owned"/>, to be disposed after training.</summary>
+    public List<RewardFunction> Build(ParseResult result, string device, List<IDisposable> owned)
     {
-        loaded = null;
         var specs = result.GetValue(Functions) ?? [];
         string? modelDir = result.GetValue(RewardModel);
-        int count = specs.Length + (modelDir is null ? 0 : 1);
-        if (count == 0) throw new CliException("Give a reward: --reward-function ends-with:TEXT or regex:PATTERN, or --reward-model DIR (see --help).");
+        string? judgeSpec = result.GetValue(Judge.Judge);
+        int count = specs.Length + (modelDir is null ? 0 : 1) + (judgeSpec is null ? 0 : 1);
+        if (count == 0) throw new CliException("Give a reward: --reward-function ends-with:TEXT or regex:PATTERN, --reward-model DIR, or --judge KIND:ARGUMENT (see --help).");
         var weights = ParseWeights(result.GetValue(Weights), count);
         var rewards = new List<RewardFunction>();
         for (int i = 0; i < specs.Length; i++)
@@ -50,9 +58,11 @@ internal sealed class RewardOptions
             if (!File.Exists(Path.Combine(modelDir, RewardModelTransformer.SettingsFileName)))
                 throw new CliException($"--reward-model: '{modelDir}' is not a reward model written by mldpo reward (it lacks {RewardModelTransformer.SettingsFileName}).");
             var model = RewardModelTransformer.Load(modelDir, device);
-            loaded = model;
-            rewards.Add(RewardFunction.FromJudge(model, "reward_model", weights[^1]));
+            owned.Add(model);
+            rewards.Add(RewardFunction.FromJudge(model, "reward_model", weights[specs.Length]));
         }
+        if (judgeSpec is not null)
+            rewards.Add(RewardFunction.FromJudge(JudgeOptions.Parse(judgeSpec, owned, device), "judge", weights[^1]));
         return rewards;
     }
 
@@ -80,7 +90,7 @@ internal sealed class RewardOptions
         if (value is null) return Enumerable.Repeat(1.0, count).ToArray();
         var items = value.Split(',', StringSplitOptions.TrimEntries);
         if (items.Length != count)
-            throw new CliException($"--reward-weights has {items.Length} value(s) for {count} reward(s); give one per --reward-function, then one for --reward-model.");
+            throw new CliException($"--reward-weights has {items.Length} value(s) for {count} reward(s); give one per --reward-function, then one for --reward-model, then one for --judge.");
         return items.Select(item => double.TryParse(item, NumberStyles.Float, CultureInfo.InvariantCulture, out double w) && double.IsFinite(w)
             ? w : throw new CliException($"--reward-weights: '{item}' is not a number.")).ToArray();
     }

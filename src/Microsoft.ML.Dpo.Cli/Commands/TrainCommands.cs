@@ -89,11 +89,11 @@ internal static partial class TrainCommands
         /// Fills the shared trainer options; returns the checkpoint folder. Refuses, before anything is read or trained, an
         /// --output that may not be replaced (<see cref="OutputFolder"/>: never one that is or contains the current folder, an input or the checkpoints).
         /// </summary>
-        public string Apply(ParseResult result, LanguageModelTrainerOptions options, TrainingDisplay display, CancellationToken cancellation, string? reference = null)
+        public string Apply(ParseResult result, LanguageModelTrainerOptions options, TrainingDisplay display, CancellationToken cancellation, params string?[] protectedPaths)
         {
             string model = result.GetValue(Model)!, output = result.GetValue(Output)!;
             string checkpoints = result.GetValue(CheckpointDir) ?? Path.TrimEndingDirectorySeparator(Path.GetFullPath(output)) + ".checkpoints";
-            OutputFolder.EnsureReplaceable(output, Overwrite(result), model, result.GetValue(Data), reference, checkpoints);
+            OutputFolder.EnsureReplaceable(output, Overwrite(result), [model, result.GetValue(Data), checkpoints, .. protectedPaths]);
             if (result.GetValue(Resume) && result.GetValue(Restart)) throw new CliException("Give --resume or --restart, not both.");
             if (!Directory.Exists(model))
                 throw new CliException(File.Exists(model)

@@ -93,6 +93,43 @@ public sealed class OnlineRlCliTests
     }
 
     [TestMethod]
+    public void JudgeFlagPutsAnyJudgeOfEvaluateInTheLoopOfOnlineDpoRlooAndGrpo()
+    {
+        using var dir = new TempDirectory();
+        string prompts = dir.Combine("prompts.jsonl"), judgeModel = dir.Combine("judge");
+        WritePrompts(prompts, StylePreferenceTask.TrainSubjects.Take(4));
+        Assert.AreEqual(0, Run("init", "--arch", "llama", "--preset", "tiny", "--tokenizer", "bytes", "--output", dir.Combine("base")).Code);
+        Assert.AreEqual(0, Run("init", "--arch", "llama", "--preset", "tiny", "--tokenizer", "bytes", "--seed", "3", "--output", judgeModel).Code);
+        string[] Common(string verb, string? output = null) => [verb, "--model", dir.Combine("base"), "--data", prompts, "--output", output ?? dir.Combine(verb), "--max-completion-length", "8",
+            "--batch-size", "4", "--max-steps", "1", "--logging-steps", "1", "--max-length", "64", "--max-prompt-length", "40"];
+
+        // A regex judge as the only reward of online DPO; with a verifiable reward beside it in GRPO and RLOO (weights: functions, then the judge).
+        var online = Run([.. Common("online-dpo"), "--judge", "regex:[a-z]"]);
+        Assert.AreEqual(0, online.Code, online.Error);
+        StringAssert.Contains(online.Out, "rewards/judge/mean");
+        StringAssert.Contains(online.Out, "pairs/tied_share");
+        foreach (string verb in new[] { "grpo", "rloo" })
+        {
+            var run = Run([.. Common(verb), "--num-generations", "2", "--reward-function", "ends-with:.", "--judge", "regex:[a-z]", "--reward-weights", "1,0.5"]);
+            Assert.AreEqual(0, run.Code, verb + ": " + run.Error);
+            StringAssert.Contains(run.Out, "rewards/judge/mean", verb);
+            StringAssert.Contains(run.Out, "rewards/ends_with/mean", verb);
+        }
+
+        // The LLM-judge path (RLAIF from the shell): a local chat model rates every sampled answer through IChatClient. This random
+        // model writes no readable rating, so every item is unscored and counted, and every pair ties; the point is that it is asked.
+        var chat = Run([.. Common("online-dpo", dir.Combine("chat")), "--judge", "chat:" + judgeModel]);
+        Assert.AreEqual(0, chat.Code, chat.Error);
+        StringAssert.Contains(chat.Out, "rewards/judge/unscored=8", "4 prompts × 2 answers asked of the chat judge, none rated");
+        StringAssert.Contains(chat.Out, "pairs/tied_share=1");
+
+        // The judge's model is an input of the run: the output folder may not replace it.
+        var clash = Run([.. Common("online-dpo", judgeModel), "--judge", "reward-model:" + judgeModel]);
+        Assert.AreEqual(1, clash.Code);
+        StringAssert.Contains(clash.Error, "an input of this run");
+    }
+
+    [TestMethod]
     public void RewardOptionsAreCheckedOnOneLine()
     {
         using var dir = new TempDirectory();
@@ -108,6 +145,9 @@ public sealed class OnlineRlCliTests
             (["--reward-function", "ends-with:!", "--reward-weights", "1,2"], "--reward-weights has 2 value(s) for 1 reward(s)"),
             (["--reward-model", dir.Combine("base")], "is not a reward model written by mldpo reward"),
             (["--reward-function", "ends-with:!", "--num-generations", "1"], "NumGenerations must be at least 2"),
+            (["--judge", "oracle:x"], "names no judge kind"),
+            (["--judge", "chat:" + dir.Combine("missing")], "does not exist"),
+            (["--judge", "regex:a", "--reward-function", "ends-with:!", "--reward-weights", "1"], "then one for --judge"),
         ];
         foreach (var (extra, message) in cases)
         {
