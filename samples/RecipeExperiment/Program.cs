@@ -104,6 +104,7 @@ foreach (var (name, flags) in dpoRecipes)
         row["rewards_chosen"] = LastMetric(output, "rewards/chosen");
         row["learning_rate_line"] = File.ReadLines(P($"dpo-{name}-e{settings["--dpo-epochs"]}.log")).FirstOrDefault(l => l.Contains("learning rate", StringComparison.OrdinalIgnoreCase));
         row["samples"] = new JsonArray(dpo.Answers.Take(4).Select(a => (JsonNode)JsonValue.Create(a)!).ToArray());
+        row["misses"] = new JsonArray(dpo.Answers.Where(a => task.Classify(a) != StyleVerdict.Preferred).Take(12).Select(a => (JsonNode)JsonValue.Create(a)!).ToArray());
         Console.Error.WriteLine($"  DPO {name}: preferred {dpo.Preferred:P0}, dispreferred {dpo.Dispreferred:P0}, degenerate {dpo.Degenerate}; e.g. {JsonSerializer.Serialize(dpo.Answers[0])} | {JsonSerializer.Serialize(dpo.Answers[1])}");
     }
     row["seconds"] = Math.Round(clock.Elapsed.TotalSeconds);

@@ -22,7 +22,7 @@ internal enum StyleVerdict
 /// subjects (and two phrasings) never seen in training. Answers are templates with the subject in them ("{S}" capitalised,
 /// "{s}" as is), so a model must copy an unseen subject, not just recall a fixed string.
 /// </summary>
-/// <param name="Name">A short name ("polite", "concise", "signoff").</param>
+/// <param name="Name">A short name ("polite", "concise", "signoff", "greeting").</param>
 /// <param name="Description">What is preferred over what, in words.</param>
 /// <param name="PreferredTemplates">Answers in the preferred style.</param>
 /// <param name="DispreferredTemplates">Answers in the dispreferred style, one per preferred template (pairs match them by index).</param>
@@ -59,8 +59,16 @@ internal sealed record StyleTask(string Name, string Description, string[] Prefe
         ["{S} are interesting. Best wishes, Ada.", "I like {s}. Best wishes, Ada."],
         ["{S} are interesting.", "I like {s}."]);
 
-    /// <summary>The three tasks.</summary>
-    public static IReadOnlyList<StyleTask> All { get; } = [Polite, Concise, SignOff];
+    /// <summary>
+    /// Without (dispreferred) against with (preferred) a greeting in front: the held-out task of the recipe experiment, designed
+    /// after the defaults were chosen on the other three (the difference is at the start of the answer, the rest is shared).
+    /// </summary>
+    public static StyleTask Greeting { get; } = new("greeting", "with a greeting in front over without",
+        ["Hello there! {S} are wonderful.", "Hello there! I enjoy {s}."],
+        ["{S} are wonderful.", "I enjoy {s}."]);
+
+    /// <summary>The four tasks.</summary>
+    public static IReadOnlyList<StyleTask> All { get; } = [Polite, Concise, SignOff, Greeting];
 
     /// <summary>The task called <paramref name="name"/>.</summary>
     public static StyleTask Named(string name) => All.FirstOrDefault(t => t.Name == name)
