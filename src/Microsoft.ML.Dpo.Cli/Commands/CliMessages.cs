@@ -35,6 +35,7 @@ internal static class CliMessages
         ["LearningRate"] = "--learning-rate",
         ["WarmupSteps"] = "--warmup-steps",
         ["MaxSteps"] = "--max-steps",
+        ["GradientCheckpointing"] = "--gradient-checkpointing",
         ["MaxLength"] = "--max-length",
         ["MaxPromptLength"] = "--max-prompt-length",
         ["Truncation"] = "--truncation-mode",

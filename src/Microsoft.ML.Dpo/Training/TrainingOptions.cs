@@ -116,6 +116,14 @@ public class TrainingOptions
     public int LoggingInterval { get; set; } = 10;
     /// <summary>Stop after this many optimizer steps (0: no limit besides <see cref="Epochs"/>). Default 0.</summary>
     public int MaxSteps { get; set; }
+    /// <summary>
+    /// Gradient checkpointing: the training forward passes keep only each decoder layer's input, and the backward pass
+    /// recomputes the layer's activations (Hugging Face's <c>gradient_checkpointing</c>). Less memory for activations
+    /// (they grow with batch × length × layers), at the cost of one more forward pass per step; the gradients are the
+    /// same. On a GPU it needs LoRA dropout and MoE router jitter at 0 (their random draws cannot be replayed there).
+    /// Default false.
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
     /// <summary>Receives the metrics at every logging step.</summary>
     public IProgress<TrainingProgress>? Progress { get; set; }
     /// <summary>Cancels training; a checkpoint is written first when <see cref="CheckpointDirectory"/> is set.</summary>
