@@ -38,6 +38,7 @@ internal static class CliMessages
         ["WarmupSteps"] = "--warmup-steps",
         ["MaxSteps"] = "--max-steps",
         ["PeakFlops"] = "--peak-flops",
+        ["GradientCheckpointing"] = "--gradient-checkpointing",
         ["MaxLength"] = "--max-length",
         ["MaxPromptLength"] = "--max-prompt-length",
         ["Truncation"] = "--truncation-mode",

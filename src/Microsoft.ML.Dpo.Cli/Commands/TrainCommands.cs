@@ -64,6 +64,9 @@ internal static partial class TrainCommands
             "MoE experts: w1,w2,w3 (Mixtral) or gate,up,down (Qwen3-MoE); routers only when 'router' is listed.");
         public readonly Option<double?> RouterAuxLossCoef = Cli.Optional<double?>("--router-aux-loss-coef", "MoE models: weight of the load-balancing loss added to the objective (default: the config's router_aux_loss_coef, 0.001; 0 turns it off).");
         public readonly Option<double> RouterZLossCoef = Cli.Option("--router-z-loss-coef", "MoE models: weight of the router z-loss (default 0: off).", 0.0);
+        public readonly Option<bool> GradientCheckpointing = Cli.Option("--gradient-checkpointing", "Keep only each layer's input in the training forward pass and " +
+            "recompute the layer in the backward pass: less activation memory, one more forward per step, the same gradients " +
+            "(on a GPU: LoRA dropout and MoE router jitter must be 0).", Defaults.GradientCheckpointing);
         public readonly Option<double?> PeakFlops = Cli.Optional<double?>("--peak-flops", "The peak FLOP/s of one device (e.g. 9.89e14 for an H100's dense bf16), " +
             "to log the model FLOPs utilization (mfu) beside the achieved flops_per_second (default: none, no mfu).");
         public readonly Option<string> ChunkedLogProbs = Cli.Choice("--chunked-log-probs", "Compute the completion tokens' log-probs a chunk of positions at a time, " +
@@ -75,7 +78,7 @@ internal static partial class TrainCommands
         {
             foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, PaddingFree, MaxTokensPerBatch, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef,
-                ChunkedLogProbs, LogProbChunkSize, PeakFlops })
+                ChunkedLogProbs, LogProbChunkSize, PeakFlops, GradientCheckpointing })
                 command.Options.Add(option);
         }
 
@@ -112,6 +115,7 @@ internal static partial class TrainCommands
             options.Truncation = result.GetValue(TruncationMode) == "keep_start" ? Microsoft.ML.Dpo.Training.TruncationMode.KeepStart : Microsoft.ML.Dpo.Training.TruncationMode.KeepEnd;
             options.WarmupSteps = result.GetValue(WarmupSteps);
             options.MaxSteps = result.GetValue(MaxSteps);
+            options.GradientCheckpointing = result.GetValue(GradientCheckpointing);
             options.Seed = result.GetValue(Seed);
             options.LoggingInterval = result.GetValue(LoggingSteps);
             options.CheckpointDirectory = checkpoints;

@@ -93,7 +93,12 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         {
             var h = x.to(A.dtype);
             // Dropout only while training with gradients: scoring and generation (no_grad) stay deterministic even in train mode.
-            if (dropout > 0 && training && torch.is_grad_enabled()) h = nn.functional.dropout(h, dropout, training: true);
+            // A checkpointed layer's first pass runs without gradients but stands for a training pass (its recomputation has them).
+            if (dropout > 0 && training && (torch.is_grad_enabled() || Checkpointing.InCheckpointedForward))
+            {
+                Checkpointing.EnsureReplayable(h.device, "the LoRA dropout");
+                h = nn.functional.dropout(h, dropout, training: true);
+            }
             var update = (ComputePrecision.Current is null ? h.matmul(A.t()).matmul(B.t())   // [.., out]
                 : ComputePrecision.Linear(ComputePrecision.Linear(h, A), B)).mul(Scaling);   // mixed precision: the adapters' matmuls in the compute dtype too
             y = y.add(update.to(y.dtype));

@@ -285,7 +285,10 @@ internal sealed class DecoderModel : nn.Module
         if (_localRope is not null) (localCos, localSin) = _localRope.CosSin(positions, x.dtype);
         var inputs = new DecoderInputs(cos, sin, localCos, localSin, fullMask, slidingMask);
         foreach (var layer in layers)
-            x = layer.forward(x, inputs, cache);
+            x = Checkpointing.Applies(cache)
+                ? Checkpointing.Run(layer, x, [cos, sin, localCos, localSin, fullMask, slidingMask],
+                    (h, c) => layer.forward(h, new DecoderInputs(c[0]!, c[1]!, c[2], c[3], c[4]!, c[5]), null))
+                : layer.forward(x, inputs, cache);
         x = norm.forward(x);                                                            // [B, T, H]
         cache?.Advance((int)inputIds.shape[1]);
         return x.MoveToOuterDisposeScope();

@@ -59,7 +59,9 @@ public sealed class Gpt2LMHeadModel : CausalLM
             var (positions, mask) = PrepareInputs(inputIds, attentionMask, past);     // [B, T], [B, 1, T, S]
             var x = wte.forward(inputIds) + wpe.forward(positions);                   // [B, T, H]
             foreach (var block in h)
-                x = block.forward(x, mask, cache);
+                x = Checkpointing.Applies(cache)
+                    ? Checkpointing.Run(block, x, [mask], (y, c) => block.forward(y, c[0]!, null))
+                    : block.forward(x, mask, cache);
             x = ln_f.forward(x);
             cache?.Advance((int)inputIds.shape[1]);
             return x.MoveToOuterDisposeScope();

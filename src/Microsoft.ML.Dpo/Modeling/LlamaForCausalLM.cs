@@ -68,7 +68,9 @@ public sealed class LlamaForCausalLM : CausalLM
             var x = embed_tokens.forward(inputIds);                                   // [B, T, H]
             var (cos, sin) = _rope.CosSin(positions, x.dtype);                        // [B, 1, T, D] each
             foreach (var layer in layers)
-                x = layer.forward(x, cos, sin, mask, cache);
+                x = Checkpointing.Applies(cache)
+                    ? Checkpointing.Run(layer, x, [cos, sin, mask], (h, c) => layer.forward(h, c[0]!, c[1]!, c[2]!, null))
+                    : layer.forward(x, cos, sin, mask, cache);
             x = norm.forward(x);                                                      // [B, T, H]
             cache?.Advance((int)inputIds.shape[1]);
             return x.MoveToOuterDisposeScope();

@@ -54,7 +54,10 @@ internal sealed class SparseMoeBlock : nn.Module<Tensor, Tensor>, IProjectionOwn
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0], t = x.shape[1], h = x.shape[2], n = b * t;
         if (training && _jitter > 0)                                                  // Mixtral's router_jitter_noise (router and experts see it)
+        {
+            Checkpointing.EnsureReplayable(x.device, "the router jitter noise (router_jitter_noise)");
             x = x * torch.empty_like(x).uniform_(1.0 - _jitter, 1.0 + _jitter);
+        }
         var tokens = x.reshape(n, h);                                                 // [N, H]
         var routerLogits = gate.forward(tokens);                                      // [N, E]
         _sink.Add(routerLogits);
@@ -195,6 +198,8 @@ internal sealed class RouterLogitsSink
     /// <summary>Called by each MoE layer with its router logits <c>[B·T, E]</c>; they stay alive (with their autograd graph) until the recording is disposed.</summary>
     public void Add(Tensor routerLogits)
     {
+        // Inside a checkpointed layer the logits leave the layer as an output of its checkpoint node, then come back here.
+        if (Checkpointing.Divert(routerLogits, Recording && _active!.Forwards.Count > 0, Add)) return;
         if (!Recording || _active!.Forwards.Count == 0) return;
         _active.Forwards[^1].RouterLogits.Add(routerLogits.alias().DetachFromDisposeScope());
     }

@@ -182,6 +182,14 @@ public class TrainingOptions
     /// measure libtorch's own matmul throughput instead).
     /// </summary>
     public double? PeakFlops { get; set; }
+    /// <summary>
+    /// Gradient checkpointing: the training forward passes keep only each decoder layer's input, and the backward pass
+    /// recomputes the layer's activations (Hugging Face's <c>gradient_checkpointing</c>). Less memory for activations
+    /// (they grow with batch × length × layers), at the cost of one more forward pass per step; the gradients are the
+    /// same. On a GPU it needs LoRA dropout and MoE router jitter at 0 (their random draws cannot be replayed there).
+    /// Default false.
+    /// </summary>
+    public bool GradientCheckpointing { get; set; }
     /// <summary>Receives the metrics at every logging step.</summary>
     public IProgress<TrainingProgress>? Progress { get; set; }
     /// <summary>Cancels training; a checkpoint is written first when <see cref="CheckpointDirectory"/> is set.</summary>
