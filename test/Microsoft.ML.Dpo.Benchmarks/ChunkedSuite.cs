@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Runtime;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
 using Microsoft.ML.Dpo.Modeling;
@@ -105,35 +106,16 @@ internal sealed class ChunkedSuite : IBenchmarkSuite
     }
 
     /// <summary>Runs one variant in a child process (this program, "chunked-variant CHUNK|off"); its peak RSS above baseline, peak, and median step seconds.</summary>
-    static (double AboveBaselineMiB, double PeakMiB, double Seconds)? RunChild(int? chunk)
-    {
-        string? self = Environment.ProcessPath;
-        if (self is null) return null;
-        var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(ChunkedSuite).Assembly.Location);
-        start.ArgumentList.Add("chunked-variant");
-        start.ArgumentList.Add(chunk?.ToString() ?? "off");
-        using var child = Process.Start(start)!;
-        string output = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        double? Read(string key) => output.Split('\n').FirstOrDefault(l => l.StartsWith(key + " ", StringComparison.Ordinal)) is { } line
-            ? double.Parse(line[(key.Length + 1)..].Trim(), System.Globalization.CultureInfo.InvariantCulture) : null;
-        return Read("peak-rss-bytes") is double peak && Read("baseline-rss-bytes") is double baseline && Read("step-seconds") is double seconds
+    static (double AboveBaselineMiB, double PeakMiB, double Seconds)? RunChild(int? chunk) =>
+        ChildProcess.Run("chunked-variant", chunk?.ToString() ?? "off") is { } r && DpoSuite.ChildMemory(r) is var (peak, baseline) && r.TryGetValue("step-seconds", out double seconds)
             ? ((peak - baseline) / 1048576.0, peak / 1048576.0, seconds) : null;
-    }
-
-    static long? StatusKib(string field)
-    {
-        string? line = File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal)) : null;
-        return line is null ? null : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
-    }
 
     /// <summary>The child side: <see cref="Steps"/> DPO steps (chunked at <paramref name="chunkArgument"/> positions, or "off"), then VmHWM.</summary>
     internal static int RunVariant(string chunkArgument)
     {
         var chunking = chunkArgument == "off" ? new LogProbChunking(false, LogProbChunking.DefaultChunkSize) : new LogProbChunking(true, int.Parse(chunkArgument));
         using (var warm = ones(8, 8)) warm.matmul(warm);                        // libtorch loaded: the process's baseline
-        long? baseline = StatusKib("VmRSS:");
+        long? baseline = ProcessMemory.ResidentBytes();
         var config = Model();
         manual_seed(7);
         using var policy = CausalLM.Create(config);
@@ -159,11 +141,8 @@ internal sealed class ChunkedSuite : IBenchmarkSuite
                 ChunkedLogProbs.ReleaseHandedBack();
                 if (i > 0) times.Add(clock.Elapsed.TotalSeconds);                 // the first step allocates the optimizer state
             }
-        long? peak = StatusKib("VmHWM:");
-        if (peak is null || baseline is null) return 1;
-        Console.WriteLine($"peak-rss-bytes {peak * 1024}");
-        Console.WriteLine($"baseline-rss-bytes {baseline * 1024}");
-        Console.WriteLine($"step-seconds {Measure.Median(times).ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+        if (baseline is null || !ChildProcess.ReportMemory(baseline)) return 1;
+        ChildProcess.Report("step-seconds", Measure.Median(times));
         return 0;
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Runtime;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
 using Microsoft.ML.Dpo.Modeling;
@@ -79,7 +80,7 @@ internal sealed class DpoSuite : IBenchmarkSuite
         var aboveBaseline = new JsonObject();
         foreach (var variant in Enum.GetValues<Variant>())
         {
-            var measured = PeakMemoryInChild(variant);
+            var measured = ChildMemory(ChildProcess.Run("dpo-variant", variant.ToString()));
             memory[variant.ToString()] = measured is { } m ? Math.Round(m.Peak / 1048576.0, 1) : null;
             aboveBaseline[variant.ToString()] = measured is { } n ? Math.Round((n.Peak - n.Baseline) / 1048576.0, 1) : null;
             Console.WriteLine($"  peak RSS {variant}: {(measured is { } q ? $"{q.Peak / 1048576.0:F0} MiB ({(q.Peak - q.Baseline) / 1048576.0:F0} MiB above the {q.Baseline / 1048576.0:F0} MiB baseline)" : "n/a")}");
@@ -177,40 +178,18 @@ internal sealed class DpoSuite : IBenchmarkSuite
         return Enumerable.Range(0, Pairs).Select(i => new TokenizedPreference(Ids(PromptLength), Ids(SequenceLength - PromptLength), Ids(SequenceLength - PromptLength), i, i)).ToList();
     }
 
-    static long? StatusKib(string field)
-    {
-        string? line = File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal)) : null;
-        return line is null ? null : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
-    }
-
-    /// <summary>Runs one variant in a child process (this program, suite "dpo-variant") and reads its peak RSS and its baseline.</summary>
-    static (long Peak, long Baseline)? PeakMemoryInChild(Variant variant)
-    {
-        string? self = Environment.ProcessPath;
-        string? dll = typeof(DpoSuite).Assembly.Location;
-        if (self is null) return null;
-        var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(dll);
-        start.ArgumentList.Add("dpo-variant");
-        start.ArgumentList.Add(variant.ToString());
-        using var child = Process.Start(start)!;
-        string output = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        long? Read(string key) => output.Split('\n').FirstOrDefault(l => l.StartsWith(key + " ", StringComparison.Ordinal)) is { } line ? long.Parse(line[(key.Length + 1)..].Trim()) : null;
-        return Read("peak-rss-bytes") is long peak && Read("baseline-rss-bytes") is long baseline ? (peak, baseline) : null;
-    }
-
     /// <summary>The child side: two steps of one variant, then the process's peak RSS (VmHWM).</summary>
     internal static int RunVariantAndReportPeak(string name)
     {
         var variant = Enum.Parse<Variant>(name, ignoreCase: true);
         using (var warm = ones(8, 8)) warm.matmul(warm);                        // libtorch loaded: the process's baseline
-        long? baseline = StatusKib("VmRSS:");
+        long? baseline = ProcessMemory.ResidentBytes();
         TimeSteps(GenerationSuite.Llama21M(), variant, repeats: 2);
-        long? peak = StatusKib("VmHWM:");
-        if (peak is null || baseline is null) return 1;
-        Console.WriteLine($"peak-rss-bytes {peak * 1024}");
-        Console.WriteLine($"baseline-rss-bytes {baseline * 1024}");
-        return 0;
+        return baseline is not null && ChildProcess.ReportMemory(baseline) ? 0 : 1;
     }
+
+    /// <summary>A memory child's peak and baseline RSS (bytes), or null when it failed.</summary>
+    internal static (long Peak, long Baseline)? ChildMemory(IReadOnlyDictionary<string, double>? child) =>
+        child is not null && child.TryGetValue("peak-rss-bytes", out double peak) && child.TryGetValue("baseline-rss-bytes", out double baseline)
+            ? ((long)peak, (long)baseline) : null;
 }

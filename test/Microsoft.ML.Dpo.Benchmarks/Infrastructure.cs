@@ -115,3 +115,50 @@ internal static class SharedFolder
 
     static string? Existing(string path) => File.Exists(path) || Directory.Exists(path) ? path : null;
 }
+
+/// <summary>
+/// A benchmark variant in a fresh child process (this program with an internal verb), so its peak resident memory is its
+/// own. The child prints <c>key value</c> lines (<see cref="Report"/>, <see cref="ReportMemory"/>); the parent reads them back.
+/// </summary>
+internal static class ChildProcess
+{
+    /// <summary>Runs this program with <paramref name="arguments"/> and returns the child's <c>key value</c> lines; null when it could not start or failed.</summary>
+    public static IReadOnlyDictionary<string, double>? Run(params string[] arguments)
+    {
+        string? self = Environment.ProcessPath;
+        if (self is null) return null;
+        var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(ChildProcess).Assembly.Location);
+        foreach (string argument in arguments) start.ArgumentList.Add(argument);
+        using var child = Process.Start(start)!;
+        var stderr = child.StandardError.ReadToEndAsync();
+        string output = child.StandardOutput.ReadToEnd();
+        child.WaitForExit();
+        _ = stderr.Result;
+        if (child.ExitCode != 0) return null;
+        var values = new Dictionary<string, double>();
+        foreach (string line in output.Split('\n'))
+        {
+            var parts = line.Trim().Split(' ');
+            if (parts.Length == 2 && double.TryParse(parts[1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double value))
+                values[parts[0]] = value;
+        }
+        return values;
+    }
+
+    /// <summary>The child side: one <c>key value</c> line for the parent.</summary>
+    public static void Report(string key, double value) =>
+        Console.WriteLine($"{key} {value.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");
+
+    /// <summary>
+    /// The child side: <c>peak-rss-bytes</c> (VmHWM) and, when given, <c>baseline-rss-bytes</c>; false (report nothing) where
+    /// Linux's <c>/proc/self/status</c> is absent.
+    /// </summary>
+    public static bool ReportMemory(long? baselineBytes = null)
+    {
+        if (ProcessMemory.PeakResidentBytes() is not long peak) return false;
+        Report("peak-rss-bytes", peak);
+        if (baselineBytes is long baseline) Report("baseline-rss-bytes", baseline);
+        return true;
+    }
+}

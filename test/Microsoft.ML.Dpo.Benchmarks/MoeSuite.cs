@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Runtime;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
 using Microsoft.ML.Dpo.Modeling;
@@ -110,7 +111,7 @@ internal sealed class MoeSuite : IBenchmarkSuite
         var memory = new JsonObject();
         foreach (string which in new[] { "moe", "dense" })
         {
-            var measured = PeakMemoryInChild(which);
+            var measured = DpoSuite.ChildMemory(ChildProcess.Run("moe-dpo-step", which));
             memory[which] = measured is { } m ? new JsonObject { ["peakMiB"] = Math.Round(m.Peak / 1048576.0, 1), ["baselineMiB"] = Math.Round(m.Baseline / 1048576.0, 1) } : null;
             Console.WriteLine($"  DPO step peak RSS {which}: {(measured is { } q ? $"{q.Peak / 1048576.0:F0} MiB ({(q.Peak - q.Baseline) / 1048576.0:F0} MiB above the {q.Baseline / 1048576.0:F0} MiB baseline)" : "n/a")}");
         }
@@ -157,37 +158,12 @@ internal sealed class MoeSuite : IBenchmarkSuite
         }
     }
 
-    static long? StatusKib(string field)
-    {
-        string? line = File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal)) : null;
-        return line is null ? null : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
-    }
-
-    static (long Peak, long Baseline)? PeakMemoryInChild(string which)
-    {
-        string? self = Environment.ProcessPath;
-        if (self is null) return null;
-        var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(MoeSuite).Assembly.Location);
-        start.ArgumentList.Add("moe-dpo-step");
-        start.ArgumentList.Add(which);
-        using var child = Process.Start(start)!;
-        string output = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        long? Read(string key) => output.Split('\n').FirstOrDefault(l => l.StartsWith(key + " ", StringComparison.Ordinal)) is { } line ? long.Parse(line[(key.Length + 1)..].Trim()) : null;
-        return Read("peak-rss-bytes") is long peak && Read("baseline-rss-bytes") is long baseline ? (peak, baseline) : null;
-    }
-
     /// <summary>The child side of (c): "moe" or "dense".</summary>
     internal static int RunDpoStepAndReportPeak(string which)
     {
         using (var warm = ones(8, 8)) warm.matmul(warm);
-        long? baseline = StatusKib("VmRSS:");
+        long? baseline = ProcessMemory.ResidentBytes();
         DpoSteps(which == "moe" ? Mixtral() : Dense());
-        long? peak = StatusKib("VmHWM:");
-        if (peak is null || baseline is null) return 1;
-        Console.WriteLine($"peak-rss-bytes {peak * 1024}");
-        Console.WriteLine($"baseline-rss-bytes {baseline * 1024}");
-        return 0;
+        return baseline is not null && ChildProcess.ReportMemory(baseline) ? 0 : 1;
     }
 }

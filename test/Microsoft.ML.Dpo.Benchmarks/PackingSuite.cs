@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Runtime;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
 using Microsoft.ML.Dpo.Modeling;
@@ -123,12 +124,10 @@ internal sealed class PackingSuite : IBenchmarkSuite
             Console.WriteLine($"  trunk of the packed SFT row ({batch.InputIds.shape[1]} tokens): block-diagonal mask {a:F2} s, per-sequence attention {b:F2} s: {a / b:F2}x");
         }
 
-        string? peak = File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM", StringComparison.Ordinal)) : null;
-        if (peak is not null)
+        if (ProcessMemory.PeakResidentBytes() is long peak)
         {
-            long kib = long.Parse(peak.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
-            results["peakRssMiB"] = Math.Round(kib / 1024.0, 1);
-            Console.WriteLine($"  peak RSS {kib / 1024.0:F0} MiB");
+            results["peakRssMiB"] = Math.Round(peak / 1048576.0, 1);
+            Console.WriteLine($"  peak RSS {peak / 1048576.0:F0} MiB");
         }
         return results;
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Microsoft.ML.Dpo.Runtime;
 using Microsoft.ML.Dpo.Data;
 using Microsoft.ML.Dpo.Losses;
 using Microsoft.ML.Dpo.Modeling;
@@ -115,7 +116,7 @@ internal sealed class PrecisionSuite : IBenchmarkSuite
         var memory = new JsonObject();
         foreach (var kind in kinds)   // the kinds timed above
         {
-            long? peak = PeakInChild(kind);
+            long? peak = ChildProcess.Run("precision-variant", kind.ToString()) is { } r && r.TryGetValue("peak-rss-bytes", out double bytes) ? (long)bytes : null;
             memory[kind.ToString()] = peak is long p ? Math.Round(p / 1048576.0, 1) : null;
             Console.WriteLine($"  peak RSS {kind}: {(peak is long q ? $"{q / 1048576.0:F0} MiB" : "n/a")}");
         }
@@ -178,28 +179,11 @@ internal sealed class PrecisionSuite : IBenchmarkSuite
         }
     }
 
-    static long? PeakInChild(MixedPrecisionKind kind)
-    {
-        string? self = Environment.ProcessPath;
-        if (self is null) return null;
-        var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(PrecisionSuite).Assembly.Location);
-        start.ArgumentList.Add("precision-variant");
-        start.ArgumentList.Add(kind.ToString());
-        using var child = Process.Start(start)!;
-        string output = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        return output.Split('\n').FirstOrDefault(l => l.StartsWith("peak-rss-bytes ", StringComparison.Ordinal)) is { } line ? long.Parse(line["peak-rss-bytes ".Length..].Trim()) : null;
-    }
-
     /// <summary>The child side: two DPO steps of one kind, then the process's peak RSS (VmHWM).</summary>
     internal static int RunVariantAndReportPeak(string name)
     {
         var kind = Enum.Parse<MixedPrecisionKind>(name, ignoreCase: true);
         using (var run = new StepRunner()) { run.Step(kind); run.Step(kind); }
-        string? line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-        if (line is null) return 1;
-        Console.WriteLine($"peak-rss-bytes {long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024}");
-        return 0;
+        return ChildProcess.ReportMemory() ? 0 : 1;
     }
 }
