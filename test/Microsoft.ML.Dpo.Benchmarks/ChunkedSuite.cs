@@ -138,7 +138,7 @@ internal sealed class ChunkedSuite : IBenchmarkSuite
                     optimizer.step();
                     optimizer.zero_grad();
                 }
-                ChunkedLogProbs.ReleaseHandedBack();
+                Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
                 if (i > 0) times.Add(clock.Elapsed.TotalSeconds);                 // the first step allocates the optimizer state
             }
         if (baseline is null || !ChildProcess.ReportMemory(baseline)) return 1;

@@ -28,9 +28,6 @@ internal static class Checkpointing
     [ThreadStatic] static int _enabled;
     [ThreadStatic] static Frame? _frame;
 
-    // Input gradients handed back to autograd: their managed handles are released at the next call (autograd holds its own reference).
-    static readonly List<Tensor> HandedBack = new();
-
     static long _recomputed;
 
     /// <summary>Layers recomputed by backward passes so far in this process (tests check that checkpointing took place).</summary>
@@ -131,7 +128,7 @@ internal static class Checkpointing
     public static Tensor Run(nn.Module layer, Tensor x, Tensor?[] constants, Func<Tensor, Tensor?[], Tensor> forward)
     {
         ThrowIfBackwardFailed();
-        ReleaseHandedBack();
+        Runtime.AutogradHandBack.Release();
         foreach (var c in constants)
             if (c is not null && c.requires_grad) throw new ArgumentException("A checkpointed layer's constant inputs must not require gradients.", nameof(constants));
         var trainable = layer.parameters().Where(p => p.requires_grad).ToArray();
@@ -161,15 +158,6 @@ internal static class Checkpointing
         if (call.FirstPass is { } first)
             for (int i = 0; i < first.Deliveries.Count; i++) first.Deliveries[i](outputs[1 + i]);
         return outputs[0].MoveToOuterDisposeScope();
-    }
-
-    static void ReleaseHandedBack()
-    {
-        lock (HandedBack)
-        {
-            foreach (var t in HandedBack) t.Dispose();
-            HandedBack.Clear();
-        }
     }
 
     /// <summary>What one checkpointed call needs in its backward pass besides the saved tensors.</summary>
@@ -246,7 +234,7 @@ internal static class Checkpointing
 
         static Tensor? Recompute(autograd.AutogradContext ctx, Call call, List<Tensor> gradOutputs)
         {
-            ReleaseHandedBack();
+            Runtime.AutogradHandBack.Release();
             var first = call.FirstPass ?? throw new InvalidOperationException("A checkpointed layer's backward pass ran before its forward pass.");
             Tensor? inputGrad = null;
             using (var scope = torch.NewDisposeScope())
@@ -290,10 +278,8 @@ internal static class Checkpointing
                     grads.Add(g);
                 }
                 if (roots.Count > 0) torch.autograd.backward(roots, grads);
-                if (call.InputRequiresGrad && x.grad is { } g0) inputGrad = g0.DetachFromDisposeScope();
+                if (call.InputRequiresGrad && x.grad is { } g0) inputGrad = Runtime.AutogradHandBack.Keep(g0);
             }
-            if (inputGrad is not null)
-                lock (HandedBack) HandedBack.Add(inputGrad);
             return inputGrad;
         }
     }

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.ML.Dpo.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -84,7 +83,7 @@ internal sealed class ChunkedLogProbs : autograd.SingleTensorFunction<ChunkedLog
     public static Tensor TokenLogProbs(OutputHead head, Tensor hidden, Tensor labels, double temperature, long chunkSize, TokenStatistics? statistics = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(chunkSize, 1, nameof(chunkSize));
-        ReleaseHandedBack();
+        Runtime.AutogradHandBack.Release();
         Interlocked.Increment(ref calls);
         var settings = new Settings(head.Softcap, temperature, chunkSize, statistics);
         // Tensor arguments are the graph's inputs (a null bias is no input); the settings travel as a plain object.
@@ -191,27 +190,8 @@ internal sealed class ChunkedLogProbs : autograd.SingleTensorFunction<ChunkedLog
         Tensor? Cast(Tensor? grad, Tensor? like) => grad is null || like is null || grad.dtype == like.dtype ? grad : grad.to_type(like.dtype);
         // One entry per argument of apply: hidden, weight, bias (null when there is none), labels, settings.
         var grads = new List<Tensor?> { dHidden, Cast(dWeight, weight), Cast(dBias, bias), null, null };
-        foreach (var grad in grads) if (grad is not null) HandBack(grad);
+        foreach (var grad in grads) if (grad is not null) Runtime.AutogradHandBack.Keep(grad);
         return grads!;
-    }
-
-    /// <summary>
-    /// Gradients handed back to the autograd engine. The engine copies its own reference before this function's caller
-    /// could dispose them, but the managed wrappers must stay valid until the backward call returns, and the backward
-    /// pass may run on an engine thread without a dispose scope; they are released at the next call.
-    /// </summary>
-    static readonly ConcurrentQueue<Tensor> HandedBack = new();
-
-    static void HandBack(Tensor grad)
-    {
-        grad.DetachFromDisposeScope();
-        HandedBack.Enqueue(grad);
-    }
-
-    /// <summary>Disposes the managed wrappers of gradients handed back by earlier backward passes (the engine holds its own references).</summary>
-    internal static void ReleaseHandedBack()
-    {
-        while (HandedBack.TryDequeue(out var grad)) grad.Dispose();
     }
 }
 

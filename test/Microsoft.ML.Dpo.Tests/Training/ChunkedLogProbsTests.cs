@@ -66,7 +66,7 @@ public sealed class ChunkedLogProbsTests
         AssertClose(plainHidden, hidden.grad!, "d hidden");
         AssertClose(plainWeight, weight.grad!, "d weight");
         if (bias is not null) AssertClose(plainBias, bias.grad!, "d bias");
-        ChunkedLogProbs.ReleaseHandedBack();
+        Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
     }
 
     [TestMethod]
@@ -84,7 +84,7 @@ public sealed class ChunkedLogProbsTests
         ChunkedLogProbs.TokenLogProbs(new OutputHead(weight), hidden, labels, 1, 4).sum().backward();
         AssertClose(expected, hidden.grad!, "d hidden");
         Assert.IsNull(weight.grad, "a weight that does not require grad gets none");
-        ChunkedLogProbs.ReleaseHandedBack();
+        Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
     }
 
     // ---- through a whole tiny model ----
@@ -150,7 +150,7 @@ public sealed class ChunkedLogProbsTests
         Assert.AreEqual(model.parameters().Count(), plainGrads.Count, "every parameter has a gradient");
         CollectionAssert.AreEquivalent(plainGrads.Keys.ToList(), chunkedGrads.Keys.ToList());
         foreach (var (name, grad) in plainGrads) AssertClose(grad, chunkedGrads[name], $"d {name}");
-        ChunkedLogProbs.ReleaseHandedBack();
+        Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
     }
 
     [TestMethod]
@@ -175,7 +175,7 @@ public sealed class ChunkedLogProbsTests
         Assert.IsTrue(plainGrads.Count > 0 && plainGrads.Keys.All(n => n.Contains("lora_", StringComparison.Ordinal)), "only adapters train: " + string.Join(", ", plainGrads.Keys));
         CollectionAssert.AreEquivalent(plainGrads.Keys.ToList(), chunkedGrads.Keys.ToList());
         foreach (var (name, grad) in plainGrads) AssertClose(grad, chunkedGrads[name], $"d {name}");
-        ChunkedLogProbs.ReleaseHandedBack();
+        Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
     }
 
     // ---- the automatic rule, the options ----
@@ -228,10 +228,10 @@ public sealed class ChunkedLogProbsTests
             (scores.Sum.sum() + scores.SharedSum!.sum()).backward();
         }
         Step();   // parameters get their .grad tensors, which stay
-        ChunkedLogProbs.ReleaseHandedBack();
+        Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
         long tensors = torch.Tensor.TotalCount, live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         Step();
-        ChunkedLogProbs.ReleaseHandedBack();
+        Microsoft.ML.Dpo.Runtime.AutogradHandBack.Release();
         Assert.AreEqual(tensors, torch.Tensor.TotalCount, "live tensors after a chunked forward and backward");
         Assert.AreEqual(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount, "dispose-scope live count");
         foreach (var p in model.parameters()) p.grad = null;
