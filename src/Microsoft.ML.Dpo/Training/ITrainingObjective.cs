@@ -46,35 +46,3 @@ internal interface ITrainingObjective<TExample>
 
 /// <summary>The loss of a micro-batch, its metrics (means over the micro-batch) and how many tokens it processed.</summary>
 internal sealed record ObjectiveResult(Tensor Loss, IReadOnlyDictionary<string, double> Metrics, long Tokens);
-
-/// <summary>
-/// An objective whose forward passes checkpoint their decoder layers (<see cref="TrainingOptions.GradientCheckpointing"/>):
-/// <see cref="Compute"/> runs inside <see cref="Modeling.Checkpointing.Enable"/>. Passes without gradients (a reference
-/// model, rollouts) are not affected; the backward pass needs nothing more.
-/// </summary>
-internal sealed class CheckpointedObjective<TExample>(ITrainingObjective<TExample> inner) : ITrainingObjective<TExample>
-{
-    /// <summary><paramref name="objective"/> with checkpointing when <paramref name="on"/>, else the objective itself.</summary>
-    public static ITrainingObjective<TExample> Wrap(ITrainingObjective<TExample> objective, bool on) =>
-        on ? new CheckpointedObjective<TExample>(objective) : objective;
-
-    public ObjectiveResult Compute(IReadOnlyList<TExample> batch)
-    {
-        using var checkpointing = Modeling.Checkpointing.Enable();
-        return inner.Compute(batch);
-    }
-
-    public void AfterStep(int step) => inner.AfterStep(step);
-
-    public void AfterReport(int step, IReadOnlyDictionary<string, double> metrics) => inner.AfterReport(step, metrics);
-
-    public double LossDenominator(IReadOnlyList<TExample> batch) => inner.LossDenominator(batch);
-
-    public string? ShardingCaveat => inner.ShardingCaveat;
-
-    public StepFlops? Flops(IReadOnlyList<TExample> batch) => inner.Flops(batch);
-
-    public bool SupportsPaddingFree => inner.SupportsPaddingFree;
-
-    public long? BatchTokens(IReadOnlyList<TExample> batch) => inner.BatchTokens(batch);
-}

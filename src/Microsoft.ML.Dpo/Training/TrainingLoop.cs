@@ -48,8 +48,6 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
 {
     readonly DataParallel<TExample>? parallel = DataParallel<TExample>.For(options, world ??= DistributedWorld.Current, objective, log);
     readonly bool main = world.IsMain;
-    // The objective as the training passes run it: with gradient checkpointing, its forward passes checkpoint their layers.
-    readonly ITrainingObjective<TExample> training = CheckpointedObjective<TExample>.Wrap(objective, options.GradientCheckpointing);
     readonly double peakLearningRate = learningRate ?? options.LearningRate
         ?? throw new ArgumentException("TrainingOptions.LearningRate is null: the trainer resolves the automatic rate (TrainingDefaults) and passes it.", nameof(learningRate));
 
@@ -110,10 +108,11 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
             {
                 var batch = batches[b].Select(i => examples[i]).ToList();
                 using (Modeling.ComputePrecision.Use(computeDType))
+                using (Modeling.Checkpointing.Enable(options.GradientCheckpointing))   // passes with gradients checkpoint their layers
                 if (parallel is not null)
                 {
                     // This rank's shard, forward and backward; the loss, metrics and tokens returned are the global ones.
-                    var (loss, batchMetrics, batchTokens) = parallel.Backward(training, batch, options.GradientAccumulationSteps, options.CancellationToken.IsCancellationRequested,
+                    var (loss, batchMetrics, batchTokens) = parallel.Backward(objective, batch, options.GradientAccumulationSteps, options.CancellationToken.IsCancellationRequested,
                         scaler?.Scale ?? 1);
                     if (!double.IsFinite(loss))
                         throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
@@ -123,7 +122,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                 }
                 else using (var scope = NewDisposeScope())
                 {
-                    ObjectiveResult result = training.Compute(batch);
+                    ObjectiveResult result = objective.Compute(batch);
                     double loss = result.Loss.ToDouble();
                     if (!double.IsFinite(loss))
                         throw Diverged($"The loss became {loss} at step {state.Step + 1} (epoch {epoch + 1}, micro-batch {b + 1})");
