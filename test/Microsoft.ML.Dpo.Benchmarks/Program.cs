@@ -18,6 +18,7 @@ var suites = new IBenchmarkSuite[]
     new PrecisionSuite(),
     new PackingSuite(),
     new ChunkedSuite(),
+    new ScaleSuite(),
     // Further suites (dpo, lora) register here.
 }.ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
 
@@ -29,6 +30,10 @@ if (args.Length == 2 && args[0] == "dpo-variant") return DpoSuite.RunVariantAndR
 if (args.Length == 2 && args[0] == "precision-variant") return PrecisionSuite.RunVariantAndReportPeak(args[1]);
 // Internal: DPO steps with chunked log-probs at a chunk size, or "off", for peak memory and step time (ChunkedSuite starts it).
 if (args.Length == 2 && args[0] == "chunked-variant") return ChunkedSuite.RunVariant(args[1]);
+// Internal: one DPO variant at a 0.5B/1B shape, for its peak memory and interleaved step/matmul times (ScaleSuite starts it).
+if (args.Length == 2 && args[0] == "scale-variant") return ScaleSuite.RunVariant(args[1]);
+// Internal: decoding of a 0.5B/1B shape against the memory bandwidth (ScaleSuite starts it).
+if (args.Length == 2 && args[0] == "scale-decode") return ScaleSuite.RunDecode(args[1]);
 // Internal: one DPO step on the MoE benchmark model or its dense twin, for its peak memory (MoeSuite starts it).
 if (args.Length == 2 && args[0] == "moe-dpo-step") return MoeSuite.RunDpoStepAndReportPeak(args[1]);
 

@@ -39,6 +39,7 @@ internal static class CliMessages
         ["MaxSteps"] = "--max-steps",
         ["PeakFlops"] = "--peak-flops",
         ["GradientCheckpointing"] = "--gradient-checkpointing",
+        ["ReleaseFreedMemory"] = "--release-freed-memory",
         ["MaxLength"] = "--max-length",
         ["MaxPromptLength"] = "--max-prompt-length",
         ["Truncation"] = "--truncation-mode",

@@ -190,6 +190,14 @@ public class TrainingOptions
     /// Default false.
     /// </summary>
     public bool GradientCheckpointing { get; set; }
+    /// <summary>
+    /// On Linux with glibc: from the start of training, every freed block of 1 MiB or more goes back to the system at once
+    /// (glibc otherwise keeps the freed activations of a step in its heaps, where they fragment; the resident memory of a
+    /// LoRA-DPO step of a 0.5B model is then about twice what its tensors need). It applies to the whole process for the
+    /// rest of its life, and costs page faults on every fresh block: more step time, measured in the README's Performance
+    /// section. Elsewhere it does nothing (logged). Default false.
+    /// </summary>
+    public bool ReleaseFreedMemory { get; set; }
     /// <summary>Receives the metrics at every logging step.</summary>
     public IProgress<TrainingProgress>? Progress { get; set; }
     /// <summary>Cancels training; a checkpoint is written first when <see cref="CheckpointDirectory"/> is set.</summary>
