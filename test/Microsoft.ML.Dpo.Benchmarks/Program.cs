@@ -34,6 +34,8 @@ if (args.Length == 2 && args[0] == "chunked-variant") return ChunkedSuite.RunVar
 if (args.Length == 2 && args[0] == "scale-variant") return ScaleSuite.RunVariant(args[1]);
 // Internal: decoding of a 0.5B/1B shape against the memory bandwidth (ScaleSuite starts it).
 if (args.Length == 2 && args[0] == "scale-decode") return ScaleSuite.RunDecode(args[1]);
+// Internal: save a random model of a 0.5B/1B shape, or load it and report the peak memory (ScaleSuite starts it).
+if (args.Length == 2 && args[0] == "scale-load") return ScaleSuite.RunLoad(args[1]);
 // Internal: one DPO step on the MoE benchmark model or its dense twin, for its peak memory (MoeSuite starts it).
 if (args.Length == 2 && args[0] == "moe-dpo-step") return MoeSuite.RunDpoStepAndReportPeak(args[1]);
 

@@ -155,8 +155,62 @@ internal sealed class ScaleSuite : IBenchmarkSuite
         results["ratios"] = ratios;
 
         if (!options.Quick && Environment.GetEnvironmentVariable("MLDPO_SCALE_ONLY") is not { Length: > 0 })
+        {
             results["decode"] = ChildProcess.Run("scale-decode", "qwen0.5b") is { } d ? Decode(d) : new JsonObject { ["failed"] = true };
+            results["load"] = Load("qwen0.5b");
+        }
         return results;
+    }
+
+    /// <summary>
+    /// Peak RSS of loading a saved float32 checkpoint of <paramref name="model"/>'s shape (Hugging Face layout, one
+    /// safetensors file), in a fresh process, against the file's size: streaming puts each tensor into its parameter.
+    /// </summary>
+    static JsonObject Load(string model)
+    {
+        string folder = Path.Combine(Path.GetTempPath(), $"mldpo-scale-load-{Environment.ProcessId}");
+        try
+        {
+            if (ChildProcess.Run("scale-load", $"save,{model},{folder}") is null) return new JsonObject { ["failed"] = "save" };
+            if (ChildProcess.Run("scale-load", $"load,{model},{folder}") is not { } r || DpoSuite.ChildMemory(r) is not var (peak, baseline))
+                return new JsonObject { ["failed"] = "load" };
+            double fileBytes = Directory.GetFiles(folder, "*.safetensors").Sum(f => new FileInfo(f).Length);
+            Console.WriteLine($"  load {model}: {fileBytes / 1048576.0:F0} MiB of safetensors; peak RSS {peak / 1048576.0:F0} MiB ({(peak - baseline) / 1048576.0:F0} MiB above the baseline, " +
+                              $"{(peak - baseline) / fileBytes:F2}x the file) in {r["load-seconds"]:F1} s");
+            return new JsonObject
+            {
+                ["safetensorsMiB"] = Math.Round(fileBytes / 1048576.0, 1),
+                ["peakRssMiB"] = Math.Round(peak / 1048576.0, 1),
+                ["peakRssAboveBaselineMiB"] = Math.Round((peak - baseline) / 1048576.0, 1),
+                ["aboveBaselineOverFile"] = Math.Round((peak - baseline) / fileBytes, 3),
+                ["loadSeconds"] = Math.Round(r["load-seconds"], 2),
+            };
+        }
+        finally
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    /// <summary>The child side of <see cref="Load"/>: "save,SHAPE,FOLDER" writes a random model; "load,SHAPE,FOLDER" loads it and reports its peak.</summary>
+    internal static int RunLoad(string argument)
+    {
+        var f = argument.Split(',', 3);
+        if (f[0] == "save")
+        {
+            manual_seed(7);
+            using var created = CausalLM.Create(Shape(f[1]));
+            Checkpoints.HuggingFaceCheckpoint.Save(created, f[2]);
+            return 0;
+        }
+        using (var warm = ones(8, 8)) warm.matmul(warm);
+        long? baseline = ProcessMemory.ResidentBytes();
+        var clock = Stopwatch.StartNew();
+        using var loaded = Checkpoints.HuggingFaceCheckpoint.Load(f[2]);
+        double seconds = clock.Elapsed.TotalSeconds;
+        if (baseline is null || !ChildProcess.ReportMemory(baseline)) return 1;
+        ChildProcess.Report("load-seconds", seconds);
+        return 0;
     }
 
     static JsonObject Decode(IReadOnlyDictionary<string, double> d)

@@ -78,9 +78,9 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         };
         if (computeDType is not null && trainable.FirstOrDefault(p => p.dtype != ScalarType.Float32) is { } narrow)
             throw new ArgumentException($"MixedPrecision {options.MixedPrecision} keeps float32 master weights, but the trainable weights are {narrow.dtype}; load the model in float32 (Precision = Float32).", nameof(options));
-        if (options.ReleaseFreedMemory && !Runtime.ProcessMemory.ReleaseFreedBlocks() && main)
-            log?.Invoke("ReleaseFreedMemory (--release-freed-memory) does nothing here: it sets glibc's malloc, and this process runs on another C library or platform.");
-        using var optimizer = optim.AdamW(trainable, lr: peakLearningRate, weight_decay: options.WeightDecay);
+        if (options.ReleaseFreedMemory && !Runtime.ProcessMemory.ReleaseFreedBlocks() && main && OperatingSystem.IsLinux())
+            log?.Invoke("ReleaseFreedMemory (--release-freed-memory) does nothing here: it sets glibc's malloc, and this Linux has another C library.");
+        using var optimizer = new AdamWOptimizer(trainable, peakLearningRate, options.WeightDecay);
         bool float16 = options.MixedPrecision == MixedPrecisionKind.Float16;
         var state = new TrainingState(0, 0, 0, totalSteps, fingerprint, LossScale: float16 ? options.InitialLossScale : null);
         if (options.Resume && checkpoint?.TryLoad(optimizer, fingerprint) is { } resumed)
