@@ -155,10 +155,8 @@ internal sealed class ScaleSuite : IBenchmarkSuite
         results["ratios"] = ratios;
 
         if (!options.Quick && Environment.GetEnvironmentVariable("MLDPO_SCALE_ONLY") is not { Length: > 0 })
-        {
             results["decode"] = ChildProcess.Run("scale-decode", "qwen0.5b") is { } d ? Decode(d) : new JsonObject { ["failed"] = true };
-            results["load"] = Load("qwen0.5b");
-        }
+        if (!options.Quick) results["load"] = Load("qwen0.5b");
         return results;
     }
 
@@ -261,7 +259,7 @@ internal sealed class ScaleSuite : IBenchmarkSuite
             int prompt = random.Next(16, 33);
             return new TokenizedPreference(Ids(prompt), Ids(random.Next(32, v.Tokens + 1) - prompt), Ids(random.Next(32, v.Tokens + 1) - prompt), i, i);
         }).ToList();
-        using var optimizer = optim.AdamW(adapters?.Parameters ?? policy.parameters(), lr: 1e-6);
+        using var optimizer = new AdamWOptimizer(adapters?.Parameters ?? policy.parameters(), 1e-6, 0);   // the trainer's optimizer
         var referenceLogProbs = adapters is not null ? new ReferenceLogProbs.Live(policy, adapters.Disable) : new ReferenceLogProbs.Live(reference!);
         var objective = new DpoObjective(policy, referenceLogProbs, new PreferenceLossOptions(), new DpoStepOptions(PaddingFree: v.PaddingFree), padId: 0);
         Trace("reference and optimizer ready");
