@@ -32,7 +32,10 @@ public sealed class ProcessMemoryTests
         long after = ProcessMemory.ResidentBytes()!.Value;
 
         double allocated = 4.0 * count * elements;
-        Assert.IsTrue(held - before > 0.9 * allocated, $"the tensors should be resident: {(held - before) / 1048576.0:F0} MiB of {allocated / 1048576.0:F0}");
+        // glibc serves a request from free space its heaps already hold before it maps a block: in a process whose heaps grew
+        // before the setting (earlier tests in the same run), the tensors may come from resident memory, and nothing can be seen.
+        if (held - before < 0.9 * allocated)
+            Assert.Inconclusive($"the tensors came from memory already resident ({(held - before) / 1048576.0:F0} MiB of {allocated / 1048576.0:F0} MiB new); run this test alone");
         Assert.IsTrue(held - after > 0.9 * allocated, $"freed, they should leave: RSS fell {(held - after) / 1048576.0:F0} MiB of {allocated / 1048576.0:F0}");
     }
 }
