@@ -114,8 +114,7 @@ internal sealed class ChunkedSuite : IBenchmarkSuite
     internal static int RunVariant(string chunkArgument)
     {
         var chunking = chunkArgument == "off" ? new LogProbChunking(false, LogProbChunking.DefaultChunkSize) : new LogProbChunking(true, int.Parse(chunkArgument));
-        using (var warm = ones(8, 8)) warm.matmul(warm);                        // libtorch loaded: the process's baseline
-        long? baseline = ProcessMemory.ResidentBytes();
+        long? baseline = ChildProcess.Baseline();                               // libtorch loaded: the process's baseline
         var config = Model();
         manual_seed(7);
         using var policy = CausalLM.Create(config);

@@ -182,8 +182,7 @@ internal sealed class DpoSuite : IBenchmarkSuite
     internal static int RunVariantAndReportPeak(string name)
     {
         var variant = Enum.Parse<Variant>(name, ignoreCase: true);
-        using (var warm = ones(8, 8)) warm.matmul(warm);                        // libtorch loaded: the process's baseline
-        long? baseline = ProcessMemory.ResidentBytes();
+        long? baseline = ChildProcess.Baseline();                               // libtorch loaded: the process's baseline
         TimeSteps(GenerationSuite.Llama21M(), variant, repeats: 2);
         return baseline is not null && ChildProcess.ReportMemory(baseline) ? 0 : 1;
     }

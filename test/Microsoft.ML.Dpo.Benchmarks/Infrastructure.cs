@@ -146,6 +146,13 @@ internal static class ChildProcess
         return values;
     }
 
+    /// <summary>The child side: loads libtorch (one small matmul) and returns the resident memory then, the baseline a variant's peak is measured above.</summary>
+    public static long? Baseline()
+    {
+        using (var warm = torch.ones(8, 8)) warm.matmul(warm).Dispose();
+        return ProcessMemory.ResidentBytes();
+    }
+
     /// <summary>The child side: one <c>key value</c> line for the parent.</summary>
     public static void Report(string key, double value) =>
         Console.WriteLine($"{key} {value.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}");

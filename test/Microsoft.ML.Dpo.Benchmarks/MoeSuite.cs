@@ -161,8 +161,7 @@ internal sealed class MoeSuite : IBenchmarkSuite
     /// <summary>The child side of (c): "moe" or "dense".</summary>
     internal static int RunDpoStepAndReportPeak(string which)
     {
-        using (var warm = ones(8, 8)) warm.matmul(warm);
-        long? baseline = ProcessMemory.ResidentBytes();
+        long? baseline = ChildProcess.Baseline();                               // libtorch loaded: the process's baseline
         DpoSteps(which == "moe" ? Mixtral() : Dense());
         return baseline is not null && ChildProcess.ReportMemory(baseline) ? 0 : 1;
     }

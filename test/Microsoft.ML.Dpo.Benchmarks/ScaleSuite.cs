@@ -201,8 +201,7 @@ internal sealed class ScaleSuite : IBenchmarkSuite
             Checkpoints.HuggingFaceCheckpoint.Save(created, f[2]);
             return 0;
         }
-        using (var warm = ones(8, 8)) warm.matmul(warm);
-        long? baseline = ProcessMemory.ResidentBytes();
+        long? baseline = ChildProcess.Baseline();                               // libtorch loaded: the process's baseline
         var clock = Stopwatch.StartNew();
         using var loaded = Checkpoints.HuggingFaceCheckpoint.Load(f[2]);
         double seconds = clock.Elapsed.TotalSeconds;
@@ -236,8 +235,7 @@ internal sealed class ScaleSuite : IBenchmarkSuite
     {
         var v = Variant.Parse(argument);
         if (v.Release && !ProcessMemory.ReleaseFreedBlocks()) return 1;          // TrainingOptions.ReleaseFreedMemory
-        using (var warm = ones(8, 8)) warm.matmul(warm);                        // libtorch loaded: the process's baseline
-        long? baseline = ProcessMemory.ResidentBytes();
+        long? baseline = ChildProcess.Baseline();                               // libtorch loaded: the process's baseline
         var config = Shape(v.Model);
         manual_seed(7);
         using var policy = CausalLM.Create(config);
@@ -289,11 +287,8 @@ internal sealed class ScaleSuite : IBenchmarkSuite
                 var clock = Stopwatch.StartNew();
                 using (var scope = NewDisposeScope())
                 {
-                    var loss = objective.Compute(pairs).Loss;
-                    Trace($"step {i}: forward");
-                    loss.backward();
+                    objective.Compute(pairs).Loss.backward();
                     Checkpointing.ThrowIfBackwardFailed();
-                    Trace($"step {i}: backward");
                     optimizer.step();
                     optimizer.zero_grad();
                 }
@@ -301,7 +296,7 @@ internal sealed class ScaleSuite : IBenchmarkSuite
                 if (i == 0) continue;                                               // warm-up: optimizer state, allocator
                 stepTimes.Add(clock.Elapsed.TotalSeconds);
                 matmulRates.Add(rate);
-                Console.Error.WriteLine($"step {i}: {clock.Elapsed.TotalSeconds:F1} s");
+                Trace($"step {i}: {clock.Elapsed.TotalSeconds:F1} s");
             }
         reference?.Dispose();
         if (baseline is null || !ChildProcess.ReportMemory(baseline)) return 1;
@@ -309,8 +304,9 @@ internal sealed class ScaleSuite : IBenchmarkSuite
         ChildProcess.Report("matmul-flops-per-second", Measure.Median(matmulRates));
         ChildProcess.Report("model-flops", modelFlops);
         ChildProcess.Report("real-tokens", realTokens);
-        ChildProcess.Report("parameters", policy.parameters().Sum(p => p.numel()));
-        ChildProcess.Report("trainable-parameters", adapters?.ParameterCount ?? policy.parameters().Sum(p => p.numel()));
+        long parameters = policy.parameters().Sum(p => p.numel());
+        ChildProcess.Report("parameters", parameters);
+        ChildProcess.Report("trainable-parameters", adapters?.ParameterCount ?? parameters);
         return 0;
     }
 
