@@ -188,5 +188,5 @@ public static class DistilledDpoApp
     }
 
     static string Describe(BinarizationReport r) =>
-        $"{r.PromptsRead} prompts, {r.TiesDropped} ties dropped, {r.PromptsWithoutPreference} prompts without two distinct scores, {r.CompletionsWithoutScore} unscored";
+        $"{r.PromptsRead} prompts, {r.TiesDropped} ties dropped, {r.PromptsWithoutPreference} prompts without two distinct scores, {r.CompletionsWithoutScore} unscored, {r.EmptyCompletions} empty";
 }

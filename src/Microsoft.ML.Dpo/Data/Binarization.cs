@@ -93,6 +93,11 @@ public sealed class BinarizationReport
     /// <summary>Completions excluded because they had no usable score under the chosen <see cref="ScoreSource"/> (missing, NaN, unparsable).</summary>
     public long CompletionsWithoutScore { get; internal set; }
     /// <summary>
+    /// Completions excluded because their text is empty: a pair with an empty side is refused by every trainer (an empty answer is
+    /// almost always a generation that stopped at once, not a response), so such a completion never becomes the chosen or the rejected one.
+    /// </summary>
+    public long EmptyCompletions { get; internal set; }
+    /// <summary>
     /// Ties never made into pairs: for <see cref="BinarizationStrategy.BestVsRandom"/> and <see cref="BinarizationStrategy.BestVsWorst"/>,
     /// completions other than the chosen one that share the best score; for <see cref="BinarizationStrategy.AllPairs"/>, pairs of
     /// completions with equal scores.
@@ -110,13 +115,13 @@ public sealed class BinarizationReport
     /// <inheritdoc />
     public override string ToString() =>
         $"{PromptsRead} prompts, {PairsProduced} pairs; {PromptsWithoutPreference} prompts without a preference, " +
-        $"{CompletionsWithoutScore} completions without a usable score, {TiesDropped} ties dropped, {BelowMarginDropped} below the margin";
+        $"{CompletionsWithoutScore} completions without a usable score, {EmptyCompletions} empty completions, {TiesDropped} ties dropped, {BelowMarginDropped} below the margin";
 }
 
 /// <summary>
 /// Turns prompts with several scored completions into preference pairs (binarization, as Zephyr (Tunstall et al. 2023) and
 /// Notus (Argilla) did with UltraFeedback). The chosen completion has the highest score (the first such in input order); ties with it are
-/// never paired. Completions without a usable score are excluded and counted; prompts whose usable completions have fewer than two
+/// never paired. Completions without a usable score, or with empty text, are excluded and counted; prompts whose usable completions have fewer than two
 /// distinct scores give no pair and are reported.
 /// </summary>
 public static class PreferenceBinarizer
@@ -142,6 +147,7 @@ public static class PreferenceBinarizer
             var scored = new List<(ScoredCompletion Completion, double Score)>();
             foreach (var completion in prompt.Completions)
             {
+                if (string.IsNullOrEmpty(completion.Text)) { report.EmptyCompletions++; continue; }
                 double score = completion.GetScore(options.Score);
                 if (double.IsNaN(score)) report.CompletionsWithoutScore++;
                 else scored.Add((completion, score));

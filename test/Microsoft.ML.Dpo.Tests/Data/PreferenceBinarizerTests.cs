@@ -60,6 +60,22 @@ public sealed class PreferenceBinarizerTests
     }
 
     [TestMethod]
+    public void EmptyCompletionsAreNeverPairedAndAreCounted()
+    {
+        // The empty completion has the lowest score (a generation that stopped at once): without the rule it would be rejected.
+        foreach (var strategy in Enum.GetValues<BinarizationStrategy>())
+        {
+            var report = new BinarizationReport();
+            var pairs = Run(new() { Strategy = strategy }, report, Prompt("A", ("a1", 3), ("", 0), ("a2", 5)), Prompt("B", ("", 9), ("b1", 2)));
+            Assert.IsTrue(pairs.All(p => p.Chosen.Length > 0 && p.Rejected.Length > 0), strategy.ToString());
+            CollectionAssert.AreEqual(new[] { ("A", "a2", "a1") }, Triples(pairs), strategy.ToString());
+            Assert.AreEqual(2L, report.EmptyCompletions, strategy.ToString());
+            Assert.AreEqual(1L, report.PromptsWithoutPreference, "B has one usable completion left");
+            StringAssert.Contains(report.ToString(), "2 empty completions");
+        }
+    }
+
+    [TestMethod]
     public void TiesWithTheBestAreNeverPairedAndAreCounted()
     {
         var b = Prompt("B", ("b1", 5), ("b2", 5), ("b3", 2), ("b4", 1));
