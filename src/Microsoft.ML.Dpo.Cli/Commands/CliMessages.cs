@@ -36,6 +36,7 @@ internal static class CliMessages
         ["EarlyStoppingThreshold"] = "--early-stopping-threshold",
         ["LearningRate"] = "--learning-rate",
         ["WarmupSteps"] = "--warmup-steps",
+        ["WarmupRatio"] = "--warmup-ratio",
         ["MaxSteps"] = "--max-steps",
         ["PeakFlops"] = "--peak-flops",
         ["GradientCheckpointing"] = "--gradient-checkpointing",

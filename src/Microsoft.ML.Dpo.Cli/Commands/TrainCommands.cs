@@ -41,7 +41,9 @@ internal static partial class TrainCommands
         public readonly Option<string> TruncationMode = Cli.Choice("--truncation-mode", "Which end of a prompt longer than --max-prompt-length is kept: " +
             "keep_end (the text closest to the answer; TRL's default) or keep_start.", "keep_end", "keep_end", "keep_start");
         public readonly DataFlags DataFiles = new();
-        public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay).", Defaults.WarmupSteps);
+        public readonly Option<int> WarmupSteps = Cli.Option("--warmup-steps", "Steps of linear learning-rate warm-up (then linear decay); above 0 it overrides --warmup-ratio.", Defaults.WarmupSteps);
+        public readonly Option<double?> WarmupRatio = Cli.Optional<double?>("--warmup-ratio", "The share of the steps spent in linear warm-up when --warmup-steps is 0, in [0, 1) " +
+            $"(default: {TrainingDefaults.DpoWarmupRatio:G} for dpo, 0 for the other trainers).");
         public readonly Option<int> MaxSteps = Cli.Option("--max-steps", "Stop after this many optimizer steps (0: no limit).", 0);
         public readonly Option<int> Seed = Cli.Option("--seed", "Seed of the data order.", Defaults.Seed);
         public readonly Option<int> LoggingSteps = Cli.Option("--logging-steps", "Steps between metric reports (log lines and metrics.jsonl rows).", Defaults.LoggingInterval);
@@ -79,7 +81,7 @@ internal static partial class TrainCommands
 
         public void AddTo(Command command)
         {
-            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, PaddingFree, MaxTokensPerBatch, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, MaxSteps, Seed,
+            foreach (Option option in new Option[] { Model, Data, Output, Force, Epochs, BatchSize, PerRankBatchSize, PaddingFree, MaxTokensPerBatch, MaxLength, MaxPromptLength, TruncationMode, WarmupSteps, WarmupRatio, MaxSteps, Seed,
                 LoggingSteps, CheckpointDir, CheckpointSteps, Resume, Restart, ChatTemplateName, SkipInvalid, Device, MixedPrecision, LoraRank, LoraAlpha, LoraTargets, RouterAuxLossCoef, RouterZLossCoef,
                 ChunkedLogProbs, LogProbChunkSize, PeakFlops, GradientCheckpointing, ReleaseFreedMemory })
                 command.Options.Add(option);
@@ -117,6 +119,7 @@ internal static partial class TrainCommands
             options.MaxPromptLength = result.GetValue(MaxPromptLength) ?? Math.Max(1, maxLength / 2);
             options.Truncation = result.GetValue(TruncationMode) == "keep_start" ? Microsoft.ML.Dpo.Training.TruncationMode.KeepStart : Microsoft.ML.Dpo.Training.TruncationMode.KeepEnd;
             options.WarmupSteps = result.GetValue(WarmupSteps);
+            options.WarmupRatio = result.GetValue(WarmupRatio);
             options.MaxSteps = result.GetValue(MaxSteps);
             options.GradientCheckpointing = result.GetValue(GradientCheckpointing);
             options.ReleaseFreedMemory = result.GetValue(ReleaseFreedMemory) == "on";
@@ -229,7 +232,8 @@ internal static partial class TrainCommands
         var common = new Common();
         var learningRate = Cli.Optional<double?>("--learning-rate", "Peak AdamW learning rate (default: chosen by the model's origin and printed: " +
             $"{TrainingDefaults.FromScratchLearningRate:G} for a model trained from scratch — an mldpo init preset and what is trained from it — else {TrainingDefaults.PretrainedDpoLearningRate:G}).");
-        var beta = Cli.Option("--beta", "β: strength of the KL regularisation toward the reference model.", Defaults.Beta);
+        var beta = Cli.Optional<double?>("--beta", "β: strength of the KL regularisation toward the reference model (default: chosen by the model's origin and printed: " +
+            $"{TrainingDefaults.FromScratchDpoBeta:G} for a model trained from scratch, else {TrainingDefaults.PretrainedDpoBeta:G}).");
         var loss = Cli.Option("--loss", "The preference loss, or a comma-separated list summed with --loss-weights (TRL's loss_type names): " +
             string.Join(", ", PreferenceLossNames.LossNames) + ". E.g. sigmoid,sft (RPO) or sigmoid,bco_pair,sft with 0.8,0.2,1 (MPO).", "sigmoid");
         var lossWeights = Cli.Optional<string?>("--loss-weights", "Comma-separated weights, one per --loss entry (default: 1 each).");

@@ -25,8 +25,12 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
     /// <summary>Options of <see cref="DpoTrainer"/>.</summary>
     public sealed class Options : PreferenceTrainerOptions
     {
-        /// <summary>β: the strength of the KL regularisation toward the reference (larger keeps the policy closer). Default 0.1.</summary>
-        public double Beta { get; set; } = 0.1;
+        /// <summary>
+        /// β: the strength of the KL regularisation toward the reference (larger keeps the policy closer). Null (the default)
+        /// chooses it by the model's origin and logs it (<see cref="TrainingDefaults.DpoBeta"/>): 0.3 for a model trained from
+        /// scratch, else 0.1 (TRL's default).
+        /// </summary>
+        public double? Beta { get; set; }
         /// <summary>The preference loss. Default <see cref="PreferenceLossKind.Sigmoid"/> (DPO). Ignored when <see cref="LossKinds"/> is set.</summary>
         public PreferenceLossKind LossKind { get; set; } = PreferenceLossKind.Sigmoid;
         /// <summary>
@@ -92,28 +96,29 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
         /// </summary>
         public bool PrecomputeReferenceLogProbs { get; set; }
 
-        internal PreferenceLossOptions LossOptions
+        /// <summary>The losses with β as given, or TRL's 0.1 when automatic (for checks that do not depend on β's value; training uses <see cref="LossOptionsWith"/>).</summary>
+        internal PreferenceLossOptions LossOptions => LossOptionsWith(Beta ?? TrainingDefaults.PretrainedDpoBeta);
+
+        /// <summary>The losses with the resolved β.</summary>
+        internal PreferenceLossOptions LossOptionsWith(double beta)
         {
-            get
+            var kinds = (LossKinds ?? [LossKind]).ToList();
+            var weights = (LossWeights ?? (LossKinds is null ? [1.0] : LossKinds.Select(_ => 1.0).ToArray())).ToList();
+            double rpoAlpha = EffectiveRpoAlpha;
+            if (rpoAlpha > 0)
             {
-                var kinds = (LossKinds ?? [LossKind]).ToList();
-                var weights = (LossWeights ?? (LossKinds is null ? [1.0] : LossKinds.Select(_ => 1.0).ToArray())).ToList();
-                double rpoAlpha = EffectiveRpoAlpha;
-                if (rpoAlpha > 0)
-                {
-                    if (kinds.Contains(PreferenceLossKind.Sft))
-                        throw new ArgumentException("RpoAlpha adds PreferenceLossKind.Sft to the losses, which already list it; give its weight in LossWeights or RpoAlpha, not both.", nameof(RpoAlpha));
-                    kinds.Add(PreferenceLossKind.Sft);
-                    weights.Add(rpoAlpha);
-                }
-                bool single = kinds.Count == 1 && weights.Count == 1 && weights[0] == 1;
-                return new()
-                {
-                    Kind = single ? kinds[0] : PreferenceLossKind.Sigmoid, Kinds = single ? null : kinds, Weights = single ? null : weights,
-                    Beta = Beta, LabelSmoothing = LabelSmoothing, Gamma = SimPOGamma, DiscoPopTau = DiscoPopTau, CpoAlpha = CpoAlpha,
-                    FDivergence = FDivergence, AlphaDivergenceCoefficient = AlphaDivergenceCoefficient,
-                };
+                if (kinds.Contains(PreferenceLossKind.Sft))
+                    throw new ArgumentException("RpoAlpha adds PreferenceLossKind.Sft to the losses, which already list it; give its weight in LossWeights or RpoAlpha, not both.", nameof(RpoAlpha));
+                kinds.Add(PreferenceLossKind.Sft);
+                weights.Add(rpoAlpha);
             }
+            bool single = kinds.Count == 1 && weights.Count == 1 && weights[0] == 1;
+            return new()
+            {
+                Kind = single ? kinds[0] : PreferenceLossKind.Sigmoid, Kinds = single ? null : kinds, Weights = single ? null : weights,
+                Beta = beta, LabelSmoothing = LabelSmoothing, Gamma = SimPOGamma, DiscoPopTau = DiscoPopTau, CpoAlpha = CpoAlpha,
+                FDivergence = FDivergence, AlphaDivergenceCoefficient = AlphaDivergenceCoefficient,
+            };
         }
 
         internal DpoStepOptions StepOptions => new(LdAlpha, UseWeighting, SyncReferenceSteps, SyncReferenceAlpha, PaddingFree);
@@ -219,7 +224,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             if (options.ValidationData is { } validationData)
                 validation = FineTuningRun.TokenizePairs(policy, options.ReadPairs(validationData, new DataPreparationReport()), options, new DataPreparationReport());
 
-            var loss = options.LossOptions;
+            var loss = options.LossOptionsWith(TrainingDefaults.ResolveDpoBeta(options.Beta, policy, log));
             // The reference: a separate model, the LoRA policy with its adapters disabled, the caller's untouched base model,
             // or a frozen copy of the starting policy.
             var adapters = options.Reference == ReferenceModelSource.FrozenCopyOfBase ? policy.Lora : null;
@@ -278,11 +283,14 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.PreferenceOptimization, policy, log);
             if (options.RpoAlpha is null && options.EffectiveRpoAlpha > 0)
                 log($"Loss: sigmoid DPO plus the NLL of the chosen answers at weight {options.EffectiveRpoAlpha:G} (RPO, the default; RpoAlpha = 0 or --rpo-alpha 0 for plain DPO).");
-            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate) + $";dpo;{loss};{step};ref={options.Reference}",
+            double warmupRatio = TrainingDefaults.WarmupRatio(TrainingStage.PreferenceOptimization);
+            if (options.WarmupSteps == 0 && options.WarmupRatio is null)
+                log(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"Warm-up: the first {warmupRatio * 100:G}% of the steps (automatic; WarmupSteps/--warmup-steps or WarmupRatio/--warmup-ratio to choose, 0 for none)."));
+            string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate, warmupRatio) + $";dpo;{loss};{step};ref={options.Reference}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
             var guard = loss.RequiresReference ? new LikelihoodDisplacementGuard(runLog.Warn) : null;
             var objective = FineTuningRun.WithRouterLosses(new DpoObjective(policy.Network, referenceLogProbs, loss, step, policy.PadTokenId, guard), policy.Network, options);
-            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate);
+            var summary = FineTuningRun.Train(options, policy, objective, fingerprint, log, evaluation, examples, learningRate, warmupRatio);
             if (syncedReference is not null)
             {
                 syncedReference.Dispose();
@@ -307,7 +315,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
 
             // With LoRA and no separate reference, the fitted model's own disabled adapters give the reference.
             string? referencePath = options.Reference == ReferenceModelSource.Separate ? options.ReferenceModelPath : adapters is not null ? null : options.BaseModelPath;
-            var transformer = new LanguageModelTransformer(policy, reference ?? ownedReference, options.Beta, options.PromptColumnName,
+            var transformer = new LanguageModelTransformer(policy, reference ?? ownedReference, loss.Beta, options.PromptColumnName,
                 ownsReference: ownedReference is not null, referencePath: reference is null && ownedReference is null ? referencePath : null)
             {
                 TrainingSummary = summary, DataReport = report, ValidationMetrics = validationMetrics,

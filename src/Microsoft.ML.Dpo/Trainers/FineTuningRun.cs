@@ -119,9 +119,10 @@ internal static class FineTuningRun
         return Convert.ToHexString(hash.GetHashAndReset())[..16].ToLowerInvariant();
     }
 
-    /// <summary>The shared options that change a run's result, as text (<paramref name="learningRate"/>: the resolved rate when the options' is automatic).</summary>
-    public static string Summary(TrainingOptions o, double? learningRate = null) =>
+    /// <summary>The shared options that change a run's result, as text (<paramref name="learningRate"/>, <paramref name="warmupRatio"/>: the resolved values when the options' are automatic).</summary>
+    public static string Summary(TrainingOptions o, double? learningRate = null, double? warmupRatio = null) =>
         $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={learningRate ?? o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
+        ((o.WarmupRatio ?? warmupRatio ?? 0) is var ratio && ratio != 0 ? $"warmupratio={ratio:R};" : "") +
         $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
         (o.MixedPrecision != MixedPrecisionKind.None ? ";mixed=" + o.MixedPrecision : "") +
         (o.MaxTokensPerBatch > 0 ? $";maxtokens={o.MaxTokensPerBatch};packed={o.PaddingFree}" : "") +
@@ -146,14 +147,15 @@ internal static class FineTuningRun
     /// metric the policy ends with the best evaluation's weights. The network is in eval mode afterwards.
     /// </summary>
     public static TrainingSummary Train<TExample>(LanguageModelTrainerOptions options, LanguageModel policy, ITrainingObjective<TExample> objective,
-        string fingerprint, Action<string> log, GenerationEvaluation? evaluation, IReadOnlyList<TExample> examples, double? learningRate = null)
+        string fingerprint, Action<string> log, GenerationEvaluation? evaluation, IReadOnlyList<TExample> examples, double? learningRate = null,
+        double? warmupRatio = null)
     {
         try
         {
             policy.Network.train();
             var summary = new TrainingLoop<TExample>(options, Trainable(policy), objective, Checkpoint(options, policy), fingerprint, log,
                 evaluation is null ? null : (done, last) => evaluation.AfterStep(policy, done, last, options.CancellationToken),
-                evaluation is null ? null : () => evaluation.StopRequested, learningRate: learningRate).Run(examples);
+                evaluation is null ? null : () => evaluation.StopRequested, learningRate: learningRate, warmupRatio: warmupRatio).Run(examples);
             policy.Network.eval();
             if (evaluation?.BestStep is not int bestStep) return summary;
             evaluation.RestoreBest(policy, summary.Steps);

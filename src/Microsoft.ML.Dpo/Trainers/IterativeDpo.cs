@@ -71,7 +71,7 @@ public static class IterativeDpo
                 {
                     BaseModel = policy, Beta = dpo.Beta, LossKind = dpo.LossKind, LearningRate = dpo.LearningRate, Epochs = dpo.Epochs, BatchSize = dpo.BatchSize,
                     MaxLength = dpo.MaxLength, MaxPromptLength = dpo.MaxPromptLength, Seed = dpo.Seed + round, Lora = dpo.Lora, RpoAlpha = dpo.RpoAlpha,
-                    WarmupSteps = dpo.WarmupSteps, Device = dpo.Device, Log = dpo.Log, LoggingInterval = dpo.LoggingInterval, CancellationToken = dpo.CancellationToken,
+                    WarmupSteps = dpo.WarmupSteps, WarmupRatio = dpo.WarmupRatio, Device = dpo.Device, Log = dpo.Log, LoggingInterval = dpo.LoggingInterval, CancellationToken = dpo.CancellationToken,
                 };
                 models.Add(mlContext.Alignment().Trainers.Dpo(roundOptions).Fit(mlContext.Data.LoadFromPreferencePairs(pairs)));
             }

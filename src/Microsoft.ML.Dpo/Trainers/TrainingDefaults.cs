@@ -51,6 +51,43 @@ public static class TrainingDefaults
     /// <summary>The DPO learning rate for pretrained models: 1e-6 (TRL's <c>DPOConfig</c>; 5e-7 to 5e-6 is the usual range).</summary>
     public const double PretrainedDpoLearningRate = 1e-6;
 
+    /// <summary>DPO's β for a model trained from scratch (<see cref="DpoTrainer.Options.Beta"/> null, no <c>--beta</c>): 0.3 (the README's recipe table).</summary>
+    public const double FromScratchDpoBeta = 0.3;
+
+    /// <summary>DPO's β for a pretrained model: 0.1 (TRL's <c>DPOConfig</c>, Zephyr).</summary>
+    public const double PretrainedDpoBeta = 0.1;
+
+    /// <summary>The automatic β of DPO for a model with configuration <paramref name="config"/>, by its origin as <see cref="LearningRate"/>.</summary>
+    /// <param name="config">The starting model's configuration.</param>
+    /// <returns><see cref="FromScratchDpoBeta"/> for a model trained from scratch, else <see cref="PretrainedDpoBeta"/>.</returns>
+    public static double DpoBeta(CausalLMConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return config.StartedFromRandomWeights ? FromScratchDpoBeta : PretrainedDpoBeta;
+    }
+
+    /// <summary>β as given, or the automatic one (logged with the reason) when it is null.</summary>
+    internal static double ResolveDpoBeta(double? beta, LanguageModel policy, Action<string> log)
+    {
+        if (beta is double given) return given;
+        var config = policy.Network.Config;
+        double chosen = DpoBeta(config);
+        log(string.Create(CultureInfo.InvariantCulture, $"β {chosen:G} (automatic: {Reason(config)}; set Beta or --beta to choose another)."));
+        return chosen;
+    }
+
+    /// <summary>
+    /// The share of a DPO run's steps spent in linear warm-up (<see cref="TrainingOptions.WarmupRatio"/> null, no <c>--warmup-ratio</c>):
+    /// 0.1, Zephyr's DPO recipe (Tunstall et al., 2023). Adam's first updates are full-size whatever the gradient's scale; at the
+    /// from-scratch rate they can set a habit that the rest of the run never undoes (the README's recipe table).
+    /// </summary>
+    public const double DpoWarmupRatio = 0.1;
+
+    /// <summary>The automatic warm-up share of <paramref name="stage"/>: <see cref="DpoWarmupRatio"/> for DPO, 0 (none) for the others.</summary>
+    /// <param name="stage">The training stage.</param>
+    /// <returns>The share of the run's optimizer steps.</returns>
+    public static double WarmupRatio(TrainingStage stage) => stage == TrainingStage.PreferenceOptimization ? DpoWarmupRatio : 0;
+
     /// <summary>The weight of the NLL term that accompanies the default DPO loss (RPO): 1, as in Pang et al. (2024).</summary>
     public const double RpoAlpha = 1.0;
 

@@ -44,12 +44,21 @@ public sealed record TrainingSummary(int Steps, IReadOnlyDictionary<string, doub
 internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyList<Parameter> trainable,
     ITrainingObjective<TExample> objective, TrainingCheckpoint? checkpoint, string fingerprint, Action<string>? log = null,
     Func<int, bool, IReadOnlyDictionary<string, double>?>? evaluate = null, Func<bool>? stopRequested = null, DistributedWorld? world = null,
-    Func<int, int[]>? order = null, double? learningRate = null)
+    Func<int, int[]>? order = null, double? learningRate = null, double? warmupRatio = null)
 {
     readonly DataParallel<TExample>? parallel = DataParallel<TExample>.For(options, world ??= DistributedWorld.Current, objective, log);
     readonly bool main = world.IsMain;
     readonly double peakLearningRate = learningRate ?? options.LearningRate
         ?? throw new ArgumentException("TrainingOptions.LearningRate is null: the trainer resolves the automatic rate (TrainingDefaults) and passes it.", nameof(learningRate));
+
+    /// <summary>
+    /// The warm-up steps of a run of <paramref name="totalSteps"/>: <see cref="TrainingOptions.WarmupSteps"/> when above 0, else
+    /// ⌈ratio × total⌉ with the options' <see cref="TrainingOptions.WarmupRatio"/> or, when that is null, <paramref name="automaticRatio"/>
+    /// (the trainer's resolved default; 0 when none).
+    /// </summary>
+    internal static int WarmupSteps(TrainingOptions options, double? automaticRatio, int totalSteps) =>
+        options.WarmupSteps > 0 ? options.WarmupSteps
+            : (int)Math.Ceiling((options.WarmupRatio ?? automaticRatio ?? 0) * totalSteps - 1e-9);
 
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
@@ -69,6 +78,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
         int[] epochSteps = options.MaxTokensPerBatch > 0 ? Enumerable.Range(0, options.Epochs).Select(StepsOf).ToArray() : Enumerable.Repeat(StepsOf(0), options.Epochs).ToArray();
         int totalSteps = epochSteps.Sum();
         if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
+        int warmupSteps = WarmupSteps(options, warmupRatio, totalSteps);
 
         ScalarType? computeDType = options.MixedPrecision switch
         {
@@ -156,7 +166,7 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
                     if (main) log?.Invoke($"step {state.Step + 1}: float16 gradients overflowed at loss scale {overflowedAt:R}; the step is skipped and the scale lowered to {scaler.Scale:R}.");
                 }
                 else scaler?.Stepped();
-                double lr = peakLearningRate * LearningRateSchedule.Factor(options.Schedule, state.Step, options.WarmupSteps, totalSteps);
+                double lr = peakLearningRate * LearningRateSchedule.Factor(options.Schedule, state.Step, warmupSteps, totalSteps);
                 foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
                 if (!skipped) optimizer.step();
                 optimizer.zero_grad();

@@ -102,8 +102,14 @@ public class TrainingOptions
     public double? LearningRate { get; set; }
     /// <summary>AdamW decoupled weight decay. Default 0.</summary>
     public double WeightDecay { get; set; }
-    /// <summary>Optimizer steps of linear warm-up from zero to <see cref="LearningRate"/>. Default 0.</summary>
+    /// <summary>Optimizer steps of linear warm-up from zero to <see cref="LearningRate"/>; when above 0 it overrides <see cref="WarmupRatio"/>. Default 0.</summary>
     public int WarmupSteps { get; set; }
+    /// <summary>
+    /// The share of the run's optimizer steps spent in linear warm-up when <see cref="WarmupSteps"/> is 0: ⌈ratio × total steps⌉
+    /// (TRL's <c>warmup_ratio</c>), in [0, 1). Null (the default) is automatic, <see cref="Trainers.TrainingDefaults.WarmupRatio"/>
+    /// of the trainer's stage: 0.1 for DPO (<see cref="Trainers.TrainingDefaults.DpoWarmupRatio"/>), 0 for the others.
+    /// </summary>
+    public double? WarmupRatio { get; set; }
     /// <summary>Decay after warm-up. Default <see cref="LearningRateScheduleKind.Linear"/>.</summary>
     public LearningRateScheduleKind Schedule { get; set; } = LearningRateScheduleKind.Linear;
     /// <summary>Gradients are clipped to this global L2 norm; 0 or less disables clipping. Default 1.</summary>
@@ -219,6 +225,7 @@ public class TrainingOptions
         if (PerRankBatchSize < 0) throw new ArgumentOutOfRangeException(nameof(PerRankBatchSize), PerRankBatchSize, "PerRankBatchSize must not be negative (0: the whole share of each rank).");
         if (WeightDecay < 0) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "WeightDecay must not be negative.");
         if (WarmupSteps < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "WarmupSteps must not be negative.");
+        if (WarmupRatio is double ratio && !(ratio >= 0 && ratio < 1)) throw new ArgumentOutOfRangeException(nameof(WarmupRatio), ratio, "WarmupRatio must be in [0, 1).");
         if (MaxPromptLength >= MaxLength) throw new ArgumentOutOfRangeException(nameof(MaxPromptLength), MaxPromptLength, $"MaxPromptLength must be less than MaxLength ({MaxLength}).");
         if (PeakFlops is double peak) Positive(peak, nameof(PeakFlops));
         if (Resume && CheckpointDirectory is null) throw new ArgumentException("Resume requires CheckpointDirectory.", nameof(Resume));

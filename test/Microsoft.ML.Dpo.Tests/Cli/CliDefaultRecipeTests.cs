@@ -6,10 +6,11 @@ namespace Microsoft.ML.Dpo.Tests.Cli;
 
 /// <summary>
 /// The default recipe, end to end through the command line as a new user runs it — <c>mldpo init</c>, then <c>mldpo sft</c> and
-/// <c>mldpo dpo</c> with only <c>--model --data --output --epochs --seed</c> — on two of the style tasks
-/// (<see cref="StyleTask"/>, polite and concise): the DPO model must answer held-out prompts (unseen subjects and phrasings) in the
-/// preferred style at least 80 % of the time, with no degenerate answer, starting from an SFT model that does not. These are
-/// runs of the README's recipe table (seed 1), where they gave 92 % and 93 %; the table also lists the runs that stayed below 80 %.
+/// <c>mldpo dpo</c> with only <c>--model --data --output --epochs --seed</c> — on three of the style tasks
+/// (<see cref="StyleTask"/>): polite and signoff with <c>mldpo init</c>'s default GPT-2 vocabulary, concise with the byte-level
+/// tokenizer. The DPO model must answer held-out prompts (unseen subjects and phrasings) in the preferred style at least 80 % of
+/// the time, with no degenerate answer, starting from an SFT model that does not. These are runs of the README's recipe table
+/// (seed 1, 3 DPO epochs), where they gave 90 %, 93 % and 95 %; the table also lists the runs that stayed below 80 %.
 /// </summary>
 [TestClass]
 public sealed class CliDefaultRecipeTests
@@ -27,10 +28,13 @@ public sealed class CliDefaultRecipeTests
     static IReadOnlyList<string> Answers(StyleTask task, string directory)
     {
         using var model = LanguageModel.Load(directory);
-        return model.CreateGenerator().Generate(task.HeldOutPrompts(), new GenerationOptions { MaxNewTokens = 160 });
+        return model.CreateGenerator().Generate(task.HeldOutPrompts(), new GenerationOptions { MaxNewTokens = TokenizerOf(task) == "bytes" ? 160 : 48 });
     }
 
     static readonly Dictionary<string, TempDirectory> folders = [];
+
+    /// <summary>The tokenizer each task's model is created with (<c>mldpo init --tokenizer</c>).</summary>
+    static string TokenizerOf(StyleTask task) => task == StyleTask.Concise ? "bytes" : "gpt2";
 
     [ClassCleanup]
     public static void Cleanup()
@@ -59,7 +63,7 @@ public sealed class CliDefaultRecipeTests
         task.WriteSftData(dir.Combine("sft.jsonl"));
         task.WritePairs(dir.Combine("pairs.jsonl"));
         // Seed 1 throughout: the runs of the README's recipe table (samples/RecipeExperiment --seed 1), whose numbers these reproduce.
-        Assert.AreEqual(0, Run("init", "--preset", "tiny", "--tokenizer", "bytes", "--seed", "1", "--output", dir.Combine("base")).Code);
+        Assert.AreEqual(0, Run("init", "--preset", "tiny", "--tokenizer", TokenizerOf(task), "--seed", "1", "--output", dir.Combine("base")).Code);
         var sft = Run("sft", "--model", dir.Combine("base"), "--data", dir.Combine("sft.jsonl"), "--output", dir.Combine("sft"), "--epochs", "10", "--seed", "1");
         Assert.AreEqual(0, sft.Code, sft.Error);
         StringAssert.Contains(sft.Out, "Learning rate 0.003 (automatic: the model was trained from scratch");
@@ -90,12 +94,23 @@ public sealed class CliDefaultRecipeTests
         string log = AlignAndCheck(dir, task, sft, "dpo");
         StringAssert.Contains(log, "Learning rate 0.003 (automatic");
         StringAssert.Contains(log, "plus the NLL of the chosen answers at weight 1 (RPO, the default");
+        StringAssert.Contains(log, "β 0.3 (automatic");
+        StringAssert.Contains(log, "Warm-up: the first 10% of the steps (automatic");
     }
 
     [TestMethod]
-    public void DefaultsAndRpoAlphaOneMakeVerboseAnswersConcise()
+    public void DefaultsMakeVerboseAnswersConcise()
     {
         var task = StyleTask.Concise;
+        var (dir, sft) = Prepared(task);
+        AlignAndCheck(dir, task, sft, "dpo");
+    }
+
+    [TestMethod]
+    public void DefaultsAndRpoAlphaOneAddTheSignOff()
+    {
+        // The task the earlier defaults (β 0.1, no warm-up) failed: 62 %, 23 answers repeating the sign-off.
+        var task = StyleTask.SignOff;
         var (dir, sft) = Prepared(task);
         AlignAndCheck(dir, task, sft, "dpo");
         string log = AlignAndCheck(dir, task, sft, "dpo-rpo", "--rpo-alpha", "1");

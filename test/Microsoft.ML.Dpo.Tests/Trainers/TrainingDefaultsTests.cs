@@ -61,6 +61,75 @@ public sealed class TrainingDefaultsTests
     }
 
     [TestMethod]
+    public void DpoWarmsUpOverTheFirstTenthOfItsStepsUnlessTold()
+    {
+        using var dir = new TempDirectory();
+        using var preset = ModelPresets.CreateModel("llama", "tiny", TextTokenizer.CreateByteLevel(dir.Combine("tok")), seed: 1);
+        var ml = new MLContext(seed: 0);
+        var pairs = ml.Data.LoadFromEnumerable(StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects[..20]));   // 20 pairs, batch 2: 10 steps per epoch
+        int run = 0;
+        double[] Rates(double? warmupRatio, int warmupSteps, List<string>? log = null)
+        {
+            using var dpo = ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
+            {
+                BaseModel = preset, Epochs = 2, BatchSize = 2, LearningRate = 1e-3, WarmupRatio = warmupRatio, WarmupSteps = warmupSteps,
+                LoggingInterval = 1, MaxLength = 64, MaxPromptLength = 40, Log = log is null ? null : log.Add, CheckpointDirectory = dir.Combine("run" + run++),
+            }).Fit(pairs);
+            // Each row's rate, as logged (rounded to 4 significant digits): the tolerances below are relative 1e-3.
+            return File.ReadLines(dpo.TrainingSummary!.MetricsFile!).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("learning_rate").GetDouble()).ToArray();
+        }
+        var lines = new List<string>();
+        double[] automatic = Rates(null, 0, lines);   // 20 steps: 2 of warm-up
+        Assert.AreEqual(20, automatic.Length);
+        Assert.AreEqual(1e-3 / 3, automatic[0], 1e-6);
+        Assert.AreEqual(1e-3 * 2 / 3, automatic[1], 1e-6);
+        Assert.AreEqual(1e-3, automatic[2], 1e-6);
+        Assert.IsTrue(lines.Any(l => l.StartsWith("Warm-up: the first 10% of the steps (automatic", StringComparison.Ordinal)), string.Join("\n", lines));
+        Assert.AreEqual(1e-3, Rates(0, 0)[0], 1e-6, "WarmupRatio 0: no warm-up");
+        double[] quarter = Rates(0.25, 0);            // ⌈0.25 × 20⌉ = 5
+        Assert.AreEqual(1e-3 * 5 / 6, quarter[4], 1e-6);
+        Assert.AreEqual(1e-3, quarter[5], 1e-6);
+        Assert.AreEqual(1e-3 / 2, Rates(0.25, 1)[0], 1e-6, "WarmupSteps above 0 overrides the ratio");
+        Assert.AreEqual(0, TrainingDefaults.WarmupRatio(TrainingStage.SupervisedFineTuning), "SFT keeps no warm-up");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new DpoTrainer.Options { BaseModel = preset, WarmupRatio = 1 }.Validate());
+    }
+
+    [TestMethod]
+    public void BetaFollowsTheModelsOriginUnlessGiven()
+    {
+        using var dir = new TempDirectory();
+        using var preset = ModelPresets.CreateModel("llama", "tiny", TextTokenizer.CreateByteLevel(dir.Combine("tok")), seed: 1);
+        Assert.AreEqual(0.3, TrainingDefaults.DpoBeta(preset.Network.Config));
+        var pretrained = CausalLMConfig.FromJson(File.ReadAllText(Path.Combine(SaveConfig(preset, dir.Combine("p")), "config.json")).Replace("\"mldpo_started_from_random_weights\": true", "\"x\": 1"), "config.json");
+        Assert.IsFalse(pretrained.StartedFromRandomWeights);
+        Assert.AreEqual(0.1, TrainingDefaults.DpoBeta(pretrained));
+
+        var ml = new MLContext(seed: 0);
+        var pairs = ml.Data.LoadFromEnumerable(StylePreferenceTask.Pairs(StylePreferenceTask.TrainSubjects[..4]));
+        (double Beta, List<string> Log) Fit(double? beta)
+        {
+            var lines = new List<string>();
+            using var dpo = ml.Alignment().Trainers.Dpo(new DpoTrainer.Options
+            {
+                BaseModel = preset, MaxSteps = 1, BatchSize = 2, Beta = beta, MaxLength = 64, MaxPromptLength = 40, Log = lines.Add,
+            }).Fit(pairs);
+            return (dpo.Beta, lines);
+        }
+        var automatic = Fit(null);
+        Assert.AreEqual(0.3, automatic.Beta, "the fitted model's implicit reward uses the β it was trained with");
+        Assert.IsTrue(automatic.Log.Any(l => l.StartsWith("β 0.3 (automatic: the model was trained from scratch", StringComparison.Ordinal)), string.Join("\n", automatic.Log));
+        var given = Fit(0.05);
+        Assert.AreEqual(0.05, given.Beta);
+        Assert.IsFalse(given.Log.Any(l => l.StartsWith("β ", StringComparison.Ordinal)));
+    }
+
+    static string SaveConfig(LanguageModel model, string path)
+    {
+        model.Save(path);
+        return path;
+    }
+
+    [TestMethod]
     public void RpoAccompaniesOnlyTheDefaultLoss()
     {
         Assert.AreEqual(1.0, new DpoTrainer.Options().EffectiveRpoAlpha);
@@ -83,7 +152,11 @@ public sealed class TrainingDefaultsTests
         Assert.IsNull(new SftTrainer.Options().LearningRate);
         StringAssert.Contains(help, "0.003 for a model trained from scratch");
         StringAssert.Contains(help, "else 1E-06");
-        foreach (var (flag, value) in new[] { ("--beta", defaults.Beta), ("--epochs", defaults.Epochs), ("--batch-size", defaults.BatchSize), ("--seed", defaults.Seed) })
+        Assert.IsNull(defaults.Beta, "β is chosen by the model's origin");
+        Assert.IsNull(defaults.WarmupRatio, "the warm-up is chosen by the trainer");
+        StringAssert.Contains(help, "0.3 for a model trained from scratch, else 0.1");
+        StringAssert.Contains(help, "default: 0.1 for dpo, 0 for the other trainers");
+        foreach (var (flag, value) in new[] { ("--epochs", defaults.Epochs), ("--batch-size", defaults.BatchSize), ("--seed", defaults.Seed) })
             StringAssert.Matches(help, new System.Text.RegularExpressions.Regex(System.Text.RegularExpressions.Regex.Escape(flag) + @"[^\n]*\n?[^\n]*\[default: " +
                 System.Text.RegularExpressions.Regex.Escape(value.ToString(System.Globalization.CultureInfo.InvariantCulture)) + @"\]"), flag);
     }
