@@ -22,7 +22,7 @@ internal static class EvaluateCommand
         var skip = Cli.Option("--skip-invalid", "Skip malformed records (counted on stderr) instead of failing.", false);
         var generate = Cli.Option("--generate", "Also answer the data's prompts with --model and --reference (greedy) and compare the answers: adds eval/win_rate " +
             "(with --judge; ties count 1/2), eval/mean_length, eval/reference_mean_length, eval/repeated_ngram_share, eval/degenerate_rate and side-by-side samples. " +
-            "The data may then also be a completions or KTO file (only its prompts are used).", false);
+            "The data may then also be a completions, KTO or prompt-only file (only its prompts are used).", false);
         var maxNewTokens = Cli.Option("--max-new-tokens", "With --generate: new tokens per answer.", 64);
         var samples = Cli.Option("--samples", "With --generate: side-by-side samples in the output.", 3);
         var judge = new JudgeOptions();
@@ -50,7 +50,7 @@ internal static class EvaluateCommand
             }
             catch (InvalidDataException e) when (generating && loadReport.PreferenceLayout is null)
             {
-                pairs = null;   // a completions or KTO file: only its prompts are answered
+                pairs = null;   // a completions, KTO or prompt-only file: only its prompts are answered
                 _ = e;
             }
             if (loadReport.RowsSkipped > 0) stderr.WriteLine($"Data: {loadReport}");

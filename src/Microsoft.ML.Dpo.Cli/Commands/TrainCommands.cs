@@ -385,7 +385,7 @@ internal static partial class TrainCommands
     /// </summary>
     internal sealed class EvaluationFlags
     {
-        public readonly Option<string?> Data = Cli.Optional<string?>("--eval-data", "Held-out prompts (any pairs, completions or KTO file; its prompt column) that the policy and the reference " +
+        public readonly Option<string?> Data = Cli.Optional<string?>("--eval-data", "Held-out prompts (any pairs, completions, KTO or prompt-only file; its prompt column) that the policy and the reference " +
             "answer during training: logs eval/mean_length, eval/repeated_ngram_share, eval/degenerate_rate, eval/win_rate with --judge, and side-by-side samples.");
         public readonly Option<int> Steps = Cli.Option("--eval-steps", "Optimizer steps between evaluations by generation (0: at the end only).", 0);
         public readonly Option<int> Tokens = Cli.Option("--eval-max-new-tokens", "New tokens per evaluation answer (greedy).", 64);
@@ -424,7 +424,7 @@ internal static partial class TrainCommands
         }
     }
 
-    /// <summary>The distinct prompts of a pairs, completions or KTO file (for --eval-data and evaluate --generate).</summary>
+    /// <summary>The distinct prompts of a pairs, completions, KTO or prompt-only file (for --eval-data and evaluate --generate).</summary>
     internal static List<string> Prompts(string path, ChatTemplate? chatTemplate)
     {
         if (!File.Exists(path)) throw new CliException($"Evaluation data file '{path}' does not exist.");
@@ -435,7 +435,15 @@ internal static partial class TrainCommands
         }
         catch (InvalidDataException)
         {
-            return ml.Data.LoadCompletions(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
+            try
+            {
+                return ml.Data.LoadCompletions(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
+            }
+            catch (InvalidDataException)
+            {
+                // Prompts only (the layout of online RL's data): a bad record is reported by this last reader.
+                return ml.Data.LoadPrompts(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
+            }
         }
     }
 

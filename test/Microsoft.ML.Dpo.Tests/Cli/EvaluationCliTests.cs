@@ -46,6 +46,16 @@ public sealed class EvaluationCliTests
         foreach (var name in new[] { "eval/mean_length", "eval/reference_mean_length", "eval/repeated_ngram_share", "eval/unjudged" })
             Assert.IsTrue(json.TryGetProperty(name, out _), name);
 
+        // A prompt-only file (online RL's layout) gives the same prompts, hence the same answers and win rate.
+        string promptsOnly = dir.Combine("prompts.jsonl");
+        File.WriteAllLines(promptsOnly, File.ReadAllLines(held).Select(l => JsonSerializer.Serialize(new { prompt = JsonDocument.Parse(l).RootElement.GetProperty("prompt").GetString() })));
+        var onPrompts = Run("evaluate", "--model", dir.Combine("sft"), "--reference", dir.Combine("base"), "--data", promptsOnly, "--generate",
+            "--judge", "regex:^(Happy|Gladly)", "--max-new-tokens", "16", "--samples", "4");
+        Assert.AreEqual(0, onPrompts.Code, onPrompts.Error);
+        var promptJson = JsonDocument.Parse(onPrompts.Out.Trim()).RootElement;
+        Assert.AreEqual(json.GetProperty("eval/win_rate").GetDouble(), promptJson.GetProperty("eval/win_rate").GetDouble());
+        Assert.AreEqual(json.GetProperty("samples").ToString(), promptJson.GetProperty("samples").ToString());
+
         // On pairs: preference accuracy too; the implicit-reward judge takes two model folders.
         var onPairs = Run("evaluate", "--model", dir.Combine("sft"), "--reference", dir.Combine("base"), "--data", pairs, "--generate",
             "--judge", $"implicit:{dir.Combine("sft")},{dir.Combine("base")}", "--max-new-tokens", "8");
