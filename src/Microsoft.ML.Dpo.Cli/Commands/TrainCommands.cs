@@ -429,21 +429,18 @@ internal static partial class TrainCommands
     {
         if (!File.Exists(path)) throw new CliException($"Evaluation data file '{path}' does not exist.");
         var ml = new MLContext();
-        try
+        // Tried in turn (a pairs file's prompts may come from its conversations, which the prompt reader does not split); a file
+        // none of them reads gets the last one's error, which names the file, the line and the missing prompt.
+        var readers = new Func<IDataView>[]
         {
-            return ml.Data.LoadPreferencePairs(path, new PreferenceDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
-        }
-        catch (InvalidDataException)
+            () => ml.Data.LoadPreferencePairs(path, new PreferenceDataLoadOptions { ChatTemplate = chatTemplate }),
+            () => ml.Data.LoadCompletions(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }),
+            () => ml.Data.LoadPrompts(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }),
+        };
+        for (int i = 0; ; i++)
         {
-            try
-            {
-                return ml.Data.LoadCompletions(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
-            }
-            catch (InvalidDataException)
-            {
-                // Prompts only (the layout of online RL's data): a bad record is reported by this last reader.
-                return ml.Data.LoadPrompts(path, new CompletionDataLoadOptions { ChatTemplate = chatTemplate }).GetColumn<string>("prompt").Distinct().ToList();
-            }
+            try { return readers[i]().GetColumn<string>("prompt").Distinct().ToList(); }
+            catch (InvalidDataException) when (i < readers.Length - 1) { }
         }
     }
 

@@ -283,9 +283,7 @@ public sealed class DpoTrainer : IEstimator<LanguageModelTransformer>
             double learningRate = TrainingDefaults.ResolveLearningRate(options, TrainingStage.PreferenceOptimization, policy, log);
             if (options.RpoAlpha is null && options.EffectiveRpoAlpha > 0)
                 log($"Loss: sigmoid DPO plus the NLL of the chosen answers at weight {options.EffectiveRpoAlpha:G} (RPO, the default; RpoAlpha = 0 or --rpo-alpha 0 for plain DPO).");
-            double warmupRatio = TrainingDefaults.WarmupRatio(TrainingStage.PreferenceOptimization);
-            if (options.WarmupSteps == 0 && options.WarmupRatio is null)
-                log(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"Warm-up: the first {warmupRatio * 100:G}% of the steps (automatic; WarmupSteps/--warmup-steps or WarmupRatio/--warmup-ratio to choose, 0 for none)."));
+            double warmupRatio = TrainingDefaults.ResolveWarmupRatio(options, TrainingStage.PreferenceOptimization, log);
             string fingerprint = FineTuningRun.Fingerprint(policy, FineTuningRun.Summary(options, learningRate, warmupRatio) + $";dpo;{loss};{step};ref={options.Reference}",
                 examples.SelectMany(e => new[] { e.Prompt, e.Chosen, e.Rejected }));
             var guard = loss.RequiresReference ? new LikelihoodDisplacementGuard(runLog.Warn) : null;

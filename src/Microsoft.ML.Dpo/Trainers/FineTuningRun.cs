@@ -122,7 +122,7 @@ internal static class FineTuningRun
     /// <summary>The shared options that change a run's result, as text (<paramref name="learningRate"/>, <paramref name="warmupRatio"/>: the resolved values when the options' are automatic).</summary>
     public static string Summary(TrainingOptions o, double? learningRate = null, double? warmupRatio = null) =>
         $"epochs={o.Epochs};batch={o.BatchSize};accum={o.GradientAccumulationSteps};lr={learningRate ?? o.LearningRate:R};wd={o.WeightDecay:R};warmup={o.WarmupSteps};" +
-        ((o.WarmupRatio ?? warmupRatio ?? 0) is var ratio && ratio != 0 ? $"warmupratio={ratio:R};" : "") +
+        ((warmupRatio ?? o.WarmupRatio ?? 0) is var ratio && ratio != 0 ? $"warmupratio={ratio:R};" : "") +
         $"schedule={o.Schedule};clip={o.MaxGradNorm:R};seed={o.Seed};maxlen={o.MaxLength};maxprompt={o.MaxPromptLength};trunc={o.Truncation};maxsteps={o.MaxSteps}" +
         (o.MixedPrecision != MixedPrecisionKind.None ? ";mixed=" + o.MixedPrecision : "") +
         (o.MaxTokensPerBatch > 0 ? $";maxtokens={o.MaxTokensPerBatch};packed={o.PaddingFree}" : "") +

@@ -88,6 +88,17 @@ public static class TrainingDefaults
     /// <returns>The share of the run's optimizer steps.</returns>
     public static double WarmupRatio(TrainingStage stage) => stage == TrainingStage.PreferenceOptimization ? DpoWarmupRatio : 0;
 
+    /// <summary>The options' warm-up share, or the stage's automatic one (logged when it applies: no <see cref="TrainingOptions.WarmupSteps"/>, a share above 0).</summary>
+    internal static double ResolveWarmupRatio(TrainingOptions options, TrainingStage stage, Action<string> log)
+    {
+        if (options.WarmupRatio is double given) return given;
+        double ratio = WarmupRatio(stage);
+        if (options.WarmupSteps == 0 && ratio > 0)
+            log(string.Create(CultureInfo.InvariantCulture,
+                $"Warm-up: the first {ratio * 100:G}% of the steps (automatic; WarmupSteps/--warmup-steps or WarmupRatio/--warmup-ratio to choose, 0 for none)."));
+        return ratio;
+    }
+
     /// <summary>The weight of the NLL term that accompanies the default DPO loss (RPO): 1, as in Pang et al. (2024).</summary>
     public const double RpoAlpha = 1.0;
 

@@ -53,12 +53,12 @@ internal sealed class TrainingLoop<TExample>(TrainingOptions options, IReadOnlyL
 
     /// <summary>
     /// The warm-up steps of a run of <paramref name="totalSteps"/>: <see cref="TrainingOptions.WarmupSteps"/> when above 0, else
-    /// ⌈ratio × total⌉ with the options' <see cref="TrainingOptions.WarmupRatio"/> or, when that is null, <paramref name="automaticRatio"/>
-    /// (the trainer's resolved default; 0 when none).
+    /// ⌈ratio × total⌉ with <paramref name="resolvedRatio"/> (the trainer's, from <see cref="Trainers.TrainingDefaults.ResolveWarmupRatio"/>)
+    /// or, from a trainer that resolved none, the options' own <see cref="TrainingOptions.WarmupRatio"/>. The ε keeps 0.1 × 30 at 3.
     /// </summary>
-    internal static int WarmupSteps(TrainingOptions options, double? automaticRatio, int totalSteps) =>
+    internal static int WarmupSteps(TrainingOptions options, double? resolvedRatio, int totalSteps) =>
         options.WarmupSteps > 0 ? options.WarmupSteps
-            : (int)Math.Ceiling((options.WarmupRatio ?? automaticRatio ?? 0) * totalSteps - 1e-9);
+            : (int)Math.Ceiling((resolvedRatio ?? options.WarmupRatio ?? 0) * totalSteps - 1e-9);
 
     public TrainingSummary Run(IReadOnlyList<TExample> examples)
     {
