@@ -41,7 +41,7 @@ public sealed class DataParallelTests
     }
 
     static string[] Dpo(string model, string data, string output, params string[] more) =>
-        ["dpo", "--model", model, "--data", data, "--output", output, "--batch-size", "4", "--learning-rate", "1e-3", "--max-length", "64", "--rpo-alpha", "0", .. more];   // plain DPO: the RPO term is a token mean per forward pass (a sharding caveat)
+        ["dpo", "--model", model, "--data", data, "--output", output, "--epochs", "1", "--batch-size", "4", "--learning-rate", "1e-3", "--max-length", "64", "--rpo-alpha", "0", .. more];   // one epoch (the step counts below); plain DPO: the RPO term is a token mean per forward pass (a sharding caveat)
 
     /// <summary>Starts <c>mldpo</c> in its own process: one rank (no launcher) or <paramref name="ranks"/> under mpirun.</summary>
     static Process Start(int ranks, string[] args, Dictionary<string, string>? environment = null)

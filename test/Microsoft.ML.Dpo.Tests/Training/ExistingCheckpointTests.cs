@@ -20,8 +20,8 @@ public sealed class ExistingCheckpointTests
 
     static SftTrainer.Options Options(LanguageModel baseModel, string checkpoints, Action<SftTrainer.Options>? configure = null)
     {
-        // 8 examples, batch 2: 4 steps.
-        var o = new SftTrainer.Options { BaseModel = baseModel, BatchSize = 2, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 40, LoggingInterval = 1, CheckpointDirectory = checkpoints };
+        // 8 examples, batch 2, one epoch: 4 steps.
+        var o = new SftTrainer.Options { BaseModel = baseModel, Epochs = 1, BatchSize = 2, LearningRate = 1e-3, MaxLength = 64, MaxPromptLength = 40, LoggingInterval = 1, CheckpointDirectory = checkpoints };
         configure?.Invoke(o);
         return o;
     }
